@@ -1,0 +1,1 @@
+"""statestream: durable, event-driven, typed workflows for asyncio services."""

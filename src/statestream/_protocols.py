@@ -1,0 +1,201 @@
+"""The adapter contracts. The core owns them; adapters implement them without subclassing.
+
+Each contract has a conformance suite in :mod:`statestream.adaptertest` that every implementation
+must pass: :class:`~statestream.adaptertest.RecordStoreContract`,
+:class:`~statestream.adaptertest.EventStreamerContract`,
+:class:`~statestream.adaptertest.TimeoutStoreContract` and
+:class:`~statestream.adaptertest.RoleSchedulerContract`.
+
+Every method is a coroutine and must be cancellable: cancelling the awaiting task must leave the
+adapter usable and must not lose data that was acknowledged as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, TypeVar, runtime_checkable
+
+from ._record import Event, Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+
+__all__ = [
+    "Clock",
+    "Codec",
+    "EventReceiver",
+    "EventStreamer",
+    "Lease",
+    "RecordStore",
+    "RoleScheduler",
+    "SnapshotStore",
+    "TimeoutStore",
+]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """Stores runs, each write together with its outbox event in one atomic transaction.
+
+    Invariants (checked by ``RecordStoreContract``):
+
+    * ``create`` inserts a run and its outbox event atomically, and refuses with
+      :class:`~statestream.errors.WorkflowInProgress` when the latest run of the same
+      ``(workflow_name, foreign_id)`` is not finished (``RunState.finished``). The check and the
+      insert are one atomic step: two concurrent ``create`` calls never both succeed.
+    * ``update`` is a compare-and-set: it stores ``record`` only if the stored version is exactly
+      ``record.version - 1``, together with ``event``, atomically; otherwise it raises
+      :class:`~statestream.errors.VersionConflict` and writes nothing. A missing run raises
+      :class:`~statestream.errors.RecordNotFound`.
+    * ``list_outbox`` returns pending outbox events of one workflow oldest first;
+      ``delete_outbox`` is idempotent.
+    """
+
+    async def create(self, record: Record, event: OutboxEvent) -> None: ...
+
+    async def update(self, record: Record, event: OutboxEvent) -> None: ...
+
+    async def lookup(self, run_id: str) -> Record:
+        """The run with this ID, or :class:`~statestream.errors.RecordNotFound`."""
+        ...
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        """The most recently created run of the foreign ID, or ``RecordNotFound``."""
+        ...
+
+    async def list(
+        self,
+        workflow_name: str | None = None,
+        *,
+        offset: int = 0,
+        limit: int = 25,
+        order: Order = Order.ASC,
+        filter: RecordFilter | None = None,
+    ) -> list[Record]:
+        """Runs in creation order (``offset`` counts rows); ``workflow_name=None`` means all."""
+        ...
+
+    async def list_outbox(self, workflow_name: str, limit: int) -> list[OutboxEvent]: ...
+
+    async def delete_outbox(self, ids: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """Optional: a store that keeps every version of a run (the in-memory store does, for tests)."""
+
+    def snapshots(self, run_id: str) -> list[Record]: ...
+
+
+@runtime_checkable
+class EventReceiver(Protocol):
+    """Reads one topic under a durable consumer name.
+
+    ``recv`` waits (without spinning) until at least one event after the last one it returned is
+    available and returns up to ``limit`` of them in ID order. ``ack(e)`` commits the consumer's
+    position: every event up to and including ``e`` is handled. A new receiver with the same name
+    starts after the last acknowledged event, so unacknowledged events are delivered again
+    (at-least-once).
+    """
+
+    async def recv(self, limit: int = 100) -> list[Event]: ...
+
+    async def ack(self, event: Event) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventStreamer(Protocol):
+    """Publishes events to topics and opens receivers on them.
+
+    Events published in one call to ``publish`` keep their order. A receiver with no committed
+    position starts at the oldest retained event, or, with ``from_latest=True``, after the last
+    event published before ``receiver`` returned (events published after it returns are
+    received, even before the first ``recv``).
+    """
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None: ...
+
+    async def receiver(
+        self, topic: str, name: str, *, from_latest: bool = False, poll_interval: float = 0.5
+    ) -> EventReceiver: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TimeoutStore(Protocol):
+    """Durable timers, each bound to a run and to the version at which it entered the status.
+
+    ``complete`` returns ``True`` only for the one call that completed a pending timeout, so that
+    two racing pollers cannot both act on it.
+    """
+
+    async def create(
+        self,
+        workflow_name: str,
+        foreign_id: str,
+        run_id: str,
+        status: int,
+        run_version: int,
+        expire_at: datetime,
+    ) -> TimeoutRecord: ...
+
+    async def complete(self, timeout_id: int) -> bool: ...
+
+    async def cancel(self, timeout_id: int) -> None: ...
+
+    async def list(self, workflow_name: str) -> list[TimeoutRecord]:
+        """Pending (not completed, not cancelled) timeouts of the workflow, by ID."""
+        ...
+
+    async def list_due(
+        self, workflow_name: str, status: int, now: datetime, limit: int = 100
+    ) -> list[TimeoutRecord]:
+        """Pending timeouts at ``status`` with ``expire_at <= now``, earliest first."""
+        ...
+
+
+@runtime_checkable
+class Lease(Protocol):
+    """Exclusive hold on a role, from ``RoleScheduler.acquire`` until released or lost."""
+
+    @property
+    def role(self) -> str: ...
+
+    async def lost(self) -> None:
+        """Return when the lease is lost (the holder must stop the role's work at once).
+
+        A lease that cannot be lost waits forever.
+        """
+        ...
+
+    async def release(self) -> None: ...
+
+
+@runtime_checkable
+class RoleScheduler(Protocol):
+    """Lets at most one holder at a time, across all processes that share it, hold a role."""
+
+    async def acquire(self, role: str) -> Lease:
+        """Wait until the role is held exclusively; cancellable while waiting."""
+        ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Source of time for records, timers and lags. ``now()`` is timezone-aware (UTC)."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+@runtime_checkable
+class Codec(Protocol[T]):
+    """Turns a workflow's object into bytes and back."""
+
+    def encode(self, obj: T) -> bytes: ...
+
+    def decode(self, data: bytes) -> T: ...

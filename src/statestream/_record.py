@@ -1,0 +1,174 @@
+"""Wire types shared by the engine and every adapter.
+
+Adapters persist and move these values; they never interpret statuses or graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ._runstate import RunState
+
+__all__ = [
+    "Event",
+    "Header",
+    "Message",
+    "Order",
+    "OutboxEvent",
+    "Record",
+    "RecordFilter",
+    "TimeoutRecord",
+    "delete_topic",
+    "run_state_change_topic",
+    "status_topic",
+    "topic_for",
+]
+
+
+class Header(enum.StrEnum):
+    """Header names carried by every event the engine publishes."""
+
+    WORKFLOW_NAME = "workflow_name"
+    FOREIGN_ID = "foreign_id"
+    RUN_ID = "run_id"
+    TOPIC = "topic"
+    RUN_STATE = "run_state"
+    RECORD_VERSION = "record_version"
+    STATUS = "status"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One run as stored: the user's object as bytes plus the run's bookkeeping.
+
+    ``version`` starts at 1 when the run is triggered and grows by one with every write; every
+    write after the first is a compare-and-set on it.
+    """
+
+    workflow_name: str
+    foreign_id: str
+    run_id: str
+    run_state: RunState
+    status: int
+    object: bytes
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+    run_state_reason: str = ""
+    status_description: str = ""
+
+    def replace(self, **changes: object) -> Record:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An event to publish: ``key`` orders and shards it (the run ID), ``type`` is the status."""
+
+    key: str
+    type: int
+    headers: Mapping[str, str]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as received from a streamer. ``id`` is assigned by the streamer and grows per topic."""
+
+    id: int
+    topic: str
+    key: str
+    type: int
+    headers: Mapping[str, str]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event written in the same transaction as its record, published later by the relay."""
+
+    id: str
+    workflow_name: str
+    topic: str
+    message: Message
+
+    @property
+    def created_at(self) -> datetime:
+        return self.message.created_at
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutRecord:
+    """A durable timer bound to one run and one visit of a status (``run_version``)."""
+
+    id: int
+    workflow_name: str
+    foreign_id: str
+    run_id: str
+    status: int
+    run_version: int
+    expire_at: datetime
+    created_at: datetime
+    completed: bool = False
+
+
+class Order(enum.Enum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    """Filters for ``RecordStore.list``; every given field must match, values within a field match any.
+
+    ``created_after`` and ``created_before`` are strict bounds.
+    """
+
+    foreign_ids: Sequence[str] = field(default=())
+    statuses: Sequence[int] = field(default=())
+    run_states: Sequence[RunState] = field(default=())
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def matches(self, record: Record) -> bool:
+        """Reference implementation of the filter, used by in-memory stores and the tests."""
+        if self.foreign_ids and record.foreign_id not in self.foreign_ids:
+            return False
+        if self.statuses and record.status not in self.statuses:
+            return False
+        if self.run_states and record.run_state not in self.run_states:
+            return False
+        if self.created_after is not None and not record.created_at > self.created_after:
+            return False
+        return self.created_before is None or record.created_at < self.created_before
+
+
+def _clean(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def status_topic(workflow_name: str, status: int) -> str:
+    """The topic a run's events go to while it waits at ``status``: ``"<workflow>-<status>"``."""
+    return f"{_clean(workflow_name)}-{int(status)}"
+
+
+def delete_topic(workflow_name: str) -> str:
+    return f"{_clean(workflow_name)}-delete"
+
+
+def run_state_change_topic(workflow_name: str) -> str:
+    return f"{_clean(workflow_name)}-run-state-change"
+
+
+def topic_for(record: Record) -> str:
+    """Where the event of a write of ``record`` is published (reference §3)."""
+    state = record.run_state
+    if state is RunState.REQUESTED_DATA_DELETED:
+        return delete_topic(record.workflow_name)
+    if state in (RunState.INITIATED, RunState.RUNNING):
+        return status_topic(record.workflow_name, record.status)
+    return run_state_change_topic(record.workflow_name)

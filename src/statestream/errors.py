@@ -1,0 +1,123 @@
+"""The statestream error tree.
+
+Every exception the library raises on purpose is a subclass of :class:`WorkflowError`::
+
+    WorkflowError
+     +-- ConfigurationError          a mistake in how a workflow is built (raised by Builder/build())
+     +-- InvalidInput                bad arguments at a call (unknown status, wrong object type...)
+     |    +-- UnknownStatus
+     |    +-- InvalidObject
+     +-- RecordNotFound              no run with that run ID / foreign ID
+     +-- WorkflowInProgress          trigger refused: an unfinished run exists for the foreign ID
+     +-- InvalidTransition           a run-state or status change that the tables do not allow
+     +-- VersionConflict             a compare-and-set write lost: the record changed since it was read
+     +-- StaleRead                   the store returned an older version than an event announced
+     +-- WorkflowNotRunning          trigger()/wait_for() on a workflow that is not started
+     +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
+     +-- RunStopped                  wait_for(): the run stopped or finished elsewhere
+     +-- TimeoutNotFound
+     +-- AdapterError                a backend failed; adapters raise this or a subclass
+          +-- AdapterConnectionError
+          +-- CodecError             an object could not be encoded or decoded
+
+Adapters translate their driver's exceptions into :class:`AdapterError` subclasses with
+``raise ... from exc`` so that callers can handle any backend the same way.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterConnectionError",
+    "AdapterError",
+    "CodecError",
+    "ConfigurationError",
+    "InvalidInput",
+    "InvalidObject",
+    "InvalidTransition",
+    "RecordNotFound",
+    "RunStopped",
+    "StaleRead",
+    "TimeoutNotFound",
+    "UnknownStatus",
+    "VersionConflict",
+    "WaitTimeout",
+    "WorkflowError",
+    "WorkflowInProgress",
+    "WorkflowNotRunning",
+]
+
+
+class WorkflowError(Exception):
+    """Root of every error statestream raises on purpose."""
+
+
+class ConfigurationError(WorkflowError):
+    """The workflow definition is invalid; raised by the Builder and ``build()``, never at run time."""
+
+
+class InvalidInput(WorkflowError, ValueError):
+    """An argument passed to a public call is invalid."""
+
+
+class UnknownStatus(InvalidInput):
+    """A status that is not part of the workflow's graph (or not a member of its enum)."""
+
+
+class InvalidObject(InvalidInput, TypeError):
+    """An object of the wrong type was given for a workflow."""
+
+
+class RecordNotFound(WorkflowError, LookupError):
+    """No record matches the run ID or foreign ID."""
+
+
+class WorkflowInProgress(WorkflowError):
+    """A run for this foreign ID is not finished yet, so a new one cannot be triggered."""
+
+
+class InvalidTransition(WorkflowError):
+    """The requested change of run state or status is not allowed from the current one."""
+
+
+class VersionConflict(WorkflowError):
+    """A compare-and-set write found a different version than expected: someone else wrote first."""
+
+    def __init__(self, run_id: str, expected: int, actual: int | None) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"record {run_id} was modified concurrently: expected version {expected}, found {actual}"
+        )
+
+
+class StaleRead(WorkflowError):
+    """The store returned an older version of a record than an event announced (replica lag)."""
+
+
+class WorkflowNotRunning(WorkflowError):
+    """The workflow must be started (``async with wf`` or ``await wf.start()``) for this call."""
+
+
+class WaitTimeout(WorkflowError, TimeoutError):
+    """``wait_for`` did not see the run reach the status in time."""
+
+
+class RunStopped(WorkflowError):
+    """``wait_for``: the run was paused, cancelled or finished before it reached the status."""
+
+
+class TimeoutNotFound(WorkflowError, LookupError):
+    """No timeout with that ID."""
+
+
+class AdapterError(WorkflowError):
+    """A backend (store, streamer, scheduler) failed."""
+
+
+class AdapterConnectionError(AdapterError, ConnectionError):
+    """A backend could not be reached."""
+
+
+class CodecError(AdapterError):
+    """An object could not be encoded to or decoded from bytes."""
