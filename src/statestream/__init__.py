@@ -1,1 +1,93 @@
-"""statestream: durable, event-driven, typed workflows for asyncio services."""
+"""statestream: durable, event-driven, typed workflows for asyncio services.
+
+>>> from statestream import Builder
+>>> from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+"""
+
+from . import errors
+from ._builder import Builder
+from ._clock import SystemClock
+from ._consumer import ProcessState
+from ._options import ProcessOptions
+from ._protocols import (
+    Clock,
+    Codec,
+    EventReceiver,
+    EventStreamer,
+    Lease,
+    RecordStore,
+    RoleScheduler,
+    SnapshotStore,
+    TimeoutStore,
+)
+from ._record import (
+    Event,
+    Message,
+    Order,
+    OutboxEvent,
+    Record,
+    RecordFilter,
+    TimeoutRecord,
+    delete_topic,
+    run_state_change_topic,
+    status_topic,
+)
+from ._run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
+from ._runstate import RunState
+from ._workflow import Workflow
+from .errors import (
+    ConfigurationError,
+    InvalidTransition,
+    RecordNotFound,
+    RunStopped,
+    VersionConflict,
+    WaitTimeout,
+    WorkflowError,
+    WorkflowInProgress,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Builder",
+    "Cancel",
+    "Clock",
+    "Codec",
+    "ConfigurationError",
+    "Control",
+    "Event",
+    "EventReceiver",
+    "EventStreamer",
+    "InvalidTransition",
+    "Lease",
+    "Message",
+    "Order",
+    "OutboxEvent",
+    "Pause",
+    "ProcessOptions",
+    "ProcessState",
+    "Record",
+    "RecordFilter",
+    "RecordNotFound",
+    "RecordStore",
+    "RoleScheduler",
+    "Run",
+    "RunState",
+    "RunStopped",
+    "SaveAndRepeat",
+    "Skip",
+    "SnapshotStore",
+    "SystemClock",
+    "TimeoutRecord",
+    "TimeoutStore",
+    "VersionConflict",
+    "WaitTimeout",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowInProgress",
+    "__version__",
+    "delete_topic",
+    "errors",
+    "run_state_change_topic",
+    "status_topic",
+]

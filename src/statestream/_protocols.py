@@ -12,6 +12,7 @@ adapter usable and must not lose data that was acknowledged as written.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
@@ -75,7 +76,7 @@ class RecordStore(Protocol):
         """Runs in creation order (``offset`` counts rows); ``workflow_name=None`` means all."""
         ...
 
-    async def list_outbox(self, workflow_name: str, limit: int) -> list[OutboxEvent]: ...
+    async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]: ...
 
     async def delete_outbox(self, ids: Sequence[str]) -> None: ...
 
@@ -152,7 +153,7 @@ class TimeoutStore(Protocol):
 
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
-    ) -> list[TimeoutRecord]:
+    ) -> builtins.list[TimeoutRecord]:
         """Pending timeouts at ``status`` with ``expire_at <= now``, earliest first."""
         ...
 

@@ -5,7 +5,6 @@ Adapters persist and move these values; they never interpret statuses or graphs.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,9 +60,6 @@ class Record:
     run_state_reason: str = ""
     status_description: str = ""
 
-    def replace(self, **changes: object) -> Record:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -77,7 +73,7 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event as received from a streamer. ``id`` is assigned by the streamer and grows per topic."""
+    """An event as received; ``id`` is assigned by the streamer and grows within a topic."""
 
     id: int
     topic: str
@@ -123,7 +119,7 @@ class Order(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
-    """Filters for ``RecordStore.list``; every given field must match, values within a field match any.
+    """Filters for ``RecordStore.list``: every given field must match; values within one match any.
 
     ``created_after`` and ``created_before`` are strict bounds.
     """

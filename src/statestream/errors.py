@@ -3,14 +3,14 @@
 Every exception the library raises on purpose is a subclass of :class:`WorkflowError`::
 
     WorkflowError
-     +-- ConfigurationError          a mistake in how a workflow is built (raised by Builder/build())
-     +-- InvalidInput                bad arguments at a call (unknown status, wrong object type...)
+     +-- ConfigurationError          a mistake in a workflow's definition (Builder, build())
+     +-- InvalidInput                bad arguments to a call (unknown status, wrong object type)
      |    +-- UnknownStatus
      |    +-- InvalidObject
      +-- RecordNotFound              no run with that run ID / foreign ID
      +-- WorkflowInProgress          trigger refused: an unfinished run exists for the foreign ID
      +-- InvalidTransition           a run-state or status change that the tables do not allow
-     +-- VersionConflict             a compare-and-set write lost: the record changed since it was read
+     +-- VersionConflict             a compare-and-set write lost: the record changed meanwhile
      +-- StaleRead                   the store returned an older version than an event announced
      +-- WorkflowNotRunning          trigger()/wait_for() on a workflow that is not started
      +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
@@ -52,7 +52,7 @@ class WorkflowError(Exception):
 
 
 class ConfigurationError(WorkflowError):
-    """The workflow definition is invalid; raised by the Builder and ``build()``, never at run time."""
+    """The workflow definition is invalid: raised by the Builder and ``build()``."""
 
 
 class InvalidInput(WorkflowError, ValueError):
@@ -80,14 +80,15 @@ class InvalidTransition(WorkflowError):
 
 
 class VersionConflict(WorkflowError):
-    """A compare-and-set write found a different version than expected: someone else wrote first."""
+    """A compare-and-set write found another version than expected: someone else wrote first."""
 
     def __init__(self, run_id: str, expected: int, actual: int | None) -> None:
         self.run_id = run_id
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"record {run_id} was modified concurrently: expected version {expected}, found {actual}"
+            f"record {run_id} was modified concurrently: "
+            f"expected version {expected}, found {actual}"
         )
 
 

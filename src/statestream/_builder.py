@@ -1,0 +1,327 @@
+"""Builder: declare a workflow's steps, hooks and options, then bind it to adapters."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic
+
+from ._graph import Graph
+from ._options import ProcessOptions, option_kwargs, resolve_options
+from ._protocols import Clock, Codec, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._runstate import RunState
+from ._types import HookFn, Seconds, StatusT, StepFn, T
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+__all__ = ["Builder"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec(Generic[T, StatusT]):
+    status: StatusT
+    fn: StepFn[T, StatusT]
+    destinations: tuple[StatusT, ...]
+    options: ProcessOptions
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HookSpec(Generic[T, StatusT]):
+    run_state: RunState
+    fn: HookFn[T, StatusT]
+    is_async: bool
+    options: ProcessOptions
+
+
+@dataclass(slots=True)
+class Definition(Generic[T, StatusT]):
+    """Everything ``build()`` validated, handed to the Workflow."""
+
+    name: str
+    object_type: type[T]
+    status_type: type[StatusT]
+    codec: Codec[T]
+    graph: Graph
+    steps: dict[int, StepSpec[T, StatusT]]
+    hooks: dict[RunState, HookSpec[T, StatusT]]
+    defaults: ProcessOptions
+    outbox_options: ProcessOptions
+    start_status: StatusT
+    statuses: dict[int, StatusT] = field(default_factory=dict)
+
+
+class Builder(Generic[T, StatusT]):
+    """Declares a workflow: a typed state machine over the members of an ``IntEnum``.
+
+    >>> b = Builder("orders", Order, Status)
+    >>> b.add_step(Status.CREATED, pay, Status.PAID, parallel_count=2)
+    >>> wf = b.build(MemoryStreamer(), MemoryRecordStore(), MemoryRoleScheduler())
+
+    Args:
+        name: the workflow's name; stored with every run and used in topic and role names.
+        object_type: the type of the object each run carries (a dataclass, pydantic model, msgspec
+            Struct, TypedDict, ``dict`` or ``bytes``).
+        status_type: the ``IntEnum`` of statuses. The value 0 is reserved and cannot be a step's
+            status or destination.
+        codec: how to turn the object into bytes; JSON for the supported types by default.
+
+    Raises:
+        ConfigurationError: for any mistake in the definition, at the call that makes it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        object_type: type[T],
+        status_type: type[StatusT],
+        *,
+        codec: Codec[T] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"workflow name must be a non-empty string, got {name!r}")
+        if not isinstance(status_type, type) or not issubclass(status_type, enum.IntEnum):
+            raise ConfigurationError(f"status_type must be an IntEnum class, got {status_type!r}")
+        if not isinstance(object_type, type):
+            raise ConfigurationError(f"object_type must be a class, got {object_type!r}")
+        self._name = name
+        self._object_type = object_type
+        self._status_type = status_type
+        self._codec = codec
+        self._graph = Graph()
+        self._steps: dict[int, StepSpec[T, StatusT]] = {}
+        self._step_overrides: dict[int, dict[str, Any]] = {}
+        self._hooks: dict[RunState, tuple[HookFn[T, StatusT], dict[str, Any]]] = {}
+        self._defaults: dict[str, Any] = {}
+        self._outbox: dict[str, Any] = {"polling_frequency": 0.25, "error_backoff": 0.5}
+        self._pending: list[tuple[StatusT, StepFn[T, StatusT], tuple[StatusT, ...]]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _status(self, status: object, what: str) -> StatusT:
+        if not isinstance(status, self._status_type):
+            raise ConfigurationError(
+                f"{what} must be a member of {self._status_type.__name__}, got {status!r}"
+            )
+        if int(status) == 0:
+            raise ConfigurationError(f"{what}: status value 0 is reserved for 'unknown'")
+        return status
+
+    def defaults(
+        self,
+        *,
+        parallel_count: int | None = None,
+        concurrency: int | None = None,
+        polling_frequency: Seconds | None = None,
+        error_backoff: Seconds | None = None,
+        max_error_backoff: Seconds | None = None,
+        pause_after_errors: int | None = None,
+        lag: Seconds | None = None,
+        lag_alert: Seconds | None = None,
+    ) -> Builder[T, StatusT]:
+        """Set workflow-wide defaults; only the options given change (unlike luno/workflow's
+        ``WithDefaultOptions``, unset ones keep the library defaults instead of becoming zero)."""
+        self._defaults.update(
+            option_kwargs(
+                parallel_count,
+                concurrency,
+                polling_frequency,
+                error_backoff,
+                max_error_backoff,
+                pause_after_errors,
+                lag,
+                lag_alert,
+            )
+        )
+        return self
+
+    def outbox(
+        self, *, polling_frequency: Seconds | None = None, error_backoff: Seconds | None = None
+    ) -> Builder[T, StatusT]:
+        """Tune the outbox relay (polling for other processes' writes, backoff after errors)."""
+        self._outbox.update(
+            option_kwargs(polling_frequency=polling_frequency, error_backoff=error_backoff)
+        )
+        return self
+
+    def add_step(
+        self,
+        status: StatusT,
+        fn: StepFn[T, StatusT],
+        *to: StatusT,
+        parallel_count: int | None = None,
+        concurrency: int | None = None,
+        polling_frequency: Seconds | None = None,
+        error_backoff: Seconds | None = None,
+        max_error_backoff: Seconds | None = None,
+        pause_after_errors: int | None = None,
+        lag: Seconds | None = None,
+        lag_alert: Seconds | None = None,
+    ) -> Builder[T, StatusT]:
+        """Add the step that consumes runs arriving at ``status``.
+
+        Args:
+            status: where the step starts; one step per status.
+            fn: ``async def fn(run) -> Status`` (or a plain ``def``, run in a thread).
+            *to: every status ``fn`` may return; returning another one is an error and writes
+                nothing.
+            parallel_count: ... and the other options: see :class:`ProcessOptions`; unset ones
+                take the workflow defaults.
+        """
+        src = self._status(status, "add_step status")
+        if not callable(fn):
+            raise ConfigurationError(f"step for {src!r} must be callable, got {fn!r}")
+        if int(src) in self._step_overrides:
+            raise ConfigurationError(f"a step for {src!r} is already declared")
+        if not to:
+            raise ConfigurationError(f"step for {src!r} must declare at least one next status")
+        dests = tuple(self._status(d, f"next status of step {src!r}") for d in to)
+        self._step_overrides[int(src)] = option_kwargs(
+            parallel_count,
+            concurrency,
+            polling_frequency,
+            error_backoff,
+            max_error_backoff,
+            pause_after_errors,
+            lag,
+            lag_alert,
+        )
+        for dst in dests:
+            self._graph.add_edge(int(src), int(dst))
+        self._pending.append((src, fn, dests))
+        return self
+
+    def step(
+        self, status: StatusT, *, to: StatusT | tuple[StatusT, ...], **options: Any
+    ) -> Callable[[StepFn[T, StatusT]], StepFn[T, StatusT]]:
+        """Decorator form of :meth:`add_step`: ``@b.step(Status.CREATED, to=Status.PAID)``."""
+        dests = to if isinstance(to, tuple) else (to,)
+
+        def register(fn: StepFn[T, StatusT]) -> StepFn[T, StatusT]:
+            self.add_step(status, fn, *dests, **options)
+            return fn
+
+        return register
+
+    def _hook(self, state: RunState, fn: HookFn[T, StatusT]) -> Builder[T, StatusT]:
+        if not callable(fn):
+            raise ConfigurationError(f"{state.label} hook must be callable, got {fn!r}")
+        if state in self._hooks:
+            raise ConfigurationError(f"a hook for {state.label} is already declared")
+        self._hooks[state] = (fn, {})
+        return self
+
+    def on_pause(self, fn: HookFn[T, StatusT]) -> Builder[T, StatusT]:
+        """Run ``fn(run)`` after a run is paused (at least once per pause)."""
+        return self._hook(RunState.PAUSED, fn)
+
+    def on_cancel(self, fn: HookFn[T, StatusT]) -> Builder[T, StatusT]:
+        """Run ``fn(run)`` after a run is cancelled."""
+        return self._hook(RunState.CANCELLED, fn)
+
+    def on_complete(self, fn: HookFn[T, StatusT]) -> Builder[T, StatusT]:
+        """Run ``fn(run)`` after a run completes (reaches a status with no outgoing step)."""
+        return self._hook(RunState.COMPLETED, fn)
+
+    def build(
+        self,
+        streamer: EventStreamer,
+        store: RecordStore,
+        scheduler: RoleScheduler,
+        *,
+        timeout_store: TimeoutStore | None = None,
+        clock: Clock | None = None,
+        outbox: bool = True,
+        start_at: StatusT | None = None,
+    ) -> Workflow[T, StatusT]:
+        """Validate the definition and bind it to adapters.
+
+        Args:
+            streamer, store, scheduler: the adapters (see :mod:`statestream.adapters`).
+            timeout_store: where durable timers live (needed once timeouts are declared).
+            clock: time source; :class:`statestream.testing.FakeClock` in tests.
+            outbox: run the outbox relay in this workflow's processes. Turn it off only when
+                something else publishes the store's outbox.
+            start_at: the default status of new runs (default: the first status declared that
+                no step leads to).
+
+        Raises:
+            ConfigurationError: the graph or the adapters are not usable.
+        """
+        from ._clock import SystemClock
+        from ._codec import codec_for
+        from ._workflow import Workflow
+
+        for value, proto, what in (
+            (streamer, EventStreamer, "streamer"),
+            (store, RecordStore, "store"),
+            (scheduler, RoleScheduler, "scheduler"),
+        ):
+            if not isinstance(value, proto):
+                raise ConfigurationError(f"{what} does not implement {proto.__name__}: {value!r}")
+        if timeout_store is not None and not isinstance(timeout_store, TimeoutStore):
+            raise ConfigurationError(
+                f"timeout_store does not implement TimeoutStore: {timeout_store!r}"
+            )
+        if not self._pending:
+            raise ConfigurationError(f"workflow {self._name!r} has no steps")
+        starting = self._graph.starting_nodes
+        if not starting:
+            raise ConfigurationError(
+                f"workflow {self._name!r} has no starting status: every status is the "
+                "destination of some step"
+            )
+        defaults = resolve_options(self._defaults, {})
+        steps = {
+            int(src): StepSpec(
+                src,
+                fn,
+                dests,
+                resolve_options(self._defaults, self._step_overrides[int(src)]),
+                _is_async(fn),
+            )
+            for src, fn, dests in self._pending
+        }
+        hooks = {
+            state: HookSpec(state, fn, _is_async(fn), resolve_options(self._defaults, over))
+            for state, (fn, over) in self._hooks.items()
+        }
+        statuses = {int(s): s for s in self._status_type}
+        start = statuses[starting[0]]
+        if start_at is not None:
+            start = self._status(start_at, "start_at")
+            if int(start) not in self._graph or self._graph.is_terminal(int(start)):
+                raise ConfigurationError(f"start_at {start!r} is not a status a step starts from")
+        definition = Definition(
+            name=self._name,
+            object_type=self._object_type,
+            status_type=self._status_type,
+            codec=self._codec if self._codec is not None else codec_for(self._object_type),
+            graph=self._graph,
+            steps=steps,
+            hooks=hooks,
+            defaults=defaults,
+            outbox_options=resolve_options(self._defaults, self._outbox),
+            start_status=start,
+            statuses=statuses,
+        )
+        return Workflow(
+            definition,
+            streamer=streamer,
+            store=store,
+            scheduler=scheduler,
+            timeout_store=timeout_store,
+            clock=clock or SystemClock(),
+            outbox=outbox,
+        )
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)

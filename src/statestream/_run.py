@@ -1,0 +1,119 @@
+"""The run a step sees, and the control results a step may return instead of a status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic
+
+from ._runstate import RunState
+from ._types import StatusT, T
+
+__all__ = ["Cancel", "Control", "Pause", "Run", "SaveAndRepeat", "Skip"]
+
+
+class Control:
+    """Base of the results a step returns to do something other than move to a status."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause(Control):
+    """Pause the run (run state Paused) with a reason; it stays at its status until resumed."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Control):
+    """Cancel the run for good."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Skip(Control):
+    """Write nothing: the event is consumed and the run stays as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaveAndRepeat(Control):
+    """Store the (changed) object and run the same step again, behind other waiting runs."""
+
+
+_SKIP = Skip()
+_REPEAT = SaveAndRepeat()
+
+
+class Run(Generic[T, StatusT]):
+    """One run of a workflow, as handed to steps, hooks and returned by ``wait_for``.
+
+    ``object`` is the user's object, decoded for this call; a step may change it in place, and
+    what it holds when the step returns is stored with the next status.
+
+    A step ends by returning a status, or one of :meth:`pause`, :meth:`cancel`, :meth:`skip`,
+    :meth:`save_and_repeat`. Nothing is written until the step returns, and then only if the run
+    was not changed by someone else meanwhile (the write is a compare-and-set on ``version``).
+    """
+
+    __slots__ = (
+        "created_at",
+        "foreign_id",
+        "object",
+        "run_id",
+        "run_state",
+        "run_state_reason",
+        "status",
+        "updated_at",
+        "version",
+        "workflow_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        workflow_name: str,
+        foreign_id: str,
+        run_id: str,
+        run_state: RunState,
+        status: StatusT,
+        object: T,
+        created_at: datetime,
+        updated_at: datetime,
+        version: int,
+        run_state_reason: str = "",
+    ) -> None:
+        self.workflow_name = workflow_name
+        self.foreign_id = foreign_id
+        self.run_id = run_id
+        self.run_state = run_state
+        self.status = status
+        self.object = object
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.version = version
+        self.run_state_reason = run_state_reason
+
+    def pause(self, reason: str = "") -> Pause:
+        """Return this from a step to pause the run."""
+        return Pause(reason)
+
+    def cancel(self, reason: str = "") -> Cancel:
+        """Return this from a step to cancel the run."""
+        return Cancel(reason)
+
+    def skip(self) -> Skip:
+        """Return this from a step to leave the run untouched (the event is consumed)."""
+        return _SKIP
+
+    def save_and_repeat(self) -> SaveAndRepeat:
+        """Return this from a step to store the object and run the step again later."""
+        return _REPEAT
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(workflow={self.workflow_name!r}, foreign_id={self.foreign_id!r}, "
+            f"run_id={self.run_id!r}, status={self.status!r}, "
+            f"run_state={self.run_state.name}, version={self.version})"
+        )

@@ -1,0 +1,150 @@
+"""Helpers for testing workflows and steps in users' own test suites.
+
+* :class:`FakeClock`: time that moves only when the test says so.
+* :func:`drive_to`: trigger a run (if needed) and wait until it has been at a status.
+* :func:`require`: wait until the latest run of a foreign ID has been at a status, and check its
+  object.
+* :func:`wait_until`: wait until the latest run satisfies a predicate.
+* :func:`fake_run` and :func:`call_step`: unit-test one step function without any adapter.
+
+The waiting helpers use every stored version of the run when the record store keeps them
+(:class:`~statestream.SnapshotStore`, as the in-memory store does), so a run that moved past the
+status before the helper looked is still seen; otherwise they look at the current record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ._clock import FakeClock, utcnow
+from ._protocols import SnapshotStore
+from ._record import Record
+from ._run import Control, Run
+from ._runstate import RunState
+from ._types import StatusT, StepFn, T
+from ._workflow import Workflow
+from .errors import RecordNotFound, WaitTimeout, WorkflowInProgress
+
+__all__ = [
+    "FakeClock",
+    "call_step",
+    "drive_to",
+    "require",
+    "fake_run",
+    "wait_until",
+]
+
+
+async def _versions(wf: Workflow[T, StatusT], foreign_id: str) -> list[Record]:
+    try:
+        latest = await wf.store.latest(wf.name, foreign_id)
+    except RecordNotFound:
+        return []
+    if isinstance(wf.store, SnapshotStore):
+        return wf.store.snapshots(latest.run_id) or [latest]
+    return [latest]
+
+
+async def wait_until(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    predicate: Callable[[Run[T, StatusT]], bool],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.005,
+) -> Run[T, StatusT]:
+    """Wait until some version of the latest run of ``foreign_id`` satisfies ``predicate``.
+
+    Raises:
+        WaitTimeout: no version did within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        versions = await _versions(wf, foreign_id)
+        for record in versions[seen if len(versions) > seen else 0 :]:
+            run = wf.to_run(record)
+            if predicate(run):
+                return run
+        seen = len(versions)
+        if time.monotonic() >= deadline:
+            last = versions[-1] if versions else None
+            where = f"latest version: {wf.to_run(last)!r}" if last else "no run exists"
+            raise WaitTimeout(f"{foreign_id!r} did not satisfy the condition in time ({where})")
+        await asyncio.sleep(interval)
+
+
+async def require(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    status: StatusT,
+    expected: T | None = None,
+    *,
+    timeout: float = 5.0,
+) -> Run[T, StatusT]:
+    """Wait until the latest run of ``foreign_id`` has been at ``status``; compare its object.
+
+    Raises:
+        WaitTimeout: it did not get there in time.
+        AssertionError: it did, but its object differs from ``expected``.
+    """
+    run = await wait_until(wf, foreign_id, lambda r: r.status == status, timeout=timeout)
+    if expected is not None:
+        assert run.object == expected, f"object at {status.name}: {run.object!r} != {expected!r}"
+    return run
+
+
+async def drive_to(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    status: StatusT,
+    *,
+    initial: T | None = None,
+    timeout: float = 5.0,
+) -> Run[T, StatusT]:
+    """Trigger a run of ``foreign_id`` (unless one is unfinished) and wait until it reaches
+    ``status``; the workflow must be started. Returns the run as it was at ``status``."""
+    with contextlib.suppress(WorkflowInProgress):
+        await wf.trigger(foreign_id, initial=initial)
+    return await require(wf, foreign_id, status, timeout=timeout)
+
+
+def fake_run(
+    obj: T,
+    status: StatusT,
+    *,
+    workflow_name: str = "test",
+    foreign_id: str = "foreign-id",
+    run_id: str | None = None,
+    run_state: RunState = RunState.RUNNING,
+    version: int = 1,
+    now: datetime | None = None,
+) -> Run[T, StatusT]:
+    """A :class:`Run` for unit-testing a step function, with no workflow or adapter behind it."""
+    at = now or utcnow()
+    return Run(
+        workflow_name=workflow_name,
+        foreign_id=foreign_id,
+        run_id=run_id or uuid.uuid4().hex,
+        run_state=run_state,
+        status=status,
+        object=obj,
+        created_at=at,
+        updated_at=at,
+        version=version,
+    )
+
+
+async def call_step(fn: StepFn[T, StatusT], run: Run[T, StatusT]) -> StatusT | Control:
+    """Call a step function (sync or async) the way the engine does and return its result."""
+    result: Any = fn(run)
+    if inspect.isawaitable(result):
+        result = await result
+    return result  # type: ignore[no-any-return]

@@ -1,0 +1,310 @@
+"""The memory adapters: the shared contracts plus what only the memory adapters promise."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+
+from statestream import errors
+from statestream._clock import FakeClock
+from statestream._protocols import (
+    EventReceiver,
+    EventStreamer,
+    Lease,
+    RecordStore,
+    RoleScheduler,
+    SnapshotStore,
+    TimeoutStore,
+)
+from statestream._record import Message, OutboxEvent, Record, topic_for
+from statestream._runstate import RunState
+from statestream.adapters.memory import (
+    MemoryRecordStore,
+    MemoryRoleScheduler,
+    MemoryStreamer,
+    MemoryTimeoutStore,
+)
+from statestream.adaptertest import (
+    EventStreamerContract,
+    RecordStoreContract,
+    RoleSchedulerContract,
+    SchedulerFactory,
+    TimeoutStoreContract,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class TestMemoryRecordStore(RecordStoreContract):
+    @pytest_asyncio.fixture
+    async def store(self) -> AsyncIterator[MemoryRecordStore]:
+        yield MemoryRecordStore()
+
+
+class TestMemoryStreamer(EventStreamerContract):
+    @pytest_asyncio.fixture
+    async def streamer(self) -> AsyncIterator[MemoryStreamer]:
+        streamer = MemoryStreamer()
+        yield streamer
+        await streamer.close()
+
+
+class TestMemoryTimeoutStore(TimeoutStoreContract):
+    @pytest_asyncio.fixture
+    async def timeout_store(self) -> AsyncIterator[MemoryTimeoutStore]:
+        yield MemoryTimeoutStore()
+
+
+class TestMemoryRoleScheduler(RoleSchedulerContract):
+    @pytest.fixture
+    def make_schedulers(self) -> SchedulerFactory:
+        scheduler = MemoryRoleScheduler()
+
+        async def make(n: int) -> list[RoleScheduler]:
+            return [scheduler] * n
+
+        return make
+
+
+def test_memory_adapters_satisfy_the_protocols() -> None:
+    assert isinstance(MemoryRecordStore(), RecordStore)
+    assert isinstance(MemoryRecordStore(), SnapshotStore)
+    assert isinstance(MemoryStreamer(), EventStreamer)
+    assert isinstance(MemoryTimeoutStore(), TimeoutStore)
+    assert isinstance(MemoryRoleScheduler(), RoleScheduler)
+
+
+# -- record store ----------------------------------------------------------------------------
+
+
+def _record(run_state: RunState = RunState.INITIATED, version: int = 1) -> Record:
+    return Record(
+        workflow_name="wf",
+        foreign_id="fid",
+        run_id="run-1",
+        run_state=run_state,
+        status=1,
+        object=b"{}",
+        created_at=T0,
+        updated_at=T0,
+        version=version,
+    )
+
+
+def _event(record: Record) -> OutboxEvent:
+    message = Message(key=record.run_id, type=record.status, headers={}, created_at=T0)
+    return OutboxEvent(
+        f"outbox-id-{uuid.uuid4()}", record.workflow_name, topic_for(record), message
+    )
+
+
+async def test_snapshots_keep_every_version_in_order() -> None:
+    store = MemoryRecordStore()
+    versions = [_record(RunState.RUNNING, version=v) for v in (1, 2, 3)]
+    await store.create(versions[0], _event(versions[0]))
+    for record in versions[1:]:
+        await store.update(record, _event(record))
+    with pytest.raises(errors.VersionConflict):
+        await store.update(versions[1], _event(versions[1]))
+
+    assert store.snapshots("run-1") == versions
+    assert store.snapshots("missing") == []
+
+
+async def test_snapshots_can_be_turned_off() -> None:
+    store = MemoryRecordStore(keep_snapshots=False)
+    first, second = _record(version=1), _record(version=2)
+    await store.create(first, _event(first))
+    await store.update(second, _event(second))
+
+    assert store.snapshots("run-1") == []
+    assert await store.lookup("run-1") is second
+
+
+async def test_create_of_an_existing_run_id_is_a_version_conflict() -> None:
+    store = MemoryRecordStore()
+    record = _record(RunState.COMPLETED, version=1)
+    await store.create(record, _event(record))
+
+    with pytest.raises(errors.VersionConflict) as info:
+        await store.create(dataclasses.replace(record, foreign_id="other"), _event(record))
+
+    assert (info.value.run_id, info.value.expected, info.value.actual) == ("run-1", 0, 1)
+    assert len(await store.list_outbox("wf", 10)) == 1
+
+
+async def test_list_rejects_a_negative_window() -> None:
+    store = MemoryRecordStore()
+    with pytest.raises(errors.InvalidInput):
+        await store.list(offset=-1)
+    with pytest.raises(errors.InvalidInput):
+        await store.list(limit=-1)
+
+
+# -- streamer --------------------------------------------------------------------------------
+
+
+def _messages(*keys: str) -> list[Message]:
+    return [Message(key=k, type=1, headers={}, created_at=T0) for k in keys]
+
+
+async def test_event_ids_count_from_one_per_topic() -> None:
+    streamer = MemoryStreamer()
+    await streamer.publish("a", _messages("x", "y"))
+    await streamer.publish("b", _messages("z"))
+
+    assert [e.id for e in await (await streamer.receiver("a", "n")).recv()] == [1, 2]
+    assert [e.id for e in await (await streamer.receiver("b", "n")).recv()] == [1]
+
+
+async def test_close_wakes_a_waiting_recv_and_later_recvs_fail() -> None:
+    streamer = MemoryStreamer()
+    receiver = await streamer.receiver("topic", "name")
+    waiting = asyncio.create_task(receiver.recv())
+    await asyncio.sleep(0)
+
+    await receiver.close()
+
+    with pytest.raises(errors.AdapterError):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(errors.AdapterError):
+        await receiver.recv()
+    await receiver.close()
+
+
+async def test_streamer_close_closes_its_receivers_but_stays_usable() -> None:
+    streamer = MemoryStreamer()
+    receiver = await streamer.receiver("topic", "name")
+
+    await streamer.close()
+
+    with pytest.raises(errors.AdapterError):
+        await receiver.recv()
+    await streamer.publish("topic", _messages("x"))
+    assert [e.key for e in await (await streamer.receiver("topic", "name")).recv()] == ["x"]
+
+
+async def test_ack_after_close_still_commits() -> None:
+    streamer = MemoryStreamer()
+    await streamer.publish("topic", _messages("x", "y"))
+    receiver = await streamer.receiver("topic", "name")
+    events = await receiver.recv()
+    await receiver.close()
+
+    await receiver.ack(events[0])
+
+    assert [e.key for e in await (await streamer.receiver("topic", "name")).recv()] == ["y"]
+
+
+async def test_from_latest_position_is_committed_when_the_receiver_opens() -> None:
+    # Given a from_latest receiver that closes without acknowledging anything
+    streamer = MemoryStreamer()
+    await streamer.publish("topic", _messages("old"))
+    for topic in ("topic", "empty"):
+        receiver = await streamer.receiver(topic, "name", from_latest=True)
+        await receiver.close()
+
+        # When events are published and the receiver opens again
+        await streamer.publish(topic, _messages("missed"))
+        receiver = await streamer.receiver(topic, "name", from_latest=True)
+
+        # Then the events published while it was away are not skipped
+        assert [e.key for e in await receiver.recv()] == ["missed"]
+
+
+async def test_recv_and_ack_reject_bad_arguments() -> None:
+    streamer = MemoryStreamer()
+    await streamer.publish("other", _messages("x"))
+    [event] = await (await streamer.receiver("other", "name")).recv()
+    receiver: EventReceiver = await streamer.receiver("topic", "name")
+
+    with pytest.raises(errors.InvalidInput):
+        await receiver.recv(0)
+    with pytest.raises(errors.InvalidInput):
+        await receiver.ack(event)
+
+
+# -- timeout store ---------------------------------------------------------------------------
+
+
+async def test_timeout_ids_count_from_one_and_use_the_clock() -> None:
+    clock = FakeClock(T0)
+    store = MemoryTimeoutStore(clock)
+
+    first = await store.create("wf", "fid", "run", 1, 1, T0 + timedelta(hours=1))
+    clock.advance(5)
+    second = await store.create("wf", "fid", "run", 1, 1, T0 + timedelta(hours=1))
+
+    assert (first.id, second.id) == (1, 2)
+    assert (first.created_at, second.created_at) == (T0, T0 + timedelta(seconds=5))
+
+
+async def test_unknown_timeout_ids_raise_timeout_not_found() -> None:
+    store = MemoryTimeoutStore()
+    await store.create("wf", "fid", "run", 1, 1, T0)
+
+    for missing in (0, 2, -1):
+        with pytest.raises(errors.TimeoutNotFound):
+            await store.complete(missing)
+        with pytest.raises(errors.TimeoutNotFound):
+            await store.cancel(missing)
+
+
+# -- role scheduler --------------------------------------------------------------------------
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    scheduler = MemoryRoleScheduler()
+    holder = await scheduler.acquire("role")
+    order: list[int] = []
+
+    async def contender(i: int) -> None:
+        lease = await scheduler.acquire("role")
+        order.append(i)
+        await asyncio.sleep(0)
+        await lease.release()
+
+    tasks = [asyncio.create_task(contender(i)) for i in range(5)]
+    await asyncio.sleep(0)
+    await holder.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+
+    assert order == [0, 1, 2, 3, 4]
+    assert scheduler._roles == {}
+
+
+async def test_lost_returns_once_the_lease_is_released() -> None:
+    lease: Lease = await MemoryRoleScheduler().acquire("role")
+    watcher = asyncio.create_task(lease.lost())
+    await asyncio.sleep(0)
+
+    await lease.release()
+
+    await asyncio.wait_for(watcher, 1)
+    await asyncio.wait_for(lease.lost(), 1)
+
+
+async def test_waiter_granted_and_cancelled_together_hands_the_role_on() -> None:
+    # Given two waiters queued behind a holder
+    scheduler = MemoryRoleScheduler()
+    holder = await scheduler.acquire("role")
+    cancelled = asyncio.create_task(scheduler.acquire("role"))
+    successor = asyncio.create_task(scheduler.acquire("role"))
+    await asyncio.sleep(0)
+
+    # When the role is handed to the first waiter in the same step as it is cancelled
+    await holder.release()
+    cancelled.cancel()
+
+    # Then the first waiter raises and the second gets the role
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    lease = await asyncio.wait_for(successor, 1)
+    await lease.release()
+    assert scheduler._roles == {}
