@@ -6,12 +6,14 @@
 
 from . import errors
 from ._builder import Builder
+from ._callback import CallbackOutcome, CallbackResult
 from ._clock import SystemClock
 from ._consumer import ProcessState
 from ._options import ProcessOptions
 from ._protocols import (
     Clock,
     Codec,
+    ConnectorSource,
     EventReceiver,
     EventStreamer,
     Lease,
@@ -34,6 +36,9 @@ from ._record import (
 )
 from ._run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
 from ._runstate import RunState
+from ._schedule import CronSpec, Schedule
+from ._source import StreamSource
+from ._timeout import after, at
 from ._workflow import Workflow
 from .errors import (
     ConfigurationError,
@@ -50,11 +55,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Builder",
+    "CallbackOutcome",
+    "CallbackResult",
     "Cancel",
     "Clock",
     "Codec",
     "ConfigurationError",
+    "ConnectorSource",
     "Control",
+    "CronSpec",
     "Event",
     "EventReceiver",
     "EventStreamer",
@@ -75,8 +84,10 @@ __all__ = [
     "RunState",
     "RunStopped",
     "SaveAndRepeat",
+    "Schedule",
     "Skip",
     "SnapshotStore",
+    "StreamSource",
     "SystemClock",
     "TimeoutRecord",
     "TimeoutStore",
@@ -86,6 +97,8 @@ __all__ = [
     "WorkflowError",
     "WorkflowInProgress",
     "__version__",
+    "after",
+    "at",
     "delete_topic",
     "errors",
     "run_state_change_topic",

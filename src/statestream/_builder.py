@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import enum
-import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic
 
 from ._graph import Graph
 from ._options import ProcessOptions, option_kwargs, resolve_options
-from ._protocols import Clock, Codec, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._protocols import (
+    Clock,
+    Codec,
+    ConnectorSource,
+    EventStreamer,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+)
+from ._record import Event
 from ._runstate import RunState
-from ._types import HookFn, Seconds, StatusT, StepFn, T
+from ._types import (
+    CallbackFn,
+    HookFn,
+    Seconds,
+    StatusT,
+    StepFn,
+    T,
+    TimeoutFn,
+    TimerFn,
+    is_async_callable,
+    to_seconds,
+)
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -28,6 +47,35 @@ class StepSpec(Generic[T, StatusT]):
     destinations: tuple[StatusT, ...]
     options: ProcessOptions
     is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSpec(Generic[T, StatusT]):
+    status: StatusT
+    fn: CallbackFn[T, StatusT]
+    destinations: tuple[StatusT, ...]
+    payload_type: type[Any]
+    payload_codec: Codec[Any] | None
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSpec(Generic[T, StatusT]):
+    status: StatusT
+    timer: TimerFn[T, StatusT]
+    fn: TimeoutFn[T, StatusT]
+    destinations: tuple[StatusT, ...]
+    options: ProcessOptions
+    timer_is_async: bool
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorSpec(Generic[T, StatusT]):
+    name: str
+    source: ConnectorSource
+    fn: Callable[[Workflow[T, StatusT], Event], Awaitable[None]]
+    options: ProcessOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +101,12 @@ class Definition(Generic[T, StatusT]):
     outbox_options: ProcessOptions
     start_status: StatusT
     statuses: dict[int, StatusT] = field(default_factory=dict)
+    callbacks: dict[int, list[CallbackSpec[T, StatusT]]] = field(default_factory=dict)
+    timeouts: dict[int, TimeoutSpec[T, StatusT]] = field(default_factory=dict)
+    connectors: list[ConnectorSpec[T, StatusT]] = field(default_factory=list)
+    delete_fn: Callable[[T], T] | None = None
+    pause_retry: float | None = 3600.0
+    pause_retry_limit: int = 5
 
 
 class Builder(Generic[T, StatusT]):
@@ -99,6 +153,10 @@ class Builder(Generic[T, StatusT]):
         self._defaults: dict[str, Any] = {}
         self._outbox: dict[str, Any] = {"polling_frequency": 0.25, "error_backoff": 0.5}
         self._pending: list[tuple[StatusT, StepFn[T, StatusT], tuple[StatusT, ...]]] = []
+        self._callbacks: dict[int, list[CallbackSpec[T, StatusT]]] = {}
+        self._timeouts: dict[int, tuple[Any, ...]] = {}
+        self._connectors: dict[str, tuple[ConnectorSource, Any, dict[str, Any]]] = {}
+        self._delete_fn: Callable[[T], T] | None = None
 
     @property
     def name(self) -> str:
@@ -209,6 +267,130 @@ class Builder(Generic[T, StatusT]):
 
         return register
 
+    def _destinations(
+        self, src: StatusT, to: tuple[StatusT, ...], what: str
+    ) -> tuple[StatusT, ...]:
+        if not to:
+            raise ConfigurationError(f"{what} at {src!r} must declare at least one next status")
+        return tuple(self._status(d, f"next status of {what} at {src!r}") for d in to)
+
+    def add_callback(
+        self,
+        status: StatusT,
+        fn: CallbackFn[T, StatusT],
+        *to: StatusT,
+        payload_type: type[Any] = bytes,
+    ) -> Builder[T, StatusT]:
+        """Add a callback: ``wf.callback(foreign_id, status, payload)`` calls ``fn(run, payload)``
+        for a run waiting at ``status``, and moves it to the status ``fn`` returns.
+
+        Several callbacks may share a status: they are tried in the order declared, each with the
+        whole payload, until one returns something other than ``run.skip()``.
+
+        Args:
+            payload_type: ``bytes`` (the default, passed as is) or a type the codec supports (a
+                dataclass, pydantic model...), decoded from JSON before ``fn`` is called.
+        """
+        from ._codec import codec_for
+
+        src = self._status(status, "add_callback status")
+        if not callable(fn):
+            raise ConfigurationError(f"callback for {src!r} must be callable, got {fn!r}")
+        dests = self._destinations(src, to, "callback")
+        payload_codec = None if payload_type is bytes else codec_for(payload_type)
+        for dst in dests:
+            self._graph.add_edge(int(src), int(dst))
+        spec = CallbackSpec(src, fn, dests, payload_type, payload_codec, is_async_callable(fn))
+        self._callbacks.setdefault(int(src), []).append(spec)
+        return self
+
+    def add_timeout(
+        self,
+        status: StatusT,
+        timer: TimerFn[T, StatusT],
+        on_timeout: TimeoutFn[T, StatusT],
+        *to: StatusT,
+        polling_frequency: Seconds | None = None,
+        error_backoff: Seconds | None = None,
+        max_error_backoff: Seconds | None = None,
+        pause_after_errors: int | None = None,
+        lag_alert: Seconds | None = None,
+    ) -> Builder[T, StatusT]:
+        """Add a durable timer at ``status``.
+
+        When a run reaches ``status``, ``timer(run, now)`` says when its timeout fires (a
+        timezone-aware datetime, not in the past) or ``None`` for no timeout; the time is kept in
+        the timeout store. When it is due and the run is still at ``status`` on the same visit,
+        ``on_timeout(run, now)`` returns the next status, as a step does. See :func:`after` and
+        :func:`at` for common timers. One timeout per status.
+        """
+        src = self._status(status, "add_timeout status")
+        for what, f in (("timer", timer), ("on_timeout", on_timeout)):
+            if not callable(f):
+                raise ConfigurationError(f"{what} for {src!r} must be callable, got {f!r}")
+        if int(src) in self._timeouts:
+            raise ConfigurationError(f"a timeout for {src!r} is already declared")
+        dests = self._destinations(src, to, "timeout")
+        overrides = option_kwargs(
+            polling_frequency=polling_frequency,
+            error_backoff=error_backoff,
+            max_error_backoff=max_error_backoff,
+            pause_after_errors=pause_after_errors,
+            lag_alert=lag_alert,
+        )
+        for dst in dests:
+            self._graph.add_edge(int(src), int(dst))
+        self._timeouts[int(src)] = (src, timer, on_timeout, dests, overrides)
+        return self
+
+    def add_connector(
+        self,
+        name: str,
+        source: ConnectorSource,
+        handler: Callable[[Workflow[T, StatusT], Event], Awaitable[None]],
+        *,
+        parallel_count: int | None = None,
+        concurrency: int | None = None,
+        polling_frequency: Seconds | None = None,
+        error_backoff: Seconds | None = None,
+        max_error_backoff: Seconds | None = None,
+        lag: Seconds | None = None,
+        lag_alert: Seconds | None = None,
+    ) -> Builder[T, StatusT]:
+        """Consume an outside stream: ``await handler(wf, event)`` for every event of ``source``.
+
+        The handler typically triggers runs or sends callbacks. Events are spread over
+        ``parallel_count`` shards by a stable hash of ``event.key``; each is handled at least once
+        (the handler must be idempotent) and failures are retried with backoff.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"connector name must be a non-empty string, got {name!r}")
+        if name in self._connectors:
+            raise ConfigurationError(f"a connector named {name!r} is already declared")
+        if not isinstance(source, ConnectorSource):
+            raise ConfigurationError(f"connector source must have receiver(name), got {source!r}")
+        if not is_async_callable(handler):
+            raise ConfigurationError(f"connector handler must be an async function: {handler!r}")
+        overrides = option_kwargs(
+            parallel_count,
+            concurrency,
+            polling_frequency,
+            error_backoff,
+            max_error_backoff,
+            lag=lag,
+            lag_alert=lag_alert,
+        )
+        self._connectors[name] = (source, handler, overrides)
+        return self
+
+    def on_delete_data(self, fn: Callable[[T], T]) -> Builder[T, StatusT]:
+        """How to scrub a run's object when its data is deleted: ``fn(obj)`` returns the object
+        to keep (for example with personal fields blanked). Default: ``object_type()``."""
+        if not callable(fn):
+            raise ConfigurationError(f"on_delete_data needs a callable, got {fn!r}")
+        self._delete_fn = fn
+        return self
+
     def _hook(self, state: RunState, fn: HookFn[T, StatusT]) -> Builder[T, StatusT]:
         if not callable(fn):
             raise ConfigurationError(f"{state.label} hook must be callable, got {fn!r}")
@@ -239,6 +421,8 @@ class Builder(Generic[T, StatusT]):
         clock: Clock | None = None,
         outbox: bool = True,
         start_at: StatusT | None = None,
+        pause_retry: Seconds | None = 3600.0,
+        pause_retry_limit: int = 5,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -250,6 +434,9 @@ class Builder(Generic[T, StatusT]):
                 something else publishes the store's outbox.
             start_at: the default status of new runs (default: the first status declared that
                 no step leads to).
+            pause_retry: resume paused runs automatically after this long (``None`` disables it).
+            pause_retry_limit: after this many automatic resumes a run stays paused until it is
+                resumed by hand (so that a run that keeps failing does not cycle for ever).
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -269,8 +456,17 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(
                 f"timeout_store does not implement TimeoutStore: {timeout_store!r}"
             )
-        if not self._pending:
+        if self._timeouts and timeout_store is None:
+            raise ConfigurationError(
+                f"workflow {self._name!r} has timeouts: pass build(..., timeout_store=...)"
+            )
+        if not self._pending and not self._callbacks and not self._timeouts:
             raise ConfigurationError(f"workflow {self._name!r} has no steps")
+        retry = None if pause_retry is None else to_seconds(pause_retry, "pause_retry")
+        if isinstance(pause_retry_limit, bool) or not isinstance(pause_retry_limit, int):
+            raise ConfigurationError(f"pause_retry_limit must be an int, got {pause_retry_limit!r}")
+        if pause_retry_limit < 1:
+            raise ConfigurationError(f"pause_retry_limit must be >= 1, got {pause_retry_limit!r}")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -284,12 +480,12 @@ class Builder(Generic[T, StatusT]):
                 fn,
                 dests,
                 resolve_options(self._defaults, self._step_overrides[int(src)]),
-                _is_async(fn),
+                is_async_callable(fn),
             )
             for src, fn, dests in self._pending
         }
         hooks = {
-            state: HookSpec(state, fn, _is_async(fn), resolve_options(self._defaults, over))
+            state: HookSpec(state, fn, is_async_callable(fn), resolve_options(self._defaults, over))
             for state, (fn, over) in self._hooks.items()
         }
         statuses = {int(s): s for s in self._status_type}
@@ -303,13 +499,33 @@ class Builder(Generic[T, StatusT]):
             object_type=self._object_type,
             status_type=self._status_type,
             codec=self._codec if self._codec is not None else codec_for(self._object_type),
-            graph=self._graph,
+            graph=self._graph.copy(),
             steps=steps,
             hooks=hooks,
             defaults=defaults,
             outbox_options=resolve_options(self._defaults, self._outbox),
             start_status=start,
             statuses=statuses,
+            callbacks={k: list(v) for k, v in self._callbacks.items()},
+            timeouts={
+                key: TimeoutSpec(
+                    src,
+                    timer,
+                    fn,
+                    dests,
+                    resolve_options(self._defaults, over),
+                    is_async_callable(timer),
+                    is_async_callable(fn),
+                )
+                for key, (src, timer, fn, dests, over) in self._timeouts.items()
+            },
+            connectors=[
+                ConnectorSpec(name, source, fn, resolve_options(self._defaults, over))
+                for name, (source, fn, over) in self._connectors.items()
+            ],
+            delete_fn=self._delete_fn,
+            pause_retry=retry,
+            pause_retry_limit=pause_retry_limit,
         )
         return Workflow(
             definition,
@@ -320,8 +536,3 @@ class Builder(Generic[T, StatusT]):
             clock=clock or SystemClock(),
             outbox=outbox,
         )
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)

@@ -405,19 +405,19 @@ def _sequence(
     """A homogeneous array: list, Sequence, tuple[X, ...], set, frozenset."""
     enc_fast, enc_item = item.enc_fast, item.enc
     dec_fast, dec_item = item.dec_fast, item.dec
-    is_set = build is set or build is frozenset
 
     def enc(value: Any) -> Any:
         if not isinstance(value, accepts) or isinstance(value, str | bytes):
             raise _Invalid(f"expected {name}, got {_tname(value)}")
-        out: Any
+        ordered = isinstance(value, list | tuple)
+        out: Any = value
         for element in value:
             if type(element) not in enc_fast:
                 out = _convert_items(list(value), enc_fast, enc_item)
                 break
-        else:
-            out = value if isinstance(value, list | tuple) else list(value)
-        if is_set:
+        if not ordered:  # a set: sorted, so that the bytes do not depend on hash order
+            if out is value:
+                out = list(value)
             with contextlib.suppress(TypeError):  # items that cannot be compared keep their order
                 out.sort()
         return out

@@ -22,9 +22,21 @@ from dataclasses import dataclass, field
 from ._protocols import EventReceiver, Lease, RoleScheduler
 from ._record import Event
 
-__all__ = ["KeyedDispatcher", "Process", "ProcessState", "Supervisor", "backoff", "shard_of"]
+__all__ = [
+    "Abandon",
+    "KeyedDispatcher",
+    "Process",
+    "ProcessState",
+    "Supervisor",
+    "backoff",
+    "shard_of",
+]
 
 log = logging.getLogger("statestream")
+
+
+class Abandon(Exception):
+    """Raised by a handler to give up on an event without acknowledging it (we are stopping)."""
 
 
 class ProcessState(enum.IntEnum):
@@ -88,10 +100,15 @@ class Supervisor:
 
     def start(self, processes: list[Process]) -> None:
         self.stopping = asyncio.Event()
-        self.processes = processes
+        self.processes = []
         for proc in processes:
-            proc.state = ProcessState.IDLE
-            proc.task = asyncio.create_task(self._supervise(proc), name=proc.role)
+            self.add(proc)
+
+    def add(self, proc: Process) -> None:
+        """Start supervising one more process (for example a schedule added while running)."""
+        self.processes.append(proc)
+        proc.state = ProcessState.IDLE
+        proc.task = asyncio.create_task(self._supervise(proc), name=proc.role)
 
     async def stop(self, grace: float) -> None:
         """Ask every process to finish its in-flight work, wait up to ``grace``, then cancel."""
@@ -284,6 +301,8 @@ class KeyedDispatcher:
                 break
             except asyncio.CancelledError:
                 raise
+            except Abandon:
+                return  # stopping: leave it unacknowledged, it is delivered again later
             except Exception as exc:
                 attempt += 1
                 try:

@@ -24,6 +24,12 @@ class Graph:
         self._edges: dict[int, list[int]] = {}
         self._incoming: set[int] = set()
 
+    def copy(self) -> Graph:
+        other = Graph()
+        other._edges = {k: list(v) for k, v in self._edges.items()}
+        other._incoming = set(self._incoming)
+        return other
+
     def add_node(self, node: int) -> None:
         self._edges.setdefault(node, [])
 

@@ -22,6 +22,7 @@ from ._record import Event, Message, Order, OutboxEvent, Record, RecordFilter, T
 __all__ = [
     "Clock",
     "Codec",
+    "ConnectorSource",
     "EventReceiver",
     "EventStreamer",
     "Lease",
@@ -123,6 +124,16 @@ class EventStreamer(Protocol):
     ) -> EventReceiver: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConnectorSource(Protocol):
+    """An outside stream a connector consumes: opens a receiver under a durable consumer name.
+
+    :class:`statestream.StreamSource` adapts any topic of an :class:`EventStreamer`.
+    """
+
+    async def receiver(self, name: str) -> EventReceiver: ...
 
 
 @runtime_checkable

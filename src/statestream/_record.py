@@ -59,16 +59,23 @@ class Record:
     version: int = 1
     run_state_reason: str = ""
     status_description: str = ""
+    #: How many times the pause-retry process has resumed this run (it stops at a limit).
+    auto_resumes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An event to publish: ``key`` orders and shards it (the run ID), ``type`` is the status."""
+    """An event to publish: ``key`` orders and shards it (the run ID), ``type`` is the status.
+
+    ``data`` is an optional body: the engine's own events leave it empty; events of outside
+    streams read by connectors carry their payload in it.
+    """
 
     key: str
     type: int
     headers: Mapping[str, str]
     created_at: datetime
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,7 @@ class Event:
     type: int
     headers: Mapping[str, str]
     created_at: datetime
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
-from ._builder import Definition, HookSpec, StepSpec
-from ._consumer import KeyedDispatcher, Process, ProcessState, Supervisor
-from ._protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
-from ._record import (
-    Event,
-    Message,
-    OutboxEvent,
-    Record,
-    run_state_change_topic,
-    status_topic,
-    topic_for,
+from ._builder import Definition
+from ._consumer import Abandon, Process, ProcessState, Supervisor
+from ._graph import describe_status
+from ._options import ProcessOptions
+from ._processes import (
+    H_VERSION,
+    Body,
+    connector_body,
+    delete_body,
+    hook_body,
+    pause_retry_body,
+    step_body,
 )
+from ._protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._record import Event, Message, OutboxEvent, Record, topic_for
 from ._run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
 from ._runstate import RunState
 from ._types import Seconds, StatusT, T, to_seconds
 from .errors import (
+    ConfigurationError,
     InvalidInput,
     InvalidObject,
     InvalidTransition,
@@ -39,18 +43,15 @@ from .errors import (
     WaitTimeout,
 )
 
+if TYPE_CHECKING:
+    from ._callback import CallbackResult
+    from ._schedule import Schedule
+
 __all__ = ["Workflow"]
 
 log = logging.getLogger("statestream")
 
-H_WORKFLOW = "workflow_name"
-H_FOREIGN_ID = "foreign_id"
-H_RUN_ID = "run_id"
-H_TOPIC = "topic"
-H_RUN_STATE = "run_state"
-H_VERSION = "record_version"
-
-_AUTO_PAUSE_REASON = "paused after {n} consecutive errors: {err}"
+_AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
 def _role(*parts: object) -> str:
@@ -62,8 +63,9 @@ class Workflow(Generic[T, StatusT]):
 
     Use it as an async context manager (``async with wf:``) or call :meth:`start` and
     :meth:`stop`; while started it runs its background processes (step consumers, the outbox
-    relay, hooks), each under a role so that only one process in the cluster runs it.
-    ``trigger``, ``wait_for`` and the run controls work whether or not this process is started.
+    relay, timeouts, hooks...), each under a role so that only one process in the cluster runs
+    it. ``trigger``, ``wait_for``, ``callback`` and the run controls work whether or not this
+    instance is started: another process may be running the workers.
     """
 
     def __init__(
@@ -89,8 +91,10 @@ class Workflow(Generic[T, StatusT]):
         self._statuses = definition.statuses
         self._supervisor = Supervisor(scheduler, definition.name)
         self._outbox_wake = asyncio.Event()
+        self._timeout_wake = asyncio.Event()
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._errors: dict[tuple[str, str], int] = {}
+        self._schedules: dict[str, Schedule[T, StatusT]] = {}
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -101,14 +105,16 @@ class Workflow(Generic[T, StatusT]):
             return
         self._started = True
         self._outbox_wake = asyncio.Event()
+        self._timeout_wake = asyncio.Event()
         self._supervisor.start(self._processes())
 
     async def stop(self, grace: Seconds = 10.0) -> None:
-        """Stop taking new events, let in-flight steps finish for up to ``grace``, then cancel."""
+        """Stop taking new work, let in-flight steps finish for up to ``grace``, then cancel."""
         if not self._started:
             return
         seconds = to_seconds(grace, "grace", allow_zero=True)
         self._outbox_wake.set()
+        self._timeout_wake.set()
         await self._supervisor.stop(seconds)
         self._started = False
 
@@ -130,9 +136,8 @@ class Workflow(Generic[T, StatusT]):
 
     def states(self) -> dict[str, ProcessState]:
         """Each background process of this instance and what it is doing."""
-        names = self._process_names()
         current = {p.name: p.state for p in self._supervisor.processes}
-        return {name: current.get(name, ProcessState.UNKNOWN) for name in names}
+        return {name: current.get(name, ProcessState.UNKNOWN) for name, *_ in self._specs()}
 
     def mermaid(self, direction: str = "LR") -> str:
         """The workflow's graph as a Mermaid state diagram (fenced for Markdown)."""
@@ -140,39 +145,64 @@ class Workflow(Generic[T, StatusT]):
 
     @property
     def graph(self) -> dict[StatusT, list[StatusT]]:
-        """Each status and the statuses its step may move to."""
+        """Each status and the statuses it may move to."""
         g = self._def.graph
         return {self._statuses[n]: [self._statuses[d] for d in g.transitions(n)] for n in g.nodes}
 
     def _describe(self, status: int) -> str:
-        from ._graph import describe_status
-
         member = self._statuses.get(status)
         return describe_status(member.name) if member is not None else str(status)
 
     # ------------------------------------------------------------------ processes
 
-    def _process_names(self) -> list[str]:
-        return [p[0] for p in self._process_specs()]
+    def _specs(self) -> list[tuple[str, str, Body, ProcessOptions]]:
+        """(process name, role, body, options) of every background process, in a stable order."""
+        from ._timeout import inserter_body, poller_body
 
-    def _process_specs(
-        self,
-    ) -> list[tuple[str, str, Callable[[asyncio.Event], Awaitable[None]], Any]]:
-        specs: list[tuple[str, str, Callable[[asyncio.Event], Awaitable[None]], Any]] = []
-        for status, spec in self._def.steps.items():
+        d = self._def
+        specs: list[tuple[str, str, Body, ProcessOptions]] = []
+        for status, spec in d.steps.items():
             n = spec.options.parallel_count
             label = spec.status.name.lower()
             for i in range(n):
-                name = f"{label}-consumer-{i + 1}-of-{n}"
                 role = _role(self.name, status, "consumer", i + 1, "of", n)
-                specs.append((name, role, self._step_body(spec, i, n, role), spec.options))
-        for state, hook in self._def.hooks.items():
+                body = step_body(self, spec, i, n, role)
+                specs.append((f"{label}-consumer-{i + 1}-of-{n}", role, body, spec.options))
+        for status, tspec in d.timeouts.items():
+            label = tspec.status.name.lower()
+            role = _role(self.name, status, "timeout-auto-inserter-consumer")
+            specs.append(
+                (
+                    f"{label}-timeout-auto-inserter-consumer",
+                    role,
+                    inserter_body(self, tspec, role),
+                    tspec.options,
+                )
+            )
+            role = _role(self.name, status, "timeout-consumer")
+            specs.append(
+                (f"{label}-timeout-consumer", role, poller_body(self, tspec, role), tspec.options)
+            )
+        for cspec in d.connectors:
+            n = cspec.options.parallel_count
+            for i in range(n):
+                name = _role(cspec.name, "connector-to", self.name, "consumer", i + 1, "of", n)
+                specs.append((name, name, connector_body(self, cspec, i, n, name), cspec.options))
+        for state, hook in d.hooks.items():
             label = state.name.lower()
-            name = f"{label}-run-state-change-hook-consumer"
             role = _role(self.name, label, "run-state-change-hook-consumer")
-            specs.append((name, role, self._hook_body(hook, role), hook.options))
+            name = f"{label}-run-state-change-hook-consumer"
+            specs.append((name, role, hook_body(self, hook, role), hook.options))
+        role = _role(self.name, "delete-consumer")
+        specs.append(("delete-consumer", role, delete_body(self, role, d.defaults), d.defaults))
+        if d.pause_retry is not None:
+            role = _role(self.name, "paused-records-retry-consumer")
+            body = pause_retry_body(self, role, d.defaults)
+            specs.append(("paused-records-retry-consumer", role, body, d.defaults))
+        for schedule in self._schedules.values():
+            specs.append(schedule.process())
         if self._outbox_enabled:
-            opts = self._def.outbox_options
+            opts = d.outbox_options
             specs.append(
                 ("outbox-consumer", _role(self.name, "outbox-consumer"), self._relay, opts)
             )
@@ -181,8 +211,40 @@ class Workflow(Generic[T, StatusT]):
     def _processes(self) -> list[Process]:
         return [
             Process(name, role, body, opts.error_backoff, opts.max_error_backoff)
-            for name, role, body, opts in self._process_specs()
+            for name, role, body, opts in self._specs()
         ]
+
+    def _add_process(self, spec: tuple[str, str, Body, ProcessOptions]) -> None:
+        if self._started:
+            name, role, body, opts = spec
+            self._supervisor.add(
+                Process(name, role, body, opts.error_backoff, opts.max_error_backoff)
+            )
+
+    async def _sleep_clock(
+        self, seconds: float, stopping: asyncio.Event, wake: asyncio.Event | None = None
+    ) -> None:
+        """Sleep on the workflow's clock, returning early on ``stopping`` or ``wake``."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.clock.sleep(seconds))]
+        waits.append(asyncio.ensure_future(stopping.wait()))
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _wait_lag(self, event: Event, lag: float) -> None:
+        """Wait until ``event`` is ``lag`` seconds old on the workflow's clock."""
+        stopping = self._supervisor.stopping
+        while True:
+            left = event.created_at.timestamp() + lag - self.clock.now().timestamp()
+            if left <= 0:
+                return
+            if stopping.is_set():
+                raise Abandon
+            await self._sleep_clock(left, stopping)
 
     # ------------------------------------------------------------------ outbox relay
 
@@ -196,30 +258,27 @@ class Workflow(Generic[T, StatusT]):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
                 continue
-            await self._publish(events)
-
-    async def _publish(self, events: list[OutboxEvent]) -> None:
-        by_topic: dict[str, list[Message]] = {}
-        for event in events:
-            msgs = by_topic.get(event.topic)
-            if msgs is None:
-                by_topic[event.topic] = [event.message]
-            else:
-                msgs.append(event.message)
-        for topic, messages in by_topic.items():
-            await self.streamer.publish(topic, messages)
-        await self.store.delete_outbox([e.id for e in events])
+            by_topic: dict[str, list[Message]] = {}
+            for event in events:
+                msgs = by_topic.get(event.topic)
+                if msgs is None:
+                    by_topic[event.topic] = [event.message]
+                else:
+                    msgs.append(event.message)
+            for topic, messages in by_topic.items():
+                await self.streamer.publish(topic, messages)
+            await self.store.delete_outbox([e.id for e in events])
 
     # ------------------------------------------------------------------ writes
 
     def _event_for(self, record: Record) -> OutboxEvent:
         topic = topic_for(record)
         headers = {
-            H_WORKFLOW: record.workflow_name,
-            H_FOREIGN_ID: record.foreign_id,
-            H_RUN_ID: record.run_id,
-            H_TOPIC: topic,
-            H_RUN_STATE: str(int(record.run_state)),
+            "workflow_name": record.workflow_name,
+            "foreign_id": record.foreign_id,
+            "run_id": record.run_id,
+            "topic": topic,
+            "run_state": str(int(record.run_state)),
             H_VERSION: str(record.version),
         }
         message = Message(record.run_id, record.status, headers, record.updated_at)
@@ -235,23 +294,146 @@ class Workflow(Generic[T, StatusT]):
     async def _update(self, current: Record, **changes: Any) -> Record:
         """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict."""
         status = changes.get("status", current.status)
+        state = changes.get("run_state", current.run_state)
+        reason = changes.get("run_state_reason", current.run_state_reason)
+        resumes = changes.get("auto_resumes", current.auto_resumes)
+        if (
+            state is RunState.PAUSED
+            and self._def.pause_retry is not None
+            and resumes >= self._def.pause_retry_limit
+        ):
+            reason = (
+                f"{reason} (stays paused: already resumed automatically {resumes} times; "
+                "resume it by hand)"
+            )
         member = self._statuses.get(status)
         record = Record(
             workflow_name=current.workflow_name,
             foreign_id=current.foreign_id,
             run_id=current.run_id,
-            run_state=changes.get("run_state", current.run_state),
+            run_state=state,
             status=status,
             object=changes.get("object", current.object),
             created_at=current.created_at,
             updated_at=self.clock.now(),
             version=current.version + 1,
-            run_state_reason=changes.get("run_state_reason", current.run_state_reason),
+            run_state_reason=reason,
             status_description=member.name if member is not None else str(status),
+            auto_resumes=resumes,
         )
         await self.store.update(record, self._event_for(record))
         self._written(record)
         return record
+
+    async def _fresh_record(self, event: Event, *, allow_stopped: bool = False) -> Record | None:
+        """The record an event is about, if the event is still current (reference §3)."""
+        try:
+            record = await self.store.lookup(event.key)
+        except RecordNotFound:
+            log.debug("statestream: skipping event for unknown run %s", event.key)
+            return None
+        version = int(event.headers.get(H_VERSION, 0))
+        if record.version > version:
+            return None  # superseded or already handled
+        if record.version < version:
+            raise StaleRead(
+                f"store returned version {record.version} of run {record.run_id}, "
+                f"older than the event's {version}"
+            )
+        if not allow_stopped and (record.run_state.stopped or record.status != event.type):
+            return None
+        return record
+
+    async def _apply_result(
+        self,
+        what: str,
+        destinations: tuple[StatusT, ...],
+        record: Record,
+        run: Run[T, StatusT],
+        result: object,
+    ) -> Record | None:
+        """Store what a step, callback or timeout returned (a status or a Control)."""
+        if isinstance(result, Control):
+            if isinstance(result, Skip):
+                return None
+            if isinstance(result, Pause):
+                return await self._update(
+                    record, run_state=RunState.PAUSED, run_state_reason=result.reason
+                )
+            if isinstance(result, Cancel):
+                return await self._update(
+                    record, run_state=RunState.CANCELLED, run_state_reason=result.reason
+                )
+            if isinstance(result, SaveAndRepeat):
+                return await self._update(
+                    record, run_state=RunState.RUNNING, object=self._codec.encode(run.object)
+                )
+        if not isinstance(result, self._def.status_type) or result not in destinations:
+            allowed = ", ".join(d.name for d in destinations)
+            raise InvalidTransition(f"{what} returned {result!r}; it may only return: {allowed}")
+        terminal = self._def.graph.is_terminal(int(result))
+        return await self._update(
+            record,
+            status=int(result),
+            run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
+            object=self._codec.encode(run.object),
+        )
+
+    def _clear_errors(self, process: str, run_id: str) -> None:
+        if self._errors:
+            self._errors.pop((process, run_id), None)
+
+    async def _failed(
+        self,
+        what: str,
+        process: str,
+        run_id: str,
+        exc: BaseException,
+        opts: ProcessOptions,
+        *,
+        event: Event | None = None,
+    ) -> bool:
+        """Count an error of ``process`` for a run; pause the run at the limit.
+
+        Returns True when the run was paused (or has moved on), so the work item is done.
+        """
+        if isinstance(exc, VersionConflict):
+            log.info("statestream: run %s changed while %s ran; result discarded", run_id, what)
+            return True
+        key = (process, run_id)
+        count = self._errors.get(key, 0) + 1
+        self._errors[key] = count
+        limit = opts.pause_after_errors
+        log.warning(
+            "statestream: %s of %s failed for run %s (error %d%s): %r",
+            what,
+            self.name,
+            run_id,
+            count,
+            f" of {limit}" if limit else "",
+            exc,
+            exc_info=not isinstance(exc, StaleRead),
+        )
+        if not limit or count < limit:
+            return False
+        del self._errors[key]
+        if event is not None:
+            record = await self._fresh_record(event)
+        else:
+            record = await self.store.lookup(run_id)
+            if record.run_state.stopped or record.run_state.finished:
+                record = None
+        if record is None:
+            return True
+        reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
+            await self._update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
+        return True
+
+    def _scrubbed_object(self, record: Record) -> bytes:
+        if self._def.delete_fn is not None:
+            return self._codec.encode(self._def.delete_fn(self._codec.decode(record.object)))
+        return self._codec.encode(self._def.object_type())
 
     # ------------------------------------------------------------------ public API
 
@@ -285,7 +467,7 @@ class Workflow(Generic[T, StatusT]):
 
         Raises:
             WorkflowInProgress: an unfinished run exists for ``foreign_id``.
-            UnknownStatus: ``start_at`` is not a status a step starts from.
+            UnknownStatus: ``start_at`` is not a status of the workflow, or is terminal.
             InvalidObject: ``initial`` is not of the workflow's object type.
         """
         self._check_id(foreign_id, "foreign_id")
@@ -343,18 +525,20 @@ class Workflow(Generic[T, StatusT]):
             run_state_reason=record.run_state_reason,
         )
 
-    async def get(self, run_id: str) -> Run[T, StatusT]:
-        """The run with this ID. Raises RecordNotFound."""
+    async def _own(self, run_id: str) -> Record:
         record = await self.store.lookup(self._check_id(run_id, "run_id"))
         if record.workflow_name != self.name:
             raise RecordNotFound(f"run {run_id} belongs to workflow {record.workflow_name!r}")
-        return self.to_run(record)
+        return record
+
+    async def get(self, run_id: str) -> Run[T, StatusT]:
+        """The run with this ID. Raises RecordNotFound."""
+        return self.to_run(await self._own(run_id))
 
     async def latest(self, foreign_id: str) -> Run[T, StatusT]:
         """The most recent run of ``foreign_id``. Raises RecordNotFound."""
-        return self.to_run(
-            await self.store.latest(self.name, self._check_id(foreign_id, "foreign_id"))
-        )
+        self._check_id(foreign_id, "foreign_id")
+        return self.to_run(await self.store.latest(self.name, foreign_id))
 
     async def wait_for(
         self,
@@ -369,7 +553,8 @@ class Workflow(Generic[T, StatusT]):
 
         The record is checked first, so a run already at ``status`` returns at once; writes made
         by this process wake the waiter immediately, and writes by other processes are seen
-        within ``poll_interval``.
+        within ``poll_interval``. A run that passed through ``status`` and moved on before the
+        call is not at ``status`` any more: wait for the status it moves to instead.
 
         Raises:
             UnknownStatus: ``status`` is not in the workflow's graph.
@@ -420,13 +605,8 @@ class Workflow(Generic[T, StatusT]):
                     if not waiters:
                         del self._watchers[run_id]
 
-    async def _control(
-        self, run_id: str, state: RunState, reason: str, *, event_status: int | None = None
-    ) -> Run[T, StatusT]:
-        self._check_id(run_id, "run_id")
-        record = await self.store.lookup(run_id)
-        if record.workflow_name != self.name:
-            raise RecordNotFound(f"run {run_id} belongs to workflow {record.workflow_name!r}")
+    async def _control(self, run_id: str, state: RunState, reason: str, **extra: Any) -> Record:
+        record = await self._own(run_id)
         current = record.run_state
         if current is RunState.INITIATED and state is RunState.CANCELLED:
             raise InvalidTransition(
@@ -434,219 +614,102 @@ class Workflow(Generic[T, StatusT]):
             )
         if not current.can_become(state):
             raise InvalidTransition(f"run {run_id} cannot go from {current.label} to {state.label}")
-        updated = await self._update(record, run_state=state, run_state_reason=reason)
-        return self.to_run(updated)
+        return await self._update(record, run_state=state, run_state_reason=reason, **extra)
 
     async def pause(self, run_id: str, reason: str = "") -> Run[T, StatusT]:
-        """Pause a run: consumers skip it until it is resumed.
+        """Pause a run: consumers, callbacks and timeouts leave it alone until it is resumed.
 
         Raises:
             InvalidTransition: the run cannot be paused from its state.
             VersionConflict: the run changed while this call was writing; retry.
         """
-        return await self._control(run_id, RunState.PAUSED, reason)
+        return self.to_run(await self._control(run_id, RunState.PAUSED, reason))
 
     async def resume(self, run_id: str) -> Run[T, StatusT]:
-        """Resume a paused run: the step at its status runs again."""
-        return await self._control(run_id, RunState.RUNNING, "")
+        """Resume a paused run: the step at its status runs again. Resets the count of
+        automatic resumes, so pause retry applies afresh."""
+        return self.to_run(await self._control(run_id, RunState.RUNNING, "", auto_resumes=0))
 
     async def cancel(self, run_id: str, reason: str = "") -> Run[T, StatusT]:
         """Cancel a run for good (from Running or Paused)."""
-        return await self._control(run_id, RunState.CANCELLED, reason)
+        return self.to_run(await self._control(run_id, RunState.CANCELLED, reason))
 
-    # ------------------------------------------------------------------ step consumer
+    async def delete_data(self, run_id: str, reason: str = "") -> Run[T, StatusT]:
+        """Request deletion of a finished run's data (GDPR): the delete process scrubs its object
+        (see :meth:`Builder.on_delete_data`) and marks it Data Deleted.
 
-    def _step_body(
-        self, spec: StepSpec[T, StatusT], shard: int, shards: int, role: str
-    ) -> Callable[[asyncio.Event], Awaitable[None]]:
-        topic = status_topic(self.name, int(spec.status))
-        opts = spec.options
-        process = role
-
-        async def handle(event: Event) -> None:
-            await self._consume_step(spec, event, process)
-
-        async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-            return await self._step_failed(spec, event, exc, process)
-
-        async def body(stopping: asyncio.Event) -> None:
-            receiver = await self.streamer.receiver(
-                topic, role, poll_interval=opts.polling_frequency
-            )
+        Raises:
+            InvalidTransition: the run is not Completed or Cancelled (or already deleted).
+            ConfigurationError: no ``on_delete_data`` was declared and ``object_type()`` fails.
+        """
+        if self._def.delete_fn is None:
             try:
-                dispatcher = KeyedDispatcher(
-                    receiver,
-                    handle,
-                    on_error,
-                    concurrency=opts.concurrency,
-                    shard=shard,
-                    shards=shards,
-                    error_backoff=opts.error_backoff,
-                    max_error_backoff=opts.max_error_backoff,
-                )
-                await dispatcher.run(stopping)
-            finally:
-                await receiver.close()
+                self._def.object_type()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"cannot scrub {self._def.object_type.__name__} objects: "
+                    f"{self._def.object_type.__name__}() fails ({exc}); declare "
+                    "Builder.on_delete_data(fn)"
+                ) from exc
+        return self.to_run(await self._control(run_id, RunState.REQUESTED_DATA_DELETED, reason))
 
-        return body
+    async def callback(
+        self, foreign_id: str, status: StatusT, payload: object = b""
+    ) -> CallbackResult[T, StatusT]:
+        """Deliver outside input to the latest run of ``foreign_id`` if it waits at ``status``.
 
-    async def _fresh_record(self, event: Event) -> Record | None:
-        """The record an event is about, if the event is still current (reference §3)."""
-        try:
-            record = await self.store.lookup(event.key)
-        except RecordNotFound:
-            log.debug("statestream: skipping event for unknown run %s", event.key)
-            return None
-        version = int(event.headers.get(H_VERSION, 0))
-        if record.version > version:
-            return None  # superseded or already handled
-        if record.version < version:
-            raise StaleRead(
-                f"store returned version {record.version} of run {record.run_id}, "
-                f"older than the event's {version}"
-            )
-        if record.run_state.stopped or record.status != event.type:
-            return None
-        return record
+        Args:
+            payload: ``bytes``/``str`` (decoded to each callback's ``payload_type``), or an
+                instance of that type.
 
-    async def _consume_step(self, spec: StepSpec[T, StatusT], event: Event, process: str) -> None:
-        if spec.options.lag:
-            due = event.created_at.timestamp() + spec.options.lag
-            wait = due - self.clock.now().timestamp()
-            if wait > 0:
-                await self.clock.sleep(wait)
-        record = await self._fresh_record(event)
-        if record is None:
-            return
-        run = self.to_run(record)
-        if run.run_state is RunState.INITIATED:
-            run.run_state = RunState.RUNNING
-        if spec.is_async:
-            result = await spec.fn(run)  # type: ignore[misc]
-        else:
-            result = await asyncio.to_thread(spec.fn, run)
-        try:
-            await self._apply(spec, record, run, result)
-        except VersionConflict:
-            log.info(
-                "statestream: run %s changed while step %s ran; its result is discarded",
-                record.run_id,
-                spec.status.name,
-            )
-        if self._errors:
-            self._errors.pop((process, record.run_id), None)
+        Returns:
+            A :class:`CallbackResult`: ``APPLIED``, ``SKIPPED`` (every callback skipped),
+            ``NOT_AT_STATUS`` or ``STOPPED``, with the run as it is now.
 
-    async def _apply(
-        self, spec: StepSpec[T, StatusT], record: Record, run: Run[T, StatusT], result: object
-    ) -> None:
-        if isinstance(result, Control):
-            if isinstance(result, Skip):
-                return
-            if isinstance(result, Pause):
-                await self._update(
-                    record, run_state=RunState.PAUSED, run_state_reason=result.reason
-                )
-            elif isinstance(result, Cancel):
-                await self._update(
-                    record, run_state=RunState.CANCELLED, run_state_reason=result.reason
-                )
-            elif isinstance(result, SaveAndRepeat):
-                await self._update(
-                    record, run_state=RunState.RUNNING, object=self._codec.encode(run.object)
-                )
-            return
-        if not isinstance(result, self._def.status_type) or result not in spec.destinations:
-            allowed = ", ".join(d.name for d in spec.destinations)
-            raise InvalidTransition(
-                f"step {spec.status.name} returned {result!r}; it may only return: {allowed}"
-            )
-        terminal = self._def.graph.is_terminal(int(result))
-        await self._update(
-            record,
-            status=int(result),
-            run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
-            object=self._codec.encode(run.object),
-        )
+        Raises:
+            UnknownStatus: no callback is declared at ``status``.
+            InvalidInput: the payload does not decode; nothing is written.
+            RecordNotFound: no run of ``foreign_id``.
+            VersionConflict: the run changed meanwhile and is still at ``status``; retry.
+            Exception: whatever the callback function raised; nothing is written.
+        """
+        from ._callback import run_callback
 
-    async def _step_failed(
-        self, spec: StepSpec[T, StatusT], event: Event, exc: BaseException, process: str
-    ) -> bool:
-        key = (process, event.key)
-        count = self._errors.get(key, 0) + 1
-        self._errors[key] = count
-        limit = spec.options.pause_after_errors
-        log.warning(
-            "statestream: step %s of %s failed for run %s (error %d%s): %r",
-            spec.status.name,
-            self.name,
-            event.key,
-            count,
-            f" of {limit}" if limit else "",
-            exc,
-            exc_info=not isinstance(exc, StaleRead),
-        )
-        if not limit or count < limit:
-            return False
-        record = await self._fresh_record(event)
-        del self._errors[key]
-        if record is None:
-            return True
-        reason = _AUTO_PAUSE_REASON.format(n=count, err=f"{type(exc).__name__}: {exc}")[:1000]
-        # someone else moved the run on; nothing is left to pause
-        with contextlib.suppress(VersionConflict):
-            await self._update(record, run_state=RunState.PAUSED, run_state_reason=reason)
-        return True
+        self._check_id(foreign_id, "foreign_id")
+        return await run_callback(self, foreign_id, self._check_status(status, "status"), payload)
 
-    # ------------------------------------------------------------------ hooks
+    def schedule(
+        self,
+        foreign_id: str,
+        spec: str,
+        *,
+        initial: T | None = None,
+        filter: Callable[[datetime], Any] | None = None,
+        tz: str = "UTC",
+    ) -> Schedule[T, StatusT]:
+        """Trigger a run for ``foreign_id`` at every tick of a cron ``spec``, in every started
+        instance of this workflow, with exactly one trigger per tick across all of them.
 
-    def _hook_body(
-        self, hook: HookSpec[T, StatusT], role: str
-    ) -> Callable[[asyncio.Event], Awaitable[None]]:
-        topic = run_state_change_topic(self.name)
-        wanted = str(int(hook.run_state))
-        opts = hook.options
+        ``spec`` is a cron expression (5 fields with ranges, lists, steps and names; ``@daily``
+        and the other shortcuts) or ``@every <duration>`` (``@every 90s``, ``@every 1h30m``).
+        Returns at once; the schedule runs while the workflow is started. After downtime, one
+        missed tick is caught up at once, never more.
 
-        async def handle(event: Event) -> None:
-            if event.headers.get(H_RUN_STATE) != wanted:
-                return
-            try:
-                record = await self.store.lookup(event.key)
-            except RecordNotFound:
-                return
-            run = self.to_run(record)
-            if hook.is_async:
-                await hook.fn(run)
-            else:
-                result = await asyncio.to_thread(hook.fn, run)
-                if inspect.isawaitable(result):
-                    await result
+        Args:
+            initial: the object of each run (default ``object_type()``).
+            filter: ``filter(tick)`` (sync or async) returning False skips that tick.
+            tz: the time zone the spec is read in (an IANA name).
 
-        async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-            log.warning(
-                "statestream: %s hook of %s failed for run %s (attempt %d): %r",
-                hook.run_state.label,
-                self.name,
-                event.key,
-                attempt,
-                exc,
-                exc_info=True,
-            )
-            return False
+        Raises:
+            InvalidInput: an invalid spec or time zone, or a schedule already registered for the
+                same foreign ID and spec.
+        """
+        from ._schedule import Schedule
 
-        async def body(stopping: asyncio.Event) -> None:
-            receiver = await self.streamer.receiver(
-                topic, role, poll_interval=opts.polling_frequency
-            )
-            try:
-                await KeyedDispatcher(
-                    receiver,
-                    handle,
-                    on_error,
-                    concurrency=opts.concurrency,
-                    error_backoff=opts.error_backoff,
-                    max_error_backoff=opts.max_error_backoff,
-                ).run(stopping)
-            finally:
-                await receiver.close()
-
-        return body
+        self._check_id(foreign_id, "foreign_id")
+        schedule = Schedule(self, foreign_id, spec, initial=initial, filter=filter, tz=tz)
+        if schedule.role in self._schedules:
+            raise InvalidInput(f"schedule {spec!r} for {foreign_id!r} is already registered")
+        self._schedules[schedule.role] = schedule
+        self._add_process(schedule.process())
+        return schedule

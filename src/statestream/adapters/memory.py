@@ -339,7 +339,9 @@ class MemoryStreamer:
         events = state.events
         next_id = len(events) + 1
         for offset, m in enumerate(messages):
-            events.append(Event(next_id + offset, topic, m.key, m.type, m.headers, m.created_at))
+            events.append(
+                Event(next_id + offset, topic, m.key, m.type, m.headers, m.created_at, m.data)
+            )
         if state.waiters:
             state.wake()
 

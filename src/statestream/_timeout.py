@@ -1,0 +1,171 @@
+"""Durable timeouts: the inserter that starts a timer when a run reaches a status, and the
+poller that fires due timers.
+
+Unlike luno/workflow, a timeout is bound to the run and to the visit that created it (the run's
+version when it arrived): a newer run of the same foreign ID, or a later visit to the same status,
+is never moved by an old timer. Firing is a compare-and-set on the run, so two pollers racing on
+one timeout move the run once; errors are logged, backed off and count towards auto-pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._processes import Body, consumer_body
+from ._protocols import EventReceiver, TimeoutStore
+from ._record import Event, TimeoutRecord, status_topic
+from ._runstate import RunState
+from ._types import Seconds, StatusT, T, call_user, to_seconds
+from .errors import InvalidInput, RecordNotFound, VersionConflict
+
+if TYPE_CHECKING:
+    from ._builder import TimeoutSpec
+    from ._run import Run
+    from ._workflow import Workflow
+
+__all__ = ["after", "at", "inserter_body", "poller_body"]
+
+log = logging.getLogger("statestream")
+
+_BATCH = 200
+
+
+def after(delay: Seconds) -> Any:
+    """A timer that fires ``delay`` after the run reaches the status."""
+    seconds = to_seconds(delay, "delay")
+
+    def timer(run: Run[Any, Any], now: datetime) -> datetime:
+        return now + timedelta(seconds=seconds)
+
+    return timer
+
+
+def at(when: datetime) -> Any:
+    """A timer that fires at a fixed, timezone-aware time."""
+    if when.tzinfo is None:
+        raise InvalidInput(f"at() needs a timezone-aware datetime, got {when!r}")
+
+    def timer(run: Run[Any, Any], now: datetime) -> datetime:
+        return when
+
+    return timer
+
+
+def _timeouts(wf: Workflow[Any, Any]) -> TimeoutStore:
+    store = wf.timeout_store
+    assert store is not None, "build() checks that timeouts have a store"
+    return store
+
+
+def inserter_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
+    """Consumes the status topic and creates a timer for each run that arrives there."""
+    opts = spec.options
+    store = _timeouts(wf)
+
+    async def handle(event: Event) -> None:
+        record = await wf._fresh_record(event)
+        if record is None:
+            return
+        run = wf.to_run(record)
+        now = wf.clock.now()
+        when = await call_user(spec.timer, spec.timer_is_async, run, now)
+        if when is None:
+            return
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise InvalidInput(
+                f"timer of {spec.status.name} must return a timezone-aware datetime or None, "
+                f"got {when!r}"
+            )
+        if when < now:
+            raise InvalidInput(f"timer of {spec.status.name} returned {when}, before now ({now})")
+        await store.create(
+            wf.name, record.foreign_id, record.run_id, record.status, record.version, when
+        )
+        wf._timeout_wake.set()
+
+    async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
+        return await wf._failed(
+            f"timer of {spec.status.name}", role, event.key, exc, opts, event=event
+        )
+
+    def open_receiver() -> Awaitable[EventReceiver]:
+        return wf.streamer.receiver(
+            status_topic(wf.name, int(spec.status)), role, poll_interval=opts.polling_frequency
+        )
+
+    return consumer_body(open_receiver, handle, on_error, opts)
+
+
+def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
+    """Fires due timeouts of one status, a batch at a time, concurrently across runs."""
+    opts = spec.options
+    store = _timeouts(wf)
+    what = f"timeout of {spec.status.name}"
+    retry_at: dict[int, float] = {}  # timeout id -> monotonic time before which it is not retried
+    attempts: dict[int, int] = {}
+
+    async def fire(timeout: TimeoutRecord, now: datetime) -> None:
+        try:
+            record = await wf.store.lookup(timeout.run_id)
+        except RecordNotFound:
+            await store.cancel(timeout.id)
+            return
+        if (
+            record.version != timeout.run_version
+            or record.status != timeout.status
+            or record.run_state.stopped
+            or record.run_state.finished
+        ):
+            await store.cancel(timeout.id)  # the run moved on: this visit's timer is void
+            return
+        run = wf.to_run(record)
+        if run.run_state is RunState.INITIATED:
+            run.run_state = RunState.RUNNING
+        result = await call_user(spec.fn, spec.is_async, run, now)
+        try:
+            await wf._apply_result(what, spec.destinations, record, run, result)
+        except VersionConflict:
+            await store.cancel(timeout.id)  # another poller or a callback moved the run first
+            return
+        await store.complete(timeout.id)
+        wf._clear_errors(role, record.run_id)
+
+    async def guarded(timeout: TimeoutRecord, now: datetime) -> None:
+        try:
+            await fire(timeout, now)
+        except Exception as exc:
+            count = attempts.get(timeout.id, 0) + 1
+            attempts[timeout.id] = count
+            from ._consumer import backoff
+
+            retry_at[timeout.id] = time.monotonic() + backoff(
+                count, opts.error_backoff, opts.max_error_backoff
+            )
+            try:
+                if await wf._failed(what, role, timeout.run_id, exc, opts):
+                    await store.cancel(timeout.id)
+            except Exception:
+                log.exception("statestream: handling a %s error failed", what)
+        else:
+            attempts.pop(timeout.id, None)
+            retry_at.pop(timeout.id, None)
+
+    async def body(stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            wf._timeout_wake.clear()
+            now = wf.clock.now()
+            due = await store.list_due(wf.name, int(spec.status), now, _BATCH)
+            mono = time.monotonic()
+            ready = [t for t in due if retry_at.get(t.id, 0.0) <= mono]
+            if ready:
+                await asyncio.gather(*(guarded(t, now) for t in ready))
+            if len(due) == _BATCH and ready:
+                continue
+            await wf._sleep_clock(opts.polling_frequency, stopping, wf._timeout_wake)
+
+    return body
