@@ -5,6 +5,10 @@
 * :func:`require`: wait until the latest run of a foreign ID has been at a status, and check its
   object.
 * :func:`wait_until`: wait until the latest run satisfies a predicate.
+* :func:`callback_on`: wait until a run reaches a status, then deliver a callback to it.
+* :func:`await_timeout`: wait until a run's timeout at a status is stored;
+  :func:`fast_forward` moves a :class:`FakeClock` to the moment it fires.
+* :func:`next_ticks`: the upcoming ticks of a schedule spec.
 * :func:`fake_run` and :func:`call_step`: unit-test one step function without any adapter.
 
 The waiting helpers use every stored version of the run when the record store keeps them
@@ -23,18 +27,24 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ._callback import CallbackResult
 from ._clock import FakeClock, utcnow
 from ._protocols import SnapshotStore
-from ._record import Record
+from ._record import Record, TimeoutRecord
 from ._run import Control, Run
 from ._runstate import RunState
+from ._schedule import next_ticks
 from ._types import StatusT, StepFn, T
 from ._workflow import Workflow
 from .errors import RecordNotFound, WaitTimeout, WorkflowInProgress
 
 __all__ = [
     "FakeClock",
+    "await_timeout",
     "call_step",
+    "callback_on",
+    "fast_forward",
+    "next_ticks",
     "drive_to",
     "require",
     "fake_run",
@@ -148,3 +158,51 @@ async def call_step(fn: StepFn[T, StatusT], run: Run[T, StatusT]) -> StatusT | C
     if inspect.isawaitable(result):
         result = await result
     return result  # type: ignore[no-any-return]
+
+
+async def callback_on(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    status: StatusT,
+    payload: object = b"",
+    *,
+    timeout: float = 5.0,
+) -> CallbackResult[T, StatusT]:
+    """Wait until the latest run of ``foreign_id`` is at ``status``, then send it a callback."""
+    run = await wait_until(wf, foreign_id, lambda r: r.status == status, timeout=timeout)
+    await wf.wait_for(foreign_id, run.run_id, status, timeout=timeout)
+    return await wf.callback(foreign_id, status, payload)
+
+
+async def await_timeout(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    status: StatusT,
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.005,
+) -> TimeoutRecord:
+    """Wait until a pending timeout of the latest run of ``foreign_id`` at ``status`` is stored."""
+    store = wf.timeout_store
+    if store is None:
+        raise ValueError(f"workflow {wf.name!r} has no timeout store")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run_id: str | None = (await wf.store.latest(wf.name, foreign_id)).run_id
+        except RecordNotFound:
+            run_id = None
+        for record in await store.list(wf.name):
+            if record.run_id == run_id and record.status == int(status):
+                return record
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"no timeout of {foreign_id!r} at {status.name} was stored in time")
+        await asyncio.sleep(interval)
+
+
+async def fast_forward(clock: FakeClock, timeout: TimeoutRecord) -> None:
+    """Move ``clock`` to the moment ``timeout`` is due (never backwards), and let pollers run."""
+    if timeout.expire_at > clock.now():
+        clock.set(timeout.expire_at)
+    for _ in range(3):
+        await asyncio.sleep(0)
