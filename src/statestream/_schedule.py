@@ -139,11 +139,10 @@ class Schedule(Generic[T, StatusT]):
     async def _body(self, stopping: asyncio.Event) -> None:
         wf = self._wf
         last_tick: datetime | None = None  # ticks skipped by the filter are not stored
+        first = wf.clock.now()  # with no run yet, ticks count from when the schedule started
         while not stopping.is_set():
             last_run = await self._last_run()
-            base = max((t for t in (last_run, last_tick) if t is not None), default=None)
-            if base is None:
-                base = wf.clock.now()
+            base = max((t for t in (last_run, last_tick) if t is not None), default=first)
             tick = self.cron.next_after(base)
             wait = (tick - wf.clock.now()).total_seconds()
             if wait > 0:

@@ -1,8 +1,9 @@
 """``python -m statestream.demo``: an order pipeline, with progress and a summary.
 
-It runs on the in-memory adapters for now; the embedded SQLite default replaces them when it
-lands. Steps sleep a little, one in seven payments fails once (and is retried with backoff), and
-one order in twenty is refused (a branch) to show every path.
+It shows every part of a workflow: steps (async and a plain function run in a thread), a branch,
+a callback standing in for a payment provider's webhook, a timeout for orders whose payment never
+arrives, a schedule that triggers a subscription order every second, retries after errors, and a
+hook. It runs on the in-memory adapters until the embedded SQLite default lands.
 """
 
 from __future__ import annotations
@@ -10,129 +11,204 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
+import logging
+import random
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 
-from . import Builder, Run, RunState
-from .adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+from . import Builder, Run, RunState, Workflow, after
+from .adapters.memory import (
+    MemoryRecordStore,
+    MemoryRoleScheduler,
+    MemoryStreamer,
+    MemoryTimeoutStore,
+)
 
 
 class OrderStatus(enum.IntEnum):
     CREATED = 1
-    PAYMENT_TAKEN = 2
-    PAYMENT_REFUSED = 3
-    PACKED = 4
-    SHIPPED = 5
+    AWAITING_PAYMENT = 2
+    PAID = 3
+    PAYMENT_DECLINED = 4
+    PAYMENT_EXPIRED = 5
+    PACKED = 6
+    SHIPPED = 7
 
 
 @dataclass
 class Order:
     id: str = ""
     amount: int = 0
-    attempts: int = 0
-    events: list[str] = field(default_factory=list)
+    payment_ref: str = ""
+    history: list[str] = field(default_factory=list)
 
 
-class FlakyGateway(Exception):
-    """Stands in for a payment provider timing out."""
+@dataclass
+class PaymentNotice:
+    """What the payment provider's webhook posts (JSON)."""
+
+    reference: str
+    approved: bool
 
 
-async def take_payment(run: Run[Order, OrderStatus]) -> OrderStatus:
+class GatewayTimeout(Exception):
+    """Stands in for a flaky payment provider."""
+
+
+provider_errors = 0
+
+
+async def request_payment(run: Run[Order, OrderStatus]) -> OrderStatus:
+    global provider_errors
     order = run.object
-    await asyncio.sleep(0.002)
-    order.attempts += 1
-    if order.attempts == 1 and hash(order.id) % 7 == 0:
-        raise FlakyGateway(f"gateway timed out for {order.id}")
-    if order.amount % 20 == 13:
-        order.events.append("refused")
-        return OrderStatus.PAYMENT_REFUSED
-    order.events.append("paid")
-    return OrderStatus.PAYMENT_TAKEN
+    await asyncio.sleep(0.002)  # the call to the provider
+    if random.random() < 0.1:
+        provider_errors += 1
+        raise GatewayTimeout(f"provider timed out for {order.id}")  # retried with backoff
+    order.payment_ref = f"pay-{order.id}"
+    order.history.append("payment requested")
+    return OrderStatus.AWAITING_PAYMENT
+
+
+def on_payment(run: Run[Order, OrderStatus], notice: PaymentNotice) -> OrderStatus:
+    run.object.history.append(f"webhook: approved={notice.approved}")
+    return OrderStatus.PAID if notice.approved else OrderStatus.PAYMENT_DECLINED
+
+
+async def payment_expired(run: Run[Order, OrderStatus], now: object) -> OrderStatus:
+    run.object.history.append("no payment in time")
+    return OrderStatus.PAYMENT_EXPIRED
 
 
 def pack(run: Run[Order, OrderStatus]) -> OrderStatus:
     time.sleep(0.001)  # a plain function: it runs in a worker thread, off the event loop
-    run.object.events.append("packed")
+    run.object.history.append("packed")
     return OrderStatus.PACKED
 
 
 async def ship(run: Run[Order, OrderStatus]) -> OrderStatus:
     await asyncio.sleep(0.001)
-    run.object.events.append("shipped")
+    run.object.history.append("shipped")
     return OrderStatus.SHIPPED
 
 
-def build_workflow() -> Builder[Order, OrderStatus]:
+def build_workflow(payment_window: float) -> Builder[Order, OrderStatus]:
     b = Builder("orders", Order, OrderStatus)
-    b.defaults(error_backoff=0.05, max_error_backoff=0.5)
+    b.defaults(error_backoff=0.05, max_error_backoff=0.5, polling_frequency=0.1)
     b.add_step(
         OrderStatus.CREATED,
-        take_payment,
-        OrderStatus.PAYMENT_TAKEN,
-        OrderStatus.PAYMENT_REFUSED,
+        request_payment,
+        OrderStatus.AWAITING_PAYMENT,
         parallel_count=2,
     )
-    b.add_step(OrderStatus.PAYMENT_TAKEN, pack, OrderStatus.PACKED)
+    b.add_callback(
+        OrderStatus.AWAITING_PAYMENT,
+        on_payment,
+        OrderStatus.PAID,
+        OrderStatus.PAYMENT_DECLINED,
+        payload_type=PaymentNotice,
+    )
+    b.add_timeout(
+        OrderStatus.AWAITING_PAYMENT,
+        after(timedelta(seconds=payment_window)),
+        payment_expired,
+        OrderStatus.PAYMENT_EXPIRED,
+        polling_frequency=0.1,
+    )
+    b.add_step(OrderStatus.PAID, pack, OrderStatus.PACKED)
     b.add_step(OrderStatus.PACKED, ship, OrderStatus.SHIPPED)
     return b
 
 
-def _bar(done: int, total: int, width: int = 30) -> str:
+async def payment_provider(wf: Workflow[Order, OrderStatus], orders: int) -> None:
+    """Posts webhooks: most orders are approved, some declined, some never answered."""
+    pending = {f"order-{i}" for i in range(orders)}
+    while pending:
+        for foreign_id in list(pending):
+            run = await wf.latest(foreign_id)
+            if run.status is not OrderStatus.AWAITING_PAYMENT:
+                if run.run_state.finished:
+                    pending.discard(foreign_id)
+                continue
+            pending.discard(foreign_id)
+            n = int(foreign_id.rsplit("-", 1)[1])
+            if n % 17 == 5:
+                continue  # the provider never answers: the timeout expires the order
+            approved = "true" if n % 11 != 3 else "false"
+            body = f'{{"reference": "{run.object.payment_ref}", "approved": {approved}}}'
+            await wf.callback(foreign_id, OrderStatus.AWAITING_PAYMENT, body.encode())
+        await asyncio.sleep(0.02)
+
+
+def _bar(done: int, total: int, width: int = 32) -> str:
     filled = width * done // max(total, 1)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} runs finished"
 
 
-async def main(orders: int) -> int:
+async def main(orders: int, payment_window: float) -> int:
     store = MemoryRecordStore()
-    completed = 0
+    finished = 0
 
-    async def count_complete(run: Run[Order, OrderStatus]) -> None:
-        nonlocal completed
-        completed += 1
+    async def count(run: Run[Order, OrderStatus]) -> None:
+        nonlocal finished
+        finished += 1
 
-    builder = build_workflow()
-    builder.on_complete(count_complete)
-    wf = builder.build(MemoryStreamer(), store, MemoryRoleScheduler())
+    builder = build_workflow(payment_window)
+    builder.on_complete(count)
+    wf = builder.build(
+        MemoryStreamer(),
+        store,
+        MemoryRoleScheduler(),
+        timeout_store=MemoryTimeoutStore(),
+    )
+    logging.getLogger("statestream").setLevel(logging.ERROR)  # the summary counts the retries
     tty = sys.stdout.isatty()
-    print(f"statestream demo: {orders} orders through workflow {wf.name!r}\n")
+    print(f"statestream demo: {orders} orders through workflow {wf.name!r}")
+    print("(in-memory adapters; a subscription order is also scheduled @every 1s)\n")
     started = time.perf_counter()
     async with wf:
+        schedule = wf.schedule("subscription", "@every 1s", initial=Order("subscription", 42))
+        provider = asyncio.create_task(payment_provider(wf, orders))
         for i in range(orders):
-            await wf.trigger(f"order-{i}", initial=Order(id=f"order-{i}", amount=i))
+            await wf.trigger(f"order-{i}", initial=Order(id=f"order-{i}", amount=10 + i))
         last = -1
-        while completed < orders:
-            if completed != last:
-                line = _bar(completed, orders)
+        while (
+            finished < orders + schedule.triggered or not provider.done() or schedule.triggered < 2
+        ):
+            if finished != last:
+                line = _bar(finished, orders + schedule.triggered)
                 print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
-                last = completed
-            if time.perf_counter() - started > 60:
-                print("\ndemo did not finish within 60 s")
+                last = finished
+            if time.perf_counter() - started > 50:
+                print("\ndemo did not finish within 50 s")
                 return 1
             await asyncio.sleep(0.05)
-        print(("\r" if tty else "") + _bar(completed, orders))
+        await provider
+        print(("\r" if tty else "") + _bar(finished, orders + schedule.triggered))
     elapsed = time.perf_counter() - started
 
-    records = await store.list("orders", limit=orders + 1)
+    records = await store.list("orders", limit=orders + 1000)
     by_status = Counter(OrderStatus(r.status).name for r in records)
     by_state = Counter(r.run_state.label for r in records)
-    retried = sum(1 for r in records if wf.to_run(r).object.attempts > 1)
-    print(f"\n{len(records)} runs in {elapsed:.2f}s ({len(records) / elapsed:.0f} runs/s)")
-    print(f"{'status':<20}{'runs':>6}")
+    print(f"\n{len(records)} runs in {elapsed:.1f}s, {schedule.triggered} of them by the schedule")
+    print(f"\n{'status':<20}{'runs':>6}")
     for status in OrderStatus:
         print(f"{status.name:<20}{by_status.get(status.name, 0):>6}")
-    print(f"\nrun states: {dict(by_state)}; payments retried after an error: {retried}")
+    print(f"\nrun states: {dict(by_state)}")
+    print(f"provider errors retried with backoff: {provider_errors}")
     print("\n" + wf.mermaid())
-    ok = by_state.get(RunState.COMPLETED.label, 0) == orders
-    return 0 if ok else 1
+    return 0 if by_state.get(RunState.COMPLETED.label, 0) == len(records) else 1
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description="statestream demo: an order pipeline")
     parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--payment-window", type=float, default=1.0, help="seconds")
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(main(args.orders)))
+    raise SystemExit(asyncio.run(main(args.orders, args.payment_window)))
 
 
 if __name__ == "__main__":
