@@ -10,6 +10,7 @@ Contract                    Fixture               Gives
 ``EventStreamerContract``   ``streamer``          an :class:`~statestream.EventStreamer`
 ``TimeoutStoreContract``    ``timeout_store``     a :class:`~statestream.TimeoutStore`
 ``RoleSchedulerContract``   ``make_schedulers``   ``async (n: int) -> list[RoleScheduler]``
+``WorkflowContract``        ``adapters``          an :class:`AdapterSet` of all four
 ==========================  ====================  ============================================
 
 The contracts declare no fixture themselves (a subclass that forgets one fails with pytest's
@@ -56,15 +57,18 @@ Importing this package imports pytest; import it only from tests.
 
 from __future__ import annotations
 
+from .acceptance import AdapterSet, WorkflowContract
 from .event_streamer import EventStreamerContract
 from .record_store import RecordStoreContract
 from .role_scheduler import RoleSchedulerContract, SchedulerFactory
 from .timeout_store import TimeoutStoreContract
 
 __all__ = [
+    "AdapterSet",
     "EventStreamerContract",
     "RecordStoreContract",
     "RoleSchedulerContract",
     "SchedulerFactory",
     "TimeoutStoreContract",
+    "WorkflowContract",
 ]
