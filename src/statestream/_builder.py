@@ -142,10 +142,12 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"status_type must be an IntEnum class, got {status_type!r}")
         if not isinstance(object_type, type):
             raise ConfigurationError(f"object_type must be a class, got {object_type!r}")
+        from ._codec import codec_for
+
         self._name = name
         self._object_type = object_type
         self._status_type = status_type
-        self._codec = codec
+        self._codec: Codec[T] = codec if codec is not None else codec_for(object_type)
         self._graph = Graph()
         self._steps: dict[int, StepSpec[T, StatusT]] = {}
         self._step_overrides: dict[int, dict[str, Any]] = {}
@@ -442,7 +444,6 @@ class Builder(Generic[T, StatusT]):
             ConfigurationError: the graph or the adapters are not usable.
         """
         from ._clock import SystemClock
-        from ._codec import codec_for
         from ._workflow import Workflow
 
         for value, proto, what in (
@@ -498,7 +499,7 @@ class Builder(Generic[T, StatusT]):
             name=self._name,
             object_type=self._object_type,
             status_type=self._status_type,
-            codec=self._codec if self._codec is not None else codec_for(self._object_type),
+            codec=self._codec,
             graph=self._graph.copy(),
             steps=steps,
             hooks=hooks,

@@ -7,6 +7,8 @@ import heapq
 import itertools
 from datetime import UTC, datetime, timedelta
 
+from .errors import InvalidInput
+
 __all__ = ["FakeClock", "SystemClock", "utcnow"]
 
 
@@ -36,7 +38,7 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         start = start or datetime(2026, 1, 1, tzinfo=UTC)
         if start.tzinfo is None:
-            raise ValueError("FakeClock needs a timezone-aware start time")
+            raise InvalidInput("FakeClock needs a timezone-aware start time")
         self._now = start
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
@@ -64,12 +66,12 @@ class FakeClock:
         if isinstance(delta, int | float):
             delta = timedelta(seconds=delta)
         if delta < timedelta(0):
-            raise ValueError("FakeClock cannot go backwards")
+            raise InvalidInput("FakeClock cannot go backwards")
         self.set(self._now + delta)
 
     def set(self, when: datetime) -> None:
         if when < self._now:
-            raise ValueError("FakeClock cannot go backwards")
+            raise InvalidInput("FakeClock cannot go backwards")
         self._now = when
         while self._sleepers and self._sleepers[0][0] <= when:
             _, _, future = heapq.heappop(self._sleepers)

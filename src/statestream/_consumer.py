@@ -274,6 +274,8 @@ class KeyedDispatcher:
         if self._shards > 1 and shard_of(event.key, self._shards) != self._shard:
             self._slots.append(_Slot(event, done=True))
             self._advance()
+            if len(self._slots) >= self._window:
+                self._space.clear()  # other shards' events wait behind a slow one of ours
             return
         slot = _Slot(event)
         self._slots.append(slot)

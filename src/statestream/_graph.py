@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
+from .errors import InvalidInput
+
 __all__ = ["Graph", "describe_status"]
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -70,7 +72,7 @@ class Graph:
     ) -> str:
         """A Mermaid ``stateDiagram-v2`` of the graph, fenced for Markdown."""
         if direction not in {"LR", "RL", "TB", "BT"}:
-            raise ValueError(f"direction must be LR, RL, TB or BT, got {direction!r}")
+            raise InvalidInput(f"direction must be LR, RL, TB or BT, got {direction!r}")
         lines = ["```mermaid", "---", f"title: Workflow diagram of {title}", "---"]
         lines += ["stateDiagram-v2", f"\tdirection {direction}"]
         for node in self._edges:

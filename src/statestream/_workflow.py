@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic
 
 from ._builder import Definition
+from ._codec import check_instance
 from ._consumer import Abandon, Process, ProcessState, Supervisor
 from ._graph import describe_status
 from ._options import ProcessOptions
@@ -33,7 +34,6 @@ from ._types import Seconds, StatusT, T, to_seconds
 from .errors import (
     ConfigurationError,
     InvalidInput,
-    InvalidObject,
     InvalidTransition,
     RecordNotFound,
     RunStopped,
@@ -485,10 +485,8 @@ class Workflow(Generic[T, StatusT]):
                 raise InvalidInput(
                     f"{self._def.object_type.__name__}() failed ({exc}); pass initial="
                 ) from exc
-        elif self._def.object_type is not dict and not isinstance(initial, self._def.object_type):
-            raise InvalidObject(
-                f"initial must be a {self._def.object_type.__name__}, got {type(initial).__name__}"
-            )
+        else:
+            check_instance(self._def.object_type, initial)
         data = self._codec.encode(initial)
         now = self.clock.now()
         record = Record(

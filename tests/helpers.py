@@ -1,0 +1,94 @@
+"""Shared workflow fixtures for the engine tests: the orders example, fast options, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from statestream import Builder, Run, Workflow
+from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+
+
+class Status(IntEnum):
+    CREATED = 1
+    PAID = 2
+    SHIPPED = 3
+    REFUNDED = 4  # a member that is not part of the default graph
+
+
+@dataclass
+class Order:
+    id: str = ""
+    amount: int = 0
+    paid: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class Adapters:
+    """One set of memory adapters; two workflows sharing one simulate two processes."""
+
+    streamer: MemoryStreamer = field(default_factory=MemoryStreamer)
+    store: MemoryRecordStore = field(default_factory=MemoryRecordStore)
+    scheduler: MemoryRoleScheduler = field(default_factory=MemoryRoleScheduler)
+
+
+async def pay(run: Run[Order, Status]) -> Status:
+    run.object.paid = True
+    return Status.PAID
+
+
+async def ship(run: Run[Order, Status]) -> Status:
+    return Status.SHIPPED
+
+
+def fast(b: Builder[Order, Status]) -> Builder[Order, Status]:
+    """Options that keep retries, polling and the outbox relay in the millisecond range."""
+    b.defaults(error_backoff=0.01, max_error_backoff=0.02, polling_frequency=0.01)
+    b.outbox(polling_frequency=0.01, error_backoff=0.01)
+    return b
+
+
+def order_builder(
+    pay_step: Any = pay,
+    ship_step: Any = ship,
+    *,
+    name: str = "orders",
+    **pay_options: Any,
+) -> Builder[Order, Status]:
+    """The orders example: CREATED -pay-> PAID -ship-> SHIPPED, with fast options."""
+    b = fast(Builder(name, Order, Status))
+    b.add_step(Status.CREATED, pay_step, Status.PAID, **pay_options)
+    b.add_step(Status.PAID, ship_step, Status.SHIPPED)
+    return b
+
+
+def build(
+    b: Builder[Order, Status], adapters: Adapters | None = None, **kwargs: Any
+) -> tuple[Workflow[Order, Status], Adapters]:
+    a = adapters or Adapters()
+    return b.build(a.streamer, a.store, a.scheduler, **kwargs), a
+
+
+async def eventually(
+    condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` (a cheap, synchronous check) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.002)
+
+
+async def outbox_drained(store: MemoryRecordStore, workflow: str, *, timeout: float = 5.0) -> None:
+    """Wait until the relay has published every pending outbox event of ``workflow``."""
+    deadline = time.monotonic() + timeout
+    while await store.list_outbox(workflow, 1):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outbox of {workflow!r} still not empty after {timeout} s")
+        await asyncio.sleep(0.002)
