@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,13 @@ from statestream.adapters.memory import (
     MemoryRoleScheduler,
     MemoryStreamer,
     MemoryTimeoutStore,
+)
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+    SqliteTimeoutStore,
 )
 from statestream.adaptertest import AdapterSet, WorkflowContract
 
@@ -21,7 +30,24 @@ async def _memory() -> AsyncIterator[AdapterSet]:
     )
 
 
-ADAPTER_SETS = {"memory": _memory}
+async def _sqlite() -> AsyncIterator[AdapterSet]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = SqliteDatabase(Path(tmp) / "acceptance.db", synchronous="NORMAL")
+        streamer = SqliteStreamer(db)
+        yield AdapterSet(
+            streamer,
+            SqliteRecordStore(db),
+            SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
+            SqliteTimeoutStore(db),
+        )
+        await streamer.close()
+        await db.close()
+
+
+ADAPTER_SETS: dict[str, Callable[[], AsyncIterator[AdapterSet]]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
 
 
 class TestAcceptance(WorkflowContract):

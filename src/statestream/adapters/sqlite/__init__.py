@@ -1,0 +1,28 @@
+"""The embedded default: records, outbox, timeouts, events and role leases in one SQLite file.
+
+>>> db = SqliteDatabase("orders.db")
+>>> wf = builder.build(SqliteStreamer(db), SqliteRecordStore(db), SqliteRoleScheduler(db),
+...                    timeout_store=SqliteTimeoutStore(db))
+
+Only the standard library's ``sqlite3`` is needed. The file is in WAL mode; its schema is created
+on first use and carries a version, so that later releases can migrate it. Several processes may
+share one file: writes take SQLite's write lock in turn, role leases keep each background process
+to one holder, and receivers poll for events other processes publish.
+"""
+
+from __future__ import annotations
+
+from ._db import SCHEMA_VERSION, SqliteDatabase
+from ._store import SqliteRecordStore, SqliteTimeoutStore
+from ._stream import SqliteLease, SqliteReceiver, SqliteRoleScheduler, SqliteStreamer
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SqliteDatabase",
+    "SqliteLease",
+    "SqliteReceiver",
+    "SqliteRecordStore",
+    "SqliteRoleScheduler",
+    "SqliteStreamer",
+    "SqliteTimeoutStore",
+]

@@ -1,0 +1,413 @@
+"""One SQLite file, one worker thread, group commit.
+
+Every adapter of the SQLite set talks to the file through a :class:`SqliteDatabase`. Operations
+are functions run on the worker thread with its connection. The thread takes every operation
+queued at that moment and runs the writes in one transaction, each inside its own savepoint (so
+one failing compare-and-set does not undo the others), commits once, and only then answers every
+caller. Under load many writes share one commit (and one fsync); when idle a write commits alone
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from ...errors import AdapterConnectionError, AdapterError
+
+__all__ = ["SCHEMA_VERSION", "SqliteDatabase", "from_us", "to_us"]
+
+log = logging.getLogger("statestream.sqlite")
+
+R = TypeVar("R")
+
+#: Version of the schema this release writes; stored in ``statestream_meta``.
+SCHEMA_VERSION = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_BATCH = 512
+
+
+def to_us(when: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, sortable)."""
+    if when.tzinfo is None:
+        raise AdapterError(f"naive datetime {when!r}: statestream stores timezone-aware times")
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS statestream_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_records (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_state INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        object BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        run_state_reason TEXT NOT NULL DEFAULT '',
+        status_description TEXT NOT NULL DEFAULT '',
+        auto_resumes INTEGER NOT NULL DEFAULT 0,
+        active_key TEXT UNIQUE
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_foreign_id
+        ON statestream_records (workflow_name, foreign_id)""",
+    """CREATE TABLE IF NOT EXISTS statestream_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        workflow_name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_outbox_by_workflow
+        ON statestream_outbox (workflow_name, seq)""",
+    """CREATE TABLE IF NOT EXISTS statestream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_events_by_topic
+        ON statestream_events (topic, id)""",
+    """CREATE TABLE IF NOT EXISTS statestream_cursors (
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_timeouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        run_version INTEGER NOT NULL,
+        expire_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_timeouts_due
+        ON statestream_timeouts (workflow_name, status, state, expire_at)""",
+    """CREATE TABLE IF NOT EXISTS statestream_leases (
+        role TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+]
+
+
+@dataclass(eq=False)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    write: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Stop:
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _resolve(op: _Op) -> None:
+    if op.future.done():
+        return
+    if op.error is not None:
+        op.future.set_exception(op.error)
+    else:
+        op.future.set_result(op.result)
+
+
+class SqliteDatabase:
+    """A statestream SQLite database file (WAL mode), shared by the adapters of one process.
+
+    Args:
+        path: the database file; created with its schema on first use.
+        synchronous: ``"FULL"`` (default: a committed write survives a power cut) or
+            ``"NORMAL"`` (faster; in WAL mode a power cut may lose the last transactions, but
+            never corrupts the file; a crash of the process loses nothing either way).
+        busy_timeout: seconds to wait for another process's write lock before failing.
+        allow_foreign: create the statestream tables in a database that already holds other
+            tables (for example the application's own); refused by default, to catch a wrong
+            path.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        busy_timeout: float = 30.0,
+        allow_foreign: bool = False,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise AdapterError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.allow_foreign = allow_foreign
+        self._queue: queue.SimpleQueue[_Op | _Stop] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._open_error: BaseException | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self.commits = 0
+        self.writes = 0
+
+    # -------------------------------------------------------------- public
+
+    async def read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn(connection)`` on the database thread and return its result."""
+        return await self._submit(fn, write=False)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn(connection)`` inside a transaction; its changes are committed (possibly
+        together with other writes) before this returns. If ``fn`` raises, its changes are
+        rolled back and the exception is raised here."""
+        return await self._submit(fn, write=True)
+
+    async def close(self) -> None:
+        """Finish queued work, close the connection and stop the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        stop = _Stop()
+        self._queue.put(stop)
+        await asyncio.to_thread(stop.done.wait)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        self._ready.clear()
+
+    async def schema_version(self) -> int:
+        def get(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.read(get)
+
+    # -------------------------------------------------------------- thread
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], R], *, write: bool) -> R:
+        self._start()
+        loop = asyncio.get_running_loop()
+        op = _Op(fn, write, loop, loop.create_future())
+        self._queue.put(op)
+        result: R = await op.future
+        return result
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            if self._open_error is not None:
+                raise self._open_error
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._open_error = None
+            self._ready.clear()
+            thread = threading.Thread(
+                target=self._run, name=f"statestream-sqlite:{self.path.name}", daemon=True
+            )
+            self._thread = thread
+            thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        where = str(self.path)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                raise AdapterConnectionError(
+                    f"cannot open {where}: directory {self.path.parent} does not exist"
+                )
+            conn = sqlite3.connect(
+                where, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise AdapterConnectionError(f"cannot open SQLite database {where}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("statestream: %s could not switch to WAL (mode %s)", where, mode)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise _translate(exc, self.path) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "statestream_meta" in tables:
+            row = conn.execute(
+                "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            found = int(row[0]) if row else 0
+            if found > SCHEMA_VERSION:
+                raise AdapterError(
+                    f"{self.path} has statestream schema version {found}, newer than this "
+                    f"release understands ({SCHEMA_VERSION}): upgrade statestream, or use "
+                    "another file"
+                )
+            if found == SCHEMA_VERSION:
+                return
+        elif tables - {"sqlite_sequence"} and not self.allow_foreign:
+            raise AdapterError(
+                f"{self.path} is an SQLite database of something else (tables: "
+                f"{', '.join(sorted(tables)[:5])}): choose another path, or pass "
+                "allow_foreign=True to add the statestream tables to it"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO statestream_meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._open_error = exc
+            self._fail_all(exc)
+            return
+        try:
+            while True:
+                item = self._queue.get()
+                batch: list[_Op] = []
+                stop: _Stop | None = None
+                while True:
+                    if isinstance(item, _Stop):
+                        stop = item
+                        break
+                    batch.append(item)
+                    if len(batch) >= _MAX_BATCH:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._execute(conn, batch)
+                if stop is not None:
+                    stop.done.set()
+                    return
+        finally:
+            conn.close()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Stop):
+                item.done.set()
+            else:
+                item.error = exc
+                item.loop.call_soon_threadsafe(_resolve, item)
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        writes = [op for op in batch if op.write]
+        in_tx = False
+        try:
+            if writes:
+                conn.execute("BEGIN IMMEDIATE")
+                in_tx = True
+            for op in batch:
+                if op.write:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        op.result = op.fn(conn)
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        op.error = _translate(exc, self.path)
+                else:
+                    try:
+                        op.result = op.fn(conn)
+                    except Exception as exc:
+                        op.error = _translate(exc, self.path)
+            if in_tx:
+                conn.execute("COMMIT")
+                in_tx = False
+                self.commits += 1
+                self.writes += len(writes)
+        except Exception as exc:
+            error = _translate(exc, self.path)
+            if in_tx:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("statestream: rollback failed on %s", self.path)
+            for op in batch:
+                op.error = error  # nothing of the batch was committed; reads may have seen it
+        for op in batch:
+            op.loop.call_soon_threadsafe(_resolve, op)
+
+
+def _translate(exc: BaseException, path: Path) -> BaseException:
+    """Driver errors become AdapterErrors that name the file and what to do; others pass."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        hint = "it is not an SQLite database (or is encrypted): choose another path"
+    elif "malformed" in text or "corrupt" in text:
+        hint = "the file is corrupted: restore it from a backup, or run sqlite3's .recover"
+    elif "locked" in text or "busy" in text:
+        hint = "another process holds the write lock longer than busy_timeout: retry later"
+    elif "disk is full" in text or "database or disk is full" in text:
+        hint = "the disk is full: free space; the transaction was rolled back"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the file or its directory is read-only: fix permissions"
+    elif "unable to open" in text:
+        hint = "check that the path exists and is writable"
+    else:
+        hint = "see the SQLite error above"
+    error = AdapterError(f"SQLite error on {path}: {text} ({hint})")
+    error.__cause__ = exc
+    return error

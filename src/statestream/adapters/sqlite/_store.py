@@ -1,0 +1,374 @@
+"""SQLite record store (with its outbox) and timeout store."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ..._record import Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+from ..._runstate import RunState
+from ...errors import (
+    InvalidInput,
+    RecordNotFound,
+    TimeoutNotFound,
+    VersionConflict,
+    WorkflowInProgress,
+)
+from ._db import SqliteDatabase, from_us, to_us
+
+__all__ = ["SqliteRecordStore", "SqliteTimeoutStore"]
+
+_RECORD_COLUMNS = (
+    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
+    "version, run_state_reason, status_description, auto_resumes"
+)
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(
+        row[0],
+        row[1],
+        row[2],
+        RunState(row[3]),
+        row[4],
+        row[5],
+        from_us(row[6]),
+        from_us(row[7]),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def _active_key(record: Record) -> str | None:
+    if record.run_state.finished:
+        return None
+    return f"{record.workflow_name}\x00{record.foreign_id}"
+
+
+def _insert_outbox(conn: sqlite3.Connection, event: OutboxEvent) -> None:
+    m = event.message
+    conn.execute(
+        "INSERT INTO statestream_outbox (id, workflow_name, topic, key, type, headers, data, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.workflow_name,
+            event.topic,
+            m.key,
+            m.type,
+            json.dumps(dict(m.headers), separators=(",", ":")),
+            m.data,
+            to_us(m.created_at),
+        ),
+    )
+
+
+class SqliteRecordStore:
+    """Runs and their outbox events in one SQLite file; every write is one transaction.
+
+    ``create`` relies on a unique column that holds ``(workflow, foreign ID)`` while a run is
+    unfinished, so two concurrent triggers (even from two processes) cannot both succeed;
+    ``update`` is ``UPDATE ... WHERE version = ?``.
+    """
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def create(self, record: Record, event: OutboxEvent) -> None:
+        values = (
+            record.workflow_name,
+            record.foreign_id,
+            record.run_id,
+            int(record.run_state),
+            record.status,
+            record.object,
+            to_us(record.created_at),
+            to_us(record.updated_at),
+            record.version,
+            record.run_state_reason,
+            record.status_description,
+            record.auto_resumes,
+            _active_key(record),
+        )
+
+        def create(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO statestream_records ({_RECORD_COLUMNS}, active_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+            except sqlite3.IntegrityError as exc:
+                row = conn.execute(
+                    "SELECT version FROM statestream_records WHERE run_id = ?", (record.run_id,)
+                ).fetchone()
+                if row is not None:
+                    raise VersionConflict(record.run_id, 0, row[0]) from exc
+                raise WorkflowInProgress(
+                    f"{record.foreign_id!r} has an unfinished run in workflow "
+                    f"{record.workflow_name!r}"
+                ) from exc
+            _insert_outbox(conn, event)
+
+        await self.db.write(create)
+
+    async def update(self, record: Record, event: OutboxEvent) -> None:
+        values = (
+            int(record.run_state),
+            record.status,
+            record.object,
+            to_us(record.updated_at),
+            record.version,
+            record.run_state_reason,
+            record.status_description,
+            record.auto_resumes,
+            _active_key(record),
+            record.run_id,
+            record.version - 1,
+        )
+
+        def update(conn: sqlite3.Connection) -> None:
+            try:
+                cursor = conn.execute(
+                    "UPDATE statestream_records SET run_state = ?, status = ?, object = ?, "
+                    "updated_at = ?, version = ?, run_state_reason = ?, status_description = ?, "
+                    "auto_resumes = ?, active_key = ? WHERE run_id = ? AND version = ?",
+                    values,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise WorkflowInProgress(
+                    f"{record.foreign_id!r} has another unfinished run"
+                ) from exc
+            if cursor.rowcount != 1:
+                row = conn.execute(
+                    "SELECT version FROM statestream_records WHERE run_id = ?", (record.run_id,)
+                ).fetchone()
+                if row is None:
+                    raise RecordNotFound(f"no run {record.run_id}")
+                raise VersionConflict(record.run_id, record.version - 1, row[0])
+            _insert_outbox(conn, event)
+
+        await self.db.write(update)
+
+    async def lookup(self, run_id: str) -> Record:
+        def lookup(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM statestream_records WHERE run_id = ?", (run_id,)
+            ).fetchone()
+
+        row = await self.db.read(lookup)
+        if row is None:
+            raise RecordNotFound(f"no run {run_id}")
+        return _record(row)
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        def latest(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM statestream_records "
+                "WHERE workflow_name = ? AND foreign_id = ? ORDER BY rowid DESC LIMIT 1",
+                (workflow_name, foreign_id),
+            ).fetchone()
+
+        row = await self.db.read(latest)
+        if row is None:
+            raise RecordNotFound(f"no run of {foreign_id!r} in workflow {workflow_name!r}")
+        return _record(row)
+
+    async def list(
+        self,
+        workflow_name: str | None = None,
+        *,
+        offset: int = 0,
+        limit: int = 25,
+        order: Order = Order.ASC,
+        filter: RecordFilter | None = None,
+    ) -> builtins.list[Record]:
+        if offset < 0 or limit < 0:
+            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if workflow_name is not None:
+            where.append("workflow_name = ?")
+            args.append(workflow_name)
+        if filter is not None:
+            for column, values in (
+                ("foreign_id", builtins.list(filter.foreign_ids)),
+                ("status", [int(s) for s in filter.statuses]),
+                ("run_state", [int(s) for s in filter.run_states]),
+            ):
+                if values:
+                    where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                    args.extend(values)
+            if filter.created_after is not None:
+                where.append("created_at > ?")
+                args.append(to_us(filter.created_after))
+            if filter.created_before is not None:
+                where.append("created_at < ?")
+                args.append(to_us(filter.created_before))
+        sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY rowid {'DESC' if order is Order.DESC else 'ASC'} LIMIT ? OFFSET ?"
+        args += [limit, offset]
+
+        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
+            return conn.execute(sql, args).fetchall()
+
+        return [_record(row) for row in await self.db.read(select)]
+
+    async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
+        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
+            return conn.execute(
+                "SELECT id, workflow_name, topic, key, type, headers, data, created_at "
+                "FROM statestream_outbox WHERE workflow_name = ? ORDER BY seq LIMIT ?",
+                (workflow_name, limit),
+            ).fetchall()
+
+        return [
+            OutboxEvent(
+                row[0],
+                row[1],
+                row[2],
+                Message(row[3], row[4], json.loads(row[5]), from_us(row[7]), row[6]),
+            )
+            for row in await self.db.read(select)
+        ]
+
+    async def delete_outbox(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        rows = [(i,) for i in ids]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM statestream_outbox WHERE id = ?", rows)
+
+        await self.db.write(delete)
+
+
+_PENDING, _COMPLETED, _CANCELLED = 0, 1, 2
+_TIMEOUT_COLUMNS = (
+    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state"
+)
+
+
+def _timeout(row: Sequence[Any]) -> TimeoutRecord:
+    return TimeoutRecord(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        from_us(row[6]),
+        from_us(row[7]),
+        row[8] == _COMPLETED,
+    )
+
+
+def _aware(name: str, value: datetime) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+class SqliteTimeoutStore:
+    """Durable timers in the same SQLite file."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def create(
+        self,
+        workflow_name: str,
+        foreign_id: str,
+        run_id: str,
+        status: int,
+        run_version: int,
+        expire_at: datetime,
+    ) -> TimeoutRecord:
+        _aware("expire_at", expire_at)
+        from ..._clock import utcnow
+
+        created = utcnow()
+        values = (
+            workflow_name,
+            foreign_id,
+            run_id,
+            status,
+            run_version,
+            to_us(expire_at),
+            to_us(created),
+        )
+
+        def insert(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO statestream_timeouts (workflow_name, foreign_id, run_id, status, "
+                "run_version, expire_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            return int(cursor.lastrowid or 0)
+
+        timeout_id = await self.db.write(insert)
+        return TimeoutRecord(
+            timeout_id,
+            workflow_name,
+            foreign_id,
+            run_id,
+            status,
+            run_version,
+            from_us(to_us(expire_at)),
+            from_us(to_us(created)),
+        )
+
+    async def _transition(self, timeout_id: int, state: int) -> bool:
+        def change(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE statestream_timeouts SET state = ? WHERE id = ? AND state = ?",
+                (state, timeout_id, _PENDING),
+            )
+            if cursor.rowcount == 1:
+                return True
+            if conn.execute(
+                "SELECT 1 FROM statestream_timeouts WHERE id = ?", (timeout_id,)
+            ).fetchone():
+                return False
+            raise TimeoutNotFound(f"no timeout {timeout_id}")
+
+        return await self.db.write(change)
+
+    async def complete(self, timeout_id: int) -> bool:
+        return await self._transition(timeout_id, _COMPLETED)
+
+    async def cancel(self, timeout_id: int) -> None:
+        await self._transition(timeout_id, _CANCELLED)
+
+    async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
+        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
+            return conn.execute(
+                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
+                "WHERE workflow_name = ? AND state = 0 ORDER BY id",
+                (workflow_name,),
+            ).fetchall()
+
+        return [_timeout(row) for row in await self.db.read(select)]
+
+    async def list_due(
+        self, workflow_name: str, status: int, now: datetime, limit: int = 100
+    ) -> builtins.list[TimeoutRecord]:
+        _aware("now", now)
+        args = (workflow_name, status, to_us(now), limit)
+
+        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
+            return conn.execute(
+                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
+                "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
+                "ORDER BY expire_at, id LIMIT ?",
+                args,
+            ).fetchall()
+
+        return [_timeout(row) for row in await self.db.read(select)]
