@@ -31,8 +31,8 @@ async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
 
 class TestSqliteRecordStore(RecordStoreContract):
     @pytest.fixture
-    async def store(self, db: SqliteDatabase) -> AsyncIterator[SqliteRecordStore]:
-        yield SqliteRecordStore(db)
+    async def store(self, db: SqliteDatabase) -> SqliteRecordStore:
+        return SqliteRecordStore(db)
 
 
 class TestSqliteStreamer(EventStreamerContract):
@@ -45,8 +45,8 @@ class TestSqliteStreamer(EventStreamerContract):
 
 class TestSqliteTimeoutStore(TimeoutStoreContract):
     @pytest.fixture
-    async def timeout_store(self, db: SqliteDatabase) -> AsyncIterator[SqliteTimeoutStore]:
-        yield SqliteTimeoutStore(db)
+    async def timeout_store(self, db: SqliteDatabase) -> SqliteTimeoutStore:
+        return SqliteTimeoutStore(db)
 
 
 class TestSqliteRoleScheduler(RoleSchedulerContract):
