@@ -3,7 +3,7 @@
 It shows every part of a workflow: steps (async and a plain function run in a thread), a branch,
 a callback standing in for a payment provider's webhook, a timeout for orders whose payment never
 arrives, a schedule that triggers a subscription order every second, retries after errors, and a
-hook. It runs on the in-memory adapters until the embedded SQLite default lands.
+hook. It runs on the embedded default, one SQLite file (``--memory`` for the in-memory adapters).
 """
 
 from __future__ import annotations
@@ -14,17 +14,26 @@ import enum
 import logging
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
-from . import Builder, Run, RunState, Workflow, after
+from . import Builder, RecordNotFound, RecordStore, Run, RunState, Workflow, after
 from .adapters.memory import (
     MemoryRecordStore,
     MemoryRoleScheduler,
     MemoryStreamer,
     MemoryTimeoutStore,
+)
+from .adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+    SqliteTimeoutStore,
 )
 
 
@@ -128,7 +137,10 @@ async def payment_provider(wf: Workflow[Order, OrderStatus], orders: int) -> Non
     pending = {f"order-{i}" for i in range(orders)}
     while pending:
         for foreign_id in list(pending):
-            run = await wf.latest(foreign_id)
+            try:
+                run = await wf.latest(foreign_id)
+            except RecordNotFound:
+                continue  # not triggered yet
             if run.status is not OrderStatus.AWAITING_PAYMENT:
                 if run.run_state.finished:
                     pending.discard(foreign_id)
@@ -143,13 +155,20 @@ async def payment_provider(wf: Workflow[Order, OrderStatus], orders: int) -> Non
         await asyncio.sleep(0.02)
 
 
+def _remove_database(path: str) -> None:
+    """The demo starts from an empty file each time."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
 def _bar(done: int, total: int, width: int = 32) -> str:
     filled = width * done // max(total, 1)
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} runs finished"
 
 
-async def main(orders: int, payment_window: float) -> int:
-    store = MemoryRecordStore()
+async def main(
+    orders: int, payment_window: float, db_path: str | None = None, memory: bool = False
+) -> int:
     finished = 0
 
     async def count(run: Run[Order, OrderStatus]) -> None:
@@ -158,16 +177,32 @@ async def main(orders: int, payment_window: float) -> int:
 
     builder = build_workflow(payment_window)
     builder.on_complete(count)
-    wf = builder.build(
-        MemoryStreamer(),
-        store,
-        MemoryRoleScheduler(),
-        timeout_store=MemoryTimeoutStore(),
-    )
+    db: SqliteDatabase | None = None
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if memory:
+        store: RecordStore = MemoryRecordStore()
+        wf = builder.build(
+            MemoryStreamer(), store, MemoryRoleScheduler(), timeout_store=MemoryTimeoutStore()
+        )
+        where = "in-memory adapters"
+    else:
+        if db_path is None:
+            tmp = tempfile.TemporaryDirectory(prefix="statestream-demo-")
+            db_path = str(Path(tmp.name) / "demo.db")
+        _remove_database(db_path)
+        db = SqliteDatabase(db_path)
+        store = SqliteRecordStore(db)
+        wf = builder.build(
+            SqliteStreamer(db),
+            store,
+            SqliteRoleScheduler(db, poll_interval=0.1),
+            timeout_store=SqliteTimeoutStore(db),
+        )
+        where = f"SQLite file {db_path} (WAL, synchronous=FULL)"
     logging.getLogger("statestream").setLevel(logging.ERROR)  # the summary counts the retries
     tty = sys.stdout.isatty()
     print(f"statestream demo: {orders} orders through workflow {wf.name!r}")
-    print("(in-memory adapters; a subscription order is also scheduled @every 1s)\n")
+    print(f"on the {where}; a subscription order is also scheduled @every 1s\n")
     started = time.perf_counter()
     async with wf:
         schedule = wf.schedule("subscription", "@every 1s", initial=Order("subscription", 42))
@@ -200,6 +235,11 @@ async def main(orders: int, payment_window: float) -> int:
     print(f"\nrun states: {dict(by_state)}")
     print(f"provider errors retried with backoff: {provider_errors}")
     print("\n" + wf.mermaid())
+    if db is not None:
+        print(f"{db.writes} writes in {db.commits} commits (group commit)")
+        await db.close()
+    if tmp is not None:
+        tmp.cleanup()
     return 0 if by_state.get(RunState.COMPLETED.label, 0) == len(records) else 1
 
 
@@ -207,8 +247,11 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description="statestream demo: an order pipeline")
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--payment-window", type=float, default=1.0, help="seconds")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", help="SQLite file to use (replaced); default: a temporary file")
+    where.add_argument("--memory", action="store_true", help="use the in-memory adapters")
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(main(args.orders, args.payment_window)))
+    raise SystemExit(asyncio.run(main(args.orders, args.payment_window, args.db, args.memory)))
 
 
 if __name__ == "__main__":
