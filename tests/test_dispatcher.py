@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import pytest
-
 from helpers import eventually
 from statestream import Event, EventReceiver, Message, errors
 from statestream._consumer import KeyedDispatcher, Process, ProcessState, Supervisor, shard_of

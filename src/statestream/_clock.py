@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .errors import InvalidInput
 
@@ -46,14 +48,22 @@ class FakeClock:
     def now(self) -> datetime:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        """Wait until the clock reaches now + ``seconds``.
+
+        The deadline is registered at the call, not when the coroutine first runs, so a test that
+        moves the clock right after a task was created with ``clock.sleep(...)`` still wakes it.
+        """
         if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+            return asyncio.sleep(0)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(
             self._sleepers, (self._now + timedelta(seconds=seconds), next(self._seq), future)
         )
+        return self._wait(future)
+
+    @staticmethod
+    async def _wait(future: asyncio.Future[None]) -> None:
         await future
 
     @property

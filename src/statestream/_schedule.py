@@ -68,6 +68,11 @@ class CronSpec:
             raise ConfigurationError(
                 "cron schedules need croniter: pip install 'statestream[cron]'"
             ) from exc
+        if not self.spec.startswith("@") and len(self.spec.split()) != 5:
+            raise InvalidInput(
+                f"invalid cron spec {self.spec!r}: expected 5 fields (minute hour day-of-month "
+                "month day-of-week); seconds and years are not supported"
+            )
         if not croniter.is_valid(self.spec):
             raise InvalidInput(
                 f"invalid cron spec {self.spec!r}: expected 5 fields (minute hour day-of-month "
@@ -75,6 +80,10 @@ class CronSpec:
                 "@daily, or @every <duration>"
             )
         self._croniter = croniter
+        try:
+            self.next_after(datetime.now(UTC))
+        except Exception as exc:  # croniter's "no such date" errors, e.g. 30 February
+            raise InvalidInput(f"cron spec {self.spec!r} never fires: {exc}") from exc
 
     def next_after(self, when: datetime) -> datetime:
         """The first tick strictly after ``when`` (an aware datetime), in UTC."""

@@ -148,6 +148,8 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
             )
             try:
                 if await wf._failed(what, role, timeout.run_id, exc, opts):
+                    attempts.pop(timeout.id, None)
+                    retry_at.pop(timeout.id, None)
                     await store.cancel(timeout.id)
             except Exception:
                 log.exception("statestream: handling a %s error failed", what)
@@ -166,6 +168,11 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
                 await asyncio.gather(*(guarded(t, now) for t in ready))
             if len(due) == _BATCH and ready:
                 continue
-            await wf._sleep_clock(opts.polling_frequency, stopping, wf._timeout_wake)
+            # Sleep relative to the time read before polling: if the clock moved meanwhile
+            # (a test's FakeClock, say), the next poll comes at once.
+            left = (
+                now + timedelta(seconds=opts.polling_frequency) - wf.clock.now()
+            ).total_seconds()
+            await wf._sleep_clock(max(0.0, left), stopping, wf._timeout_wake)
 
     return body
