@@ -412,3 +412,32 @@ async def test_timeout_failing_forever_is_also_bounded_by_the_pause_retry_limit(
 def test_bad_pause_retry_options_are_configuration_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(errors.ConfigurationError):
         build(builder(pauses_then_works()), clock=FakeClock(T0), **kwargs)
+
+
+async def test_a_pause_by_an_operator_is_not_resumed_automatically() -> None:
+    # Given a run that an operator paused through the API (before any worker ran it)
+    clock = FakeClock(T0)
+    calls = 0
+
+    async def step(run: Run[Task, S]) -> S:
+        nonlocal calls
+        calls += 1
+        return S.DONE
+
+    wf, _ = build(builder(step), clock=clock, pause_retry=60)
+    run_id = await wf.trigger("t")
+    await wf.pause(run_id, "investigating")
+    async with wf:
+        # When the pause-retry delay passes several times over
+        for _ in range(5):
+            clock.advance(timedelta(minutes=2))
+            await asyncio.sleep(0.02)
+        # Then the run is still paused, with the operator's reason, and the step never ran
+        run = await wf.get(run_id)
+        assert run.run_state is RunState.PAUSED
+        assert run.run_state_reason == "investigating"
+        assert calls == 0
+        # and resuming it by hand lets it finish
+        await wf.resume(run_id)
+        done = await wf.wait_for("t", run_id, S.DONE, timeout=2)
+    assert done.run_state is RunState.COMPLETED

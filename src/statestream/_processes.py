@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._workflow import Workflow
 
 __all__ = [
+    "H_PAUSED_BY",
     "H_RUN_STATE",
     "H_VERSION",
     "Body",
@@ -41,6 +42,8 @@ log = logging.getLogger("statestream")
 
 H_RUN_STATE = "run_state"
 H_VERSION = "record_version"
+#: Set to "operator" on the event of a pause made through ``Workflow.pause``.
+H_PAUSED_BY = "paused_by"
 
 Body = Callable[[asyncio.Event], Awaitable[None]]
 
@@ -172,8 +175,8 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
     wanted = str(int(RunState.PAUSED))
 
     async def handle(event: Event) -> None:
-        if event.headers.get(H_RUN_STATE) != wanted:
-            return
+        if event.headers.get(H_RUN_STATE) != wanted or event.headers.get(H_PAUSED_BY):
+            return  # not a pause, or an operator's pause: that one stays until resumed by hand
         await wf._wait_lag(event, delay)
         record = await wf._fresh_record(event, allow_stopped=True)
         if record is None or record.run_state is not RunState.PAUSED:

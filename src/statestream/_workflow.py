@@ -18,6 +18,7 @@ from ._consumer import Abandon, Process, ProcessState, Supervisor
 from ._graph import describe_status
 from ._options import ProcessOptions
 from ._processes import (
+    H_PAUSED_BY,
     H_VERSION,
     Body,
     connector_body,
@@ -271,7 +272,7 @@ class Workflow(Generic[T, StatusT]):
 
     # ------------------------------------------------------------------ writes
 
-    def _event_for(self, record: Record) -> OutboxEvent:
+    def _event_for(self, record: Record, extra: dict[str, str] | None = None) -> OutboxEvent:
         topic = topic_for(record)
         headers = {
             "workflow_name": record.workflow_name,
@@ -281,6 +282,8 @@ class Workflow(Generic[T, StatusT]):
             "run_state": str(int(record.run_state)),
             H_VERSION: str(record.version),
         }
+        if extra:
+            headers.update(extra)
         message = Message(record.run_id, record.status, headers, record.updated_at)
         return OutboxEvent(uuid.uuid4().hex, record.workflow_name, topic, message)
 
@@ -291,7 +294,9 @@ class Workflow(Generic[T, StatusT]):
                 if not waiter.done():
                     waiter.set_result(None)
 
-    async def _update(self, current: Record, **changes: Any) -> Record:
+    async def _update(
+        self, current: Record, *, headers: dict[str, str] | None = None, **changes: Any
+    ) -> Record:
         """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict."""
         status = changes.get("status", current.status)
         state = changes.get("run_state", current.run_state)
@@ -321,7 +326,7 @@ class Workflow(Generic[T, StatusT]):
             status_description=member.name if member is not None else str(status),
             auto_resumes=resumes,
         )
-        await self.store.update(record, self._event_for(record))
+        await self.store.update(record, self._event_for(record, headers))
         self._written(record)
         return record
 
@@ -356,13 +361,20 @@ class Workflow(Generic[T, StatusT]):
         if isinstance(result, Control):
             if isinstance(result, Skip):
                 return None
+            # Pausing or cancelling keeps what the function wrote to the object (say, why).
             if isinstance(result, Pause):
                 return await self._update(
-                    record, run_state=RunState.PAUSED, run_state_reason=result.reason
+                    record,
+                    run_state=RunState.PAUSED,
+                    run_state_reason=result.reason,
+                    object=self._codec.encode(run.object),
                 )
             if isinstance(result, Cancel):
                 return await self._update(
-                    record, run_state=RunState.CANCELLED, run_state_reason=result.reason
+                    record,
+                    run_state=RunState.CANCELLED,
+                    run_state_reason=result.reason,
+                    object=self._codec.encode(run.object),
                 )
             if isinstance(result, SaveAndRepeat):
                 return await self._update(
@@ -603,7 +615,14 @@ class Workflow(Generic[T, StatusT]):
                     if not waiters:
                         del self._watchers[run_id]
 
-    async def _control(self, run_id: str, state: RunState, reason: str, **extra: Any) -> Record:
+    async def _control(
+        self,
+        run_id: str,
+        state: RunState,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> Record:
         record = await self._own(run_id)
         current = record.run_state
         if current is RunState.INITIATED and state is RunState.CANCELLED:
@@ -612,16 +631,23 @@ class Workflow(Generic[T, StatusT]):
             )
         if not current.can_become(state):
             raise InvalidTransition(f"run {run_id} cannot go from {current.label} to {state.label}")
-        return await self._update(record, run_state=state, run_state_reason=reason, **extra)
+        return await self._update(
+            record, run_state=state, run_state_reason=reason, headers=headers, **extra
+        )
 
     async def pause(self, run_id: str, reason: str = "") -> Run[T, StatusT]:
         """Pause a run: consumers, callbacks and timeouts leave it alone until it is resumed.
+
+        A run paused through this call (an operator's decision) is not resumed by pause retry,
+        unlike in luno/workflow; runs paused by their steps or after repeated errors are.
 
         Raises:
             InvalidTransition: the run cannot be paused from its state.
             VersionConflict: the run changed while this call was writing; retry.
         """
-        return self.to_run(await self._control(run_id, RunState.PAUSED, reason))
+        return self.to_run(
+            await self._control(run_id, RunState.PAUSED, reason, {H_PAUSED_BY: "operator"})
+        )
 
     async def resume(self, run_id: str) -> Run[T, StatusT]:
         """Resume a paused run: the step at its status runs again. Resets the count of
@@ -637,7 +663,8 @@ class Workflow(Generic[T, StatusT]):
         (see :meth:`Builder.on_delete_data`) and marks it Data Deleted.
 
         Raises:
-            InvalidTransition: the run is not Completed or Cancelled (or already deleted).
+            InvalidTransition: the run is not Completed, Cancelled or Data Deleted (deleting
+                again is allowed, as the run-state table says).
             ConfigurationError: no ``on_delete_data`` was declared and ``object_type()`` fails.
         """
         if self._def.delete_fn is None:
