@@ -30,13 +30,13 @@ async def _memory() -> AsyncIterator[AdapterSet]:
     )
 
 
-async def _sqlite() -> AsyncIterator[AdapterSet]:
+async def _sqlite(direct: bool = False) -> AsyncIterator[AdapterSet]:
     with tempfile.TemporaryDirectory() as tmp:
         db = SqliteDatabase(Path(tmp) / "acceptance.db", synchronous="NORMAL")
         streamer = SqliteStreamer(db)
         yield AdapterSet(
             streamer,
-            SqliteRecordStore(db),
+            SqliteRecordStore(db, publish_to=streamer if direct else None),
             SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
             SqliteTimeoutStore(db),
         )
@@ -47,6 +47,7 @@ async def _sqlite() -> AsyncIterator[AdapterSet]:
 ADAPTER_SETS: dict[str, Callable[[], AsyncIterator[AdapterSet]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "sqlite-direct": lambda: _sqlite(direct=True),
 }
 
 

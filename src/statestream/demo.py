@@ -191,9 +191,10 @@ async def main(
             db_path = str(Path(tmp.name) / "demo.db")
         _remove_database(db_path)
         db = SqliteDatabase(db_path)
-        store = SqliteRecordStore(db)
+        streamer = SqliteStreamer(db)
+        store = SqliteRecordStore(db, publish_to=streamer)
         wf = builder.build(
-            SqliteStreamer(db),
+            streamer,
             store,
             SqliteRoleScheduler(db, poll_interval=0.1),
             timeout_store=SqliteTimeoutStore(db),

@@ -1,7 +1,9 @@
 """One SQLite file, one worker thread, group commit.
 
-Every adapter of the SQLite set talks to the file through a :class:`SqliteDatabase`. Operations
-are functions run on the worker thread with its connection. The thread takes every operation
+Every adapter of the SQLite set talks to the file through a :class:`SqliteDatabase`. Reads run
+at once on the event loop's thread with a connection of their own: in WAL mode a read never waits
+for a writer and takes microseconds, far less than a hand-off to another thread. Writes are
+functions run on the worker thread with its connection. The thread takes every write
 queued at that moment and runs the writes in one transaction, each inside its own savepoint (so
 one failing compare-and-set does not undo the others), commits once, and only then answers every
 caller. Under load many writes share one commit (and one fsync); when idle a write commits alone
@@ -138,6 +140,10 @@ class _Stop:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+def _noop(conn: sqlite3.Connection) -> None:
+    return None
+
+
 def _resolve(op: _Op) -> None:
     if op.future.done():
         return
@@ -180,14 +186,36 @@ class SqliteDatabase:
         self._open_error: BaseException | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         self.commits = 0
         self.writes = 0
 
     # -------------------------------------------------------------- public
 
     async def read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
-        """Run ``fn(connection)`` on the database thread and return its result."""
-        return await self._submit(fn, write=False)
+        """Run ``fn(connection)`` with the read connection (on the caller's thread) and return
+        its result. It sees every write that has returned."""
+        conn = self._reader
+        if conn is None:
+            conn = await self._open_reader()
+        try:
+            return fn(conn)
+        except Exception as exc:
+            raise _translate(exc, self.path) from exc
+
+    async def _open_reader(self) -> sqlite3.Connection:
+        await self._submit(_noop, write=False)  # the worker creates or migrates the schema first
+        if self._reader is None:
+            try:
+                conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=1.0
+                )
+                conn.execute("PRAGMA busy_timeout = 1000")
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path) from exc
+            self._reader = conn
+        return self._reader
 
     async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn(connection)`` inside a transaction; its changes are committed (possibly
@@ -196,7 +224,10 @@ class SqliteDatabase:
         return await self._submit(fn, write=True)
 
     async def close(self) -> None:
-        """Finish queued work, close the connection and stop the thread."""
+        """Finish queued work, close the connections and stop the thread."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         thread = self._thread
         if thread is None:
             return

@@ -60,9 +60,18 @@ class SqliteStreamer:
             )
 
         await self.db.write(insert)
+        self.wake(topic)
+
+    def wake(self, topic: str) -> None:
+        """Wake this process's receivers of ``topic``: new events were committed."""
         waker = self._wakers.get(topic)
         if waker is not None:
             waker.set()
+
+    #: Acknowledged positions are written at most this often per receiver (and on close): a
+    #: crash replays at most this much, which the engine's version check makes harmless, and
+    #: the commits (each an fsync with synchronous=FULL) stay off the path of state changes.
+    ack_interval = 0.1
 
     async def receiver(
         self, topic: str, name: str, *, from_latest: bool = False, poll_interval: float = 0.5
@@ -116,6 +125,9 @@ class SqliteReceiver:
         self._poll = max(0.001, poll)
         self._closed = False
         self._close_event = asyncio.Event()
+        self._acked = 0  # highest acknowledged id not yet written
+        self._written = 0
+        self._flusher: asyncio.Task[None] | None = None
 
     async def recv(self, limit: int = 100) -> list[Event]:
         if limit < 1:
@@ -160,9 +172,27 @@ class SqliteReceiver:
                 closed.cancel()
 
     async def ack(self, event: Event) -> None:
+        """Acknowledge ``event`` and every earlier one. The position is written within
+        ``SqliteStreamer.ack_interval`` (at once when the receiver closes)."""
         if event.topic != self.topic:
             raise InvalidInput(f"event of topic {event.topic!r} acked on {self.topic!r}")
-        args = (self.topic, self.name, event.id, to_us_now())
+        if event.id <= self._acked:
+            return
+        self._acked = event.id
+        if self._closed:
+            await self._flush()
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._streamer.ack_interval)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        position = self._acked
+        if position <= self._written:
+            return
+        args = (self.topic, self.name, position, to_us_now())
 
         def commit(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -173,11 +203,19 @@ class SqliteReceiver:
             )
 
         await self._db.write(commit)
+        self._written = max(self._written, position)
 
     async def close(self) -> None:
+        """Stop receiving; the acknowledged position is written before this returns."""
         self._closed = True
         self._close_event.set()
         self._streamer._receivers.discard(self)
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        await self._flush()
 
 
 class SqliteLease:

@@ -1,0 +1,1 @@
+"""statestream's benchmark harness: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,500 @@
+"""The benchmark workloads: each one builds a workflow, drives it and returns one result row.
+
+Run one workload in this process (the harness runs each repetition in its own subprocess)::
+
+    python -m bench.workloads <workload> <backend> [<size>]
+
+It prints one JSON line: the row. ``size`` is the number of runs (for ``depth-*``: runs driven
+one after the other through the chain).
+
+Every workflow here is a chain of async steps that do no I/O: step ``i`` adds one to a counter in
+the run's object and returns status ``i + 1``; the last status is terminal, so the write that
+reaches it completes the run. A *transition* is one record write: the trigger plus one write per
+step, so a 3-step run makes 4.
+
+Backends live in :data:`BACKENDS`: a name mapped to an async context manager that yields the
+adapters and cleans them up. Adding a backend is one factory and one line in the dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import itertools
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from statestream import (
+    Builder,
+    EventStreamer,
+    RecordStore,
+    RoleScheduler,
+    Run,
+    TimeoutStore,
+    Workflow,
+)
+from statestream.adapters.memory import (
+    MemoryRecordStore,
+    MemoryRoleScheduler,
+    MemoryStreamer,
+    MemoryTimeoutStore,
+)
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+    SqliteTimeoutStore,
+)
+
+__all__ = [
+    "BACKENDS",
+    "WORKLOADS",
+    "Adapters",
+    "Result",
+    "Workload",
+    "make_memory_adapters",
+    "run_workload",
+]
+
+WORKFLOW = "bench"
+#: A workload that has not finished after this many seconds fails instead of hanging.
+DEADLINE_S = 300.0
+#: The timeouts workload's poll interval: how late, at most, the poller sees the expiry.
+POLL_S = 0.1
+
+
+# ------------------------------------------------------------------------------------ backends
+
+
+@dataclass(frozen=True, slots=True)
+class Adapters:
+    streamer: EventStreamer
+    store: RecordStore
+    scheduler: RoleScheduler
+    timeout_store: TimeoutStore | None = None
+
+
+BackendFactory = Callable[[], contextlib.AbstractAsyncContextManager[Adapters]]
+
+
+@contextlib.asynccontextmanager
+async def make_memory_adapters() -> AsyncIterator[Adapters]:
+    """The in-memory adapters, configured as a long-running service would use them.
+
+    ``keep_snapshots=False``: the store's debugging history of every version of every run is
+    off, as its docstring recommends for long-running processes.
+    """
+    streamer = MemoryStreamer()
+    try:
+        yield Adapters(
+            streamer=streamer,
+            store=MemoryRecordStore(keep_snapshots=False),
+            scheduler=MemoryRoleScheduler(),
+            timeout_store=MemoryTimeoutStore(),
+        )
+    finally:
+        await streamer.close()
+
+
+def make_sqlite_adapters(synchronous: Literal["FULL", "NORMAL"]) -> BackendFactory:
+    """The embedded default: every adapter on one SQLite file in a temporary directory, the
+    store publishing straight into the event table (no outbox relay on the path)."""
+
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[Adapters]:
+        with tempfile.TemporaryDirectory(prefix="statestream-bench-") as tmp:
+            db = SqliteDatabase(Path(tmp) / "bench.db", synchronous=synchronous)
+            streamer = SqliteStreamer(db)
+            try:
+                yield Adapters(
+                    streamer=streamer,
+                    store=SqliteRecordStore(db, publish_to=streamer),
+                    scheduler=SqliteRoleScheduler(db),
+                    timeout_store=SqliteTimeoutStore(db),
+                )
+            finally:
+                await streamer.close()
+                await db.close()
+
+    return make
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "memory": make_memory_adapters,
+    # WAL + synchronous=FULL: a committed write survives a power cut.
+    "sqlite": make_sqlite_adapters("FULL"),
+    # WAL + synchronous=NORMAL: a power cut may lose the last commits (never corrupts).
+    "sqlite-normal": make_sqlite_adapters("NORMAL"),
+}
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+@dataclass(slots=True)
+class Result:
+    """One repetition of one workload on one backend."""
+
+    workload: str
+    backend: str
+    runs: int = 0
+    transitions: int = 0
+    elapsed_s: float | None = None
+    transitions_per_s: float | None = None
+    runs_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    per_step_ms: float | None = None
+    peak_rss_mb: float | None = None
+    #: CPU time (user + system) of this process in the measured window, per transition
+    cpu_us_per_transition: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+# ------------------------------------------------------------------------------------ workflows
+
+
+@dataclass
+class Payload:
+    """The run's object: a counter the steps bump, so every write encodes something."""
+
+    n: int = 0
+
+
+def chain(steps: int) -> type[enum.IntEnum]:
+    """An IntEnum ``S1 .. S{steps+1}`` (values 1..steps+1): ``steps`` steps, last is terminal."""
+    return enum.IntEnum("S", [f"S{i}" for i in range(1, steps + 2)])  # type: ignore[return-value]
+
+
+StepFn = Callable[[Run[Payload, Any]], Awaitable[Any]]
+HookFn = Callable[[Run[Payload, Any]], Awaitable[None]]
+
+
+def _advance(to: enum.IntEnum) -> StepFn:
+    async def step(run: Run[Payload, Any]) -> enum.IntEnum:
+        run.object.n += 1
+        return to
+
+    return step
+
+
+def build_chain(
+    adapters: Adapters,
+    steps: int,
+    *,
+    parallel_count: int = 1,
+    on_complete: HookFn | None = None,
+) -> tuple[Workflow[Payload, Any], type[enum.IntEnum]]:
+    """A workflow whose runs go ``S1 -> S2 -> ... -> S{steps+1}`` (terminal)."""
+    status = chain(steps)
+    members = list(status)
+    b: Builder[Payload, Any] = Builder(WORKFLOW, Payload, status)
+    for src, dst in itertools.pairwise(members):
+        b.add_step(src, _advance(dst), dst, parallel_count=parallel_count)
+    if on_complete is not None:
+        b.on_complete(on_complete)
+    wf = b.build(
+        adapters.streamer,
+        adapters.store,
+        adapters.scheduler,
+        timeout_store=adapters.timeout_store,
+    )
+    return wf, status
+
+
+# ------------------------------------------------------------------------------------ workloads
+
+
+async def _fan_out(
+    backend: str, size: int, *, name: str, parallel_count: int, steps: int = 3
+) -> Result:
+    """Trigger ``size`` runs back to back, then wait until the last one completes.
+
+    Completion is counted by an ``on_complete`` hook (one asyncio.Event set at the last one), so
+    the measurement adds one hook consumer and no polling. The run latency is the completed
+    record's ``updated_at - created_at``: trigger to completing write, under full load.
+    """
+    completed = 0
+    all_done = asyncio.Event()
+    latencies: list[float] = []
+
+    async def count(run: Run[Payload, Any]) -> None:
+        nonlocal completed
+        latencies.append((run.updated_at - run.created_at).total_seconds())
+        completed += 1
+        if completed >= size:
+            all_done.set()
+
+    async with BACKENDS[backend]() as adapters:
+        wf, _ = build_chain(adapters, steps, parallel_count=parallel_count, on_complete=count)
+        async with wf:
+            started = time.perf_counter()
+            cpu = time.process_time()
+            for i in range(size):
+                await wf.trigger(f"run-{i}")
+            try:
+                await asyncio.wait_for(all_done.wait(), DEADLINE_S)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"{name}: only {completed} of {size} runs completed in {DEADLINE_S:.0f}s"
+                ) from None
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+    transitions = size * (steps + 1)
+    return Result(
+        workload=name,
+        backend=backend,
+        runs=size,
+        transitions=transitions,
+        elapsed_s=elapsed,
+        transitions_per_s=transitions / elapsed,
+        runs_per_s=size / elapsed,
+        p50_ms=_ms(percentile(latencies, 50)),
+        p99_ms=_ms(percentile(latencies, 99)),
+        peak_rss_mb=peak_rss_mb(),
+        cpu_us_per_transition=cpu / transitions * 1e6,
+        note="latency under load (all runs triggered at once)",
+    )
+
+
+async def throughput(backend: str, size: int) -> Result:
+    """Workload 1: trigger ``size`` runs of a 3-step workflow at once; runs/s to completion."""
+    return await _fan_out(backend, size, name="throughput", parallel_count=1)
+
+
+async def parallel_1(backend: str, size: int) -> Result:
+    """Workload 5a: workload 1 with ``parallel_count=1`` on every step."""
+    return await _fan_out(backend, size, name="parallel-1", parallel_count=1)
+
+
+async def parallel_4(backend: str, size: int) -> Result:
+    """Workload 5b: workload 1 with ``parallel_count=4`` on every step."""
+    return await _fan_out(backend, size, name="parallel-4", parallel_count=4)
+
+
+async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> Result:
+    """Trigger one run, ``wait_for`` its terminal status, repeat; a few warm-up runs first."""
+    warmup = min(10, max(1, size // 10))
+    latencies: list[float] = []
+    async with BACKENDS[backend]() as adapters:
+        wf, status = build_chain(adapters, steps)
+        last = list(status)[-1]
+        async with wf:
+            started = time.perf_counter()
+            cpu = time.process_time()
+            for i in range(warmup + size):
+                if i == warmup:
+                    started = time.perf_counter()
+                    cpu = time.process_time()
+                t0 = time.perf_counter()
+                foreign_id = f"run-{i}"
+                run_id = await wf.trigger(foreign_id)
+                await wf.wait_for(foreign_id, run_id, last, timeout=DEADLINE_S)
+                if i >= warmup:
+                    latencies.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+    transitions = size * (steps + 1)
+    p50 = percentile(latencies, 50)
+    return Result(
+        workload=name,
+        backend=backend,
+        runs=size,
+        transitions=transitions,
+        elapsed_s=elapsed,
+        transitions_per_s=transitions / elapsed,
+        runs_per_s=size / elapsed,
+        p50_ms=_ms(p50),
+        p99_ms=_ms(percentile(latencies, 99)),
+        per_step_ms=_ms(p50 / steps),
+        peak_rss_mb=peak_rss_mb(),
+        cpu_us_per_transition=cpu / transitions * 1e6,
+        note=f"after {warmup} warm-up run{'s' if warmup > 1 else ''}",
+    )
+
+
+async def latency(backend: str, size: int) -> Result:
+    """Workload 2: one 3-step run at a time; trigger-to-completed latency."""
+    return await _one_at_a_time(backend, size, name="latency", steps=3)
+
+
+def _depth(steps: int) -> Callable[[str, int], Awaitable[Result]]:
+    async def depth(backend: str, size: int) -> Result:
+        return await _one_at_a_time(backend, size, name=f"depth-{steps}", steps=steps)
+
+    depth.__doc__ = f"Workload 3: one run at a time through {steps} steps; ms per step."
+    return depth
+
+
+async def timeouts(backend: str, size: int) -> Result:
+    """Workload 4: ``size`` runs wait at S1 for timers that all expire at the same instant.
+
+    Every run is triggered into S1, whose only way out is a timeout to S2 (terminal); every timer
+    returns the same instant, far enough ahead for all of them to be stored first. Measured: the
+    expiry instant to the last completion (runs/s), and per run expiry to completing write
+    (p50/p99). The timeout's ``polling_frequency`` is ``POLL_S`` (0.1 s), so the poller notices
+    the expiry within 0.1 s. Runs only when ``Builder.add_timeout(status, timer, on_timeout,
+    *to)`` exists; otherwise the row says "not implemented yet".
+    """
+    if not hasattr(Builder, "add_timeout"):
+        return Result(workload="timeouts", backend=backend, note="not implemented yet")
+    completed = 0
+    timers = 0
+    all_done = asyncio.Event()
+    all_set = asyncio.Event()
+    latencies: list[float] = []
+    lead = 0.5 + size / 2000  # seconds from the start to the common expiry instant
+    started_wall = datetime.now(UTC)
+    started = time.perf_counter()
+    fire_at = started_wall + timedelta(seconds=lead)
+
+    async def timer(run: Run[Payload, Any], now: datetime) -> datetime:
+        nonlocal timers
+        timers += 1
+        if timers >= size:
+            all_set.set()
+        return fire_at
+
+    async def expired(run: Run[Payload, Any], now: datetime) -> enum.IntEnum:
+        run.object.n += 1
+        return s2
+
+    async def count(run: Run[Payload, Any]) -> None:
+        nonlocal completed
+        latencies.append((run.updated_at - fire_at).total_seconds())
+        completed += 1
+        if completed >= size:
+            all_done.set()
+
+    status = chain(1)
+    s1, s2 = list(status)
+    async with BACKENDS[backend]() as adapters:
+        b: Builder[Payload, Any] = Builder(WORKFLOW, Payload, status)
+        b.add_timeout(s1, timer, expired, s2, polling_frequency=POLL_S)
+        b.on_complete(count)
+        wf = b.build(
+            adapters.streamer,
+            adapters.store,
+            adapters.scheduler,
+            timeout_store=adapters.timeout_store,
+        )
+        async with wf:
+            for i in range(size):
+                await wf.trigger(f"run-{i}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_set.wait(), lead - (time.perf_counter() - started))
+            if timers < size:
+                raise RuntimeError(
+                    f"timeouts: only {timers} of {size} timers were set before they expired; "
+                    "raise the lead time"
+                )
+            cpu = time.process_time()  # nearly idle until the expiry instant
+            try:
+                await asyncio.wait_for(all_done.wait(), lead + DEADLINE_S)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"timeouts: only {completed} of {size} runs completed in time"
+                ) from None
+            elapsed = time.perf_counter() - (started + lead)
+            cpu = time.process_time() - cpu
+    return Result(
+        workload="timeouts",
+        backend=backend,
+        runs=size,
+        transitions=size,  # the firing writes; the triggers happen before the window
+        elapsed_s=elapsed,
+        transitions_per_s=size / elapsed,
+        runs_per_s=size / elapsed,
+        p50_ms=_ms(percentile(latencies, 50)),
+        p99_ms=_ms(percentile(latencies, 99)),
+        peak_rss_mb=peak_rss_mb(),
+        cpu_us_per_transition=cpu / size * 1e6,
+        note=f"from the common expiry instant (poller interval {POLL_S:g}s)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    fn: Callable[[str, int], Awaitable[Result]]
+    #: runs per repetition in a full run and in a ``--quick`` smoke run
+    size: int
+    quick_size: int
+    #: the issue's numbering, shown in the README
+    number: int
+    #: backends a plain ``make bench`` runs it on (``--backend`` runs any)
+    backends: tuple[str, ...] = ("memory",)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "throughput": Workload(throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal")),
+    "latency": Workload(latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal")),
+    "depth-5": Workload(_depth(5), 100, 3, 3),
+    "depth-10": Workload(_depth(10), 100, 3, 3),
+    "depth-100": Workload(_depth(100), 30, 2, 3),
+    "timeouts": Workload(timeouts, 10_000, 200, 4),
+    "parallel-1": Workload(parallel_1, 10_000, 200, 5),
+    "parallel-4": Workload(parallel_4, 10_000, 200, 5),
+}
+
+
+async def run_workload(name: str, backend: str, size: int | None = None) -> Result:
+    """Run one workload in this process (``size`` defaults to the full-run size)."""
+    if name not in WORKLOADS:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    if backend not in BACKENDS:
+        raise KeyError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    workload = WORKLOADS[name]
+    return await workload.fn(backend, workload.size if size is None else size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.workloads", description="Run one benchmark workload once."
+    )
+    parser.add_argument("workload", choices=list(WORKLOADS))
+    parser.add_argument("backend", choices=list(BACKENDS))
+    parser.add_argument("size", type=int, nargs="?", default=None)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run_workload(args.workload, args.backend, args.size))
+    print(json.dumps(result.to_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
