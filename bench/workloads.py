@@ -70,6 +70,8 @@ __all__ = [
 WORKFLOW = "bench"
 #: A workload that has not finished after this many seconds fails instead of hanging.
 DEADLINE_S = 300.0
+#: Triggers in flight at once in the fan-out workloads (throughput, parallel-N).
+TRIGGER_CONCURRENCY = 64
 #: The timeouts workload's poll interval: how late, at most, the poller sees the expiry.
 POLL_S = 0.1
 
@@ -266,8 +268,15 @@ async def _fan_out(
         async with wf:
             started = time.perf_counter()
             cpu = time.process_time()
-            for i in range(size):
-                await wf.trigger(f"run-{i}")
+            # As fast as the API allows: up to TRIGGER_CONCURRENCY triggers in flight at once
+            # (as many request handlers of a service would), so a store may commit them together.
+            for start in range(0, size, TRIGGER_CONCURRENCY):
+                await asyncio.gather(
+                    *(
+                        wf.trigger(f"run-{i}")
+                        for i in range(start, min(size, start + TRIGGER_CONCURRENCY))
+                    )
+                )
             try:
                 await asyncio.wait_for(all_done.wait(), DEADLINE_S)
             except TimeoutError:
