@@ -244,6 +244,7 @@ class KeyedDispatcher:
         self._stopping = stopping
         stop = asyncio.ensure_future(stopping.wait())
         acker = asyncio.create_task(self._ack_loop())
+        recv: asyncio.Future[list[Event]] | None = None
         try:
             while not stopping.is_set():
                 if not self._space.is_set():
@@ -265,6 +266,9 @@ class KeyedDispatcher:
         finally:
             stop.cancel()
             acker.cancel()
+            if recv is not None and not recv.done():
+                recv.cancel()  # cancelled (the role was lost): don't leave a pending receive
+                await asyncio.gather(recv, return_exceptions=True)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(acker, *self._tasks, return_exceptions=True)

@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -137,7 +137,7 @@ class _Op:
 
 @dataclass(eq=False)
 class _Stop:
-    done: threading.Event = field(default_factory=threading.Event)
+    """Queued by ``close()``: the thread finishes what was queued before it and exits."""
 
 
 def _noop(conn: sqlite3.Connection) -> None:
@@ -183,8 +183,6 @@ class SqliteDatabase:
         self.allow_foreign = allow_foreign
         self._queue: queue.SimpleQueue[_Op | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._open_error: BaseException | None = None
-        self._ready = threading.Event()
         self._lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self.commits = 0
@@ -228,15 +226,12 @@ class SqliteDatabase:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        thread = self._thread
-        if thread is None:
-            return
-        stop = _Stop()
-        self._queue.put(stop)
-        await asyncio.to_thread(stop.done.wait)
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return  # never opened, or the open failed
+            self._queue.put(_Stop())
         await asyncio.to_thread(thread.join)
-        self._thread = None
-        self._ready.clear()
 
     async def schema_version(self) -> int:
         def get(conn: sqlite3.Connection) -> int:
@@ -250,28 +245,23 @@ class SqliteDatabase:
     # -------------------------------------------------------------- thread
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], R], *, write: bool) -> R:
-        self._start()
         loop = asyncio.get_running_loop()
         op = _Op(fn, write, loop, loop.create_future())
-        self._queue.put(op)
+        # Under the lock, a queued operation always has a live thread that will answer it: a
+        # thread that fails to open, or stops, drops its claim under the same lock.
+        with self._lock:
+            if self._thread is None:
+                self._start_locked()
+            self._queue.put(op)
         result: R = await op.future
         return result
 
-    def _start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            if self._open_error is not None:
-                raise self._open_error
-            return
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._open_error = None
-            self._ready.clear()
-            thread = threading.Thread(
-                target=self._run, name=f"statestream-sqlite:{self.path.name}", daemon=True
-            )
-            self._thread = thread
-            thread.start()
+    def _start_locked(self) -> None:
+        thread = threading.Thread(
+            target=self._run, name=f"statestream-sqlite:{self.path.name}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
 
     def _connect(self) -> sqlite3.Connection:
         where = str(self.path)
@@ -287,11 +277,13 @@ class SqliteDatabase:
             raise AdapterConnectionError(f"cannot open SQLite database {where}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            current = self._check(conn)  # before anything changes the file
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("statestream: %s could not switch to WAL (mode %s)", where, mode)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            self._migrate(conn)
+            if current < SCHEMA_VERSION:
+                self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise _translate(exc, self.path) from exc
@@ -300,7 +292,9 @@ class SqliteDatabase:
             raise
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _check(self, conn: sqlite3.Connection) -> int:
+        """The file's statestream schema version (0 for a new file); refuses a file that is not
+        ours or is newer than this release, without changing it."""
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
@@ -315,15 +309,20 @@ class SqliteDatabase:
                     f"release understands ({SCHEMA_VERSION}): upgrade statestream, or use "
                     "another file"
                 )
-            if found == SCHEMA_VERSION:
-                return
-        elif tables - {"sqlite_sequence"} and not self.allow_foreign:
+            return found
+        if tables - {"sqlite_sequence"} and not self.allow_foreign:
             raise AdapterError(
                 f"{self.path} is an SQLite database of something else (tables: "
                 f"{', '.join(sorted(tables)[:5])}): choose another path, or pass "
                 "allow_foreign=True to add the statestream tables to it"
             )
+        return 0
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
+        if self._check(conn) >= SCHEMA_VERSION:  # another process migrated it meanwhile
+            conn.execute("ROLLBACK")
+            return
         try:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -341,8 +340,9 @@ class SqliteDatabase:
         try:
             conn = self._connect()
         except BaseException as exc:
-            self._open_error = exc
-            self._fail_all(exc)
+            with self._lock:
+                self._thread = None  # the next operation tries to open the file again
+                self._fail_all(exc)
             return
         try:
             while True:
@@ -363,7 +363,10 @@ class SqliteDatabase:
                 if batch:
                     self._execute(conn, batch)
                 if stop is not None:
-                    stop.done.set()
+                    with self._lock:
+                        self._thread = None
+                        if not self._queue.empty():
+                            self._start_locked()  # operations queued after close() began
                     return
         finally:
             conn.close()
@@ -374,9 +377,7 @@ class SqliteDatabase:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Stop):
-                item.done.set()
-            else:
+            if not isinstance(item, _Stop):
                 item.error = exc
                 item.loop.call_soon_threadsafe(_resolve, item)
 
@@ -394,6 +395,8 @@ class SqliteDatabase:
                         op.result = op.fn(conn)
                         conn.execute("RELEASE op")
                     except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole batch back (a full disk, say)
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
                         op.error = _translate(exc, self.path)
@@ -409,7 +412,7 @@ class SqliteDatabase:
                 self.writes += len(writes)
         except Exception as exc:
             error = _translate(exc, self.path)
-            if in_tx:
+            if in_tx and conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
