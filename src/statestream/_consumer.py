@@ -218,8 +218,10 @@ class KeyedDispatcher:
         shards: int = 1,
         error_backoff: float = 1.0,
         max_error_backoff: float = 60.0,
+        accept: Callable[[Event], bool] | None = None,
     ) -> None:
         self._receiver = receiver
+        self._accept = accept
         self._handle = handle
         self._on_error = on_error
         self._concurrency = concurrency
@@ -275,7 +277,10 @@ class KeyedDispatcher:
             await self._ack_now()
 
     def _submit(self, event: Event) -> None:
-        if self._shards > 1 and shard_of(event.key, self._shards) != self._shard:
+        if (self._shards > 1 and shard_of(event.key, self._shards) != self._shard) or (
+            self._accept is not None and not self._accept(event)
+        ):
+            # Another shard's event, or one this consumer ignores: done without a task.
             self._slots.append(_Slot(event, done=True))
             self._advance()
             if len(self._slots) >= self._window:

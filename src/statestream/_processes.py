@@ -56,6 +56,7 @@ def consumer_body(
     *,
     shard: int = 0,
     shards: int = 1,
+    accept: Callable[[Event], bool] | None = None,
 ) -> Body:
     """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher."""
 
@@ -71,6 +72,7 @@ def consumer_body(
                 shards=shards,
                 error_backoff=opts.error_backoff,
                 max_error_backoff=opts.max_error_backoff,
+                accept=accept,
             ).run(stopping)
         finally:
             await receiver.close()
@@ -98,6 +100,7 @@ def step_body(
 ) -> Body:
     topic = status_topic(wf.name, int(spec.status))
     opts = spec.options
+    what = f"step {spec.status.name}"
 
     async def handle(event: Event) -> None:
         if opts.lag:
@@ -109,11 +112,11 @@ def step_body(
         if run.run_state is RunState.INITIATED:
             run.run_state = RunState.RUNNING
         result = await call_user(spec.fn, spec.is_async, run)
-        await wf._apply_result(f"step {spec.status.name}", spec.destinations, record, run, result)
+        await wf._apply_result(what, spec.destinations, record, run, result)
         wf._clear_errors(role, record.run_id)
 
     async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-        return await wf._failed(f"step {spec.status.name}", role, event.key, exc, opts, event=event)
+        return await wf._failed(what, role, event.key, exc, opts, event=event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return wf.streamer.receiver(topic, role, poll_interval=opts.polling_frequency)
@@ -124,9 +127,10 @@ def step_body(
 def hook_body(wf: Workflow[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
     wanted = str(int(hook.run_state))
 
+    def accept(event: Event) -> bool:
+        return event.headers.get(H_RUN_STATE) == wanted
+
     async def handle(event: Event) -> None:
-        if event.headers.get(H_RUN_STATE) != wanted:
-            return
         try:
             record = await wf.store.lookup(event.key)
         except RecordNotFound:
@@ -139,7 +143,11 @@ def hook_body(wf: Workflow[T, StatusT], hook: HookSpec[T, StatusT], role: str) -
         )
 
     return consumer_body(
-        open_receiver, handle, _retry_forever(f"{hook.run_state.label} hook"), hook.options
+        open_receiver,
+        handle,
+        _retry_forever(f"{hook.run_state.label} hook"),
+        hook.options,
+        accept=accept,
     )
 
 
@@ -174,9 +182,11 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
     limit = wf._def.pause_retry_limit
     wanted = str(int(RunState.PAUSED))
 
+    def accept(event: Event) -> bool:
+        # Not a pause, or an operator's pause (that one stays until resumed by hand).
+        return event.headers.get(H_RUN_STATE) == wanted and not event.headers.get(H_PAUSED_BY)
+
     async def handle(event: Event) -> None:
-        if event.headers.get(H_RUN_STATE) != wanted or event.headers.get(H_PAUSED_BY):
-            return  # not a pause, or an operator's pause: that one stays until resumed by hand
         await wf._wait_lag(event, delay)
         record = await wf._fresh_record(event, allow_stopped=True)
         if record is None or record.run_state is not RunState.PAUSED:
@@ -202,7 +212,7 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
             run_state_change_topic(wf.name), role, poll_interval=opts.polling_frequency
         )
 
-    return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts)
+    return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts, accept=accept)
 
 
 def connector_body(

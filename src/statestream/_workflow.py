@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
@@ -55,6 +55,11 @@ log = logging.getLogger("statestream")
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
+def _new_id() -> str:
+    """A random 128-bit ID as 32 hex digits (uuid4's form, at a quarter of its cost)."""
+    return os.urandom(16).hex()
+
+
 def _role(*parts: object) -> str:
     return "-".join(str(p) for p in parts).lower().replace(" ", "_")
 
@@ -96,6 +101,9 @@ class Workflow(Generic[T, StatusT]):
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._schedules: dict[str, Schedule[T, StatusT]] = {}
+        #: (run state, status) -> (topic, run-state header), computed once per pair
+        self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
+        self._names = {value: member.name for value, member in definition.statuses.items()}
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -257,7 +265,8 @@ class Workflow(Generic[T, StatusT]):
             events = await self.store.list_outbox(self.name, 1000)
             if not events:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await wake.wait()
                 continue
             by_topic: dict[str, list[Message]] = {}
             for event in events:
@@ -273,19 +282,23 @@ class Workflow(Generic[T, StatusT]):
     # ------------------------------------------------------------------ writes
 
     def _event_for(self, record: Record, extra: dict[str, str] | None = None) -> OutboxEvent:
-        topic = topic_for(record)
+        key = (record.run_state, record.status)
+        cached = self._topics.get(key)
+        if cached is None:
+            cached = self._topics[key] = (topic_for(record), str(int(record.run_state)))
+        topic, state = cached
         headers = {
             "workflow_name": record.workflow_name,
             "foreign_id": record.foreign_id,
             "run_id": record.run_id,
             "topic": topic,
-            "run_state": str(int(record.run_state)),
+            "run_state": state,
             H_VERSION: str(record.version),
         }
         if extra:
             headers.update(extra)
         message = Message(record.run_id, record.status, headers, record.updated_at)
-        return OutboxEvent(uuid.uuid4().hex, record.workflow_name, topic, message)
+        return OutboxEvent(_new_id(), record.workflow_name, topic, message)
 
     def _written(self, record: Record) -> None:
         self._outbox_wake.set()
@@ -311,7 +324,6 @@ class Workflow(Generic[T, StatusT]):
                 f"{reason} (stays paused: already resumed automatically {resumes} times; "
                 "resume it by hand)"
             )
-        member = self._statuses.get(status)
         record = Record(
             workflow_name=current.workflow_name,
             foreign_id=current.foreign_id,
@@ -323,7 +335,7 @@ class Workflow(Generic[T, StatusT]):
             updated_at=self.clock.now(),
             version=current.version + 1,
             run_state_reason=reason,
-            status_description=member.name if member is not None else str(status),
+            status_description=self._names.get(status) or str(status),
             auto_resumes=resumes,
         )
         await self.store.update(record, self._event_for(record, headers))
@@ -504,7 +516,7 @@ class Workflow(Generic[T, StatusT]):
         record = Record(
             workflow_name=self.name,
             foreign_id=foreign_id,
-            run_id=uuid.uuid4().hex,
+            run_id=_new_id(),
             run_state=RunState.INITIATED,
             status=int(status),
             object=data,
@@ -607,7 +619,8 @@ class Workflow(Generic[T, StatusT]):
                         )
                     wait = min(wait, left)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter, wait)
+                    async with asyncio.timeout(wait):
+                        await waiter
             finally:
                 waiters = self._watchers.get(run_id)
                 if waiters is not None and waiter in waiters:
