@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 
 from statestream import Builder, Run, Workflow
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+from statestream.testing import FakeClock
 
 
 class Status(IntEnum):
@@ -75,14 +77,46 @@ def build(
 
 
 async def eventually(
-    condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition"
+    condition: Callable[[], Any], *, timeout: float = 5.0, what: str = "condition"
 ) -> None:
-    """Poll ``condition`` (a cheap, synchronous check) until it holds."""
+    """Poll ``condition`` (sync, or returning an awaitable) every few ms until it holds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout} s")
         await asyncio.sleep(0.002)
+
+
+async def advance_until(
+    clock: FakeClock,
+    condition: Callable[[], Any],
+    *,
+    step: float = 1.0,
+    timeout: float = 5.0,
+    what: str = "condition",
+) -> None:
+    """Move the fake clock by ``step`` every 5 ms of real time until ``condition`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        clock.advance(step)
+        await asyncio.sleep(0.005)
+
+
+async def settle() -> None:
+    """Give the background processes a moment of real time to react (and show nothing moved)."""
+    await asyncio.sleep(0.05)
 
 
 async def outbox_drained(store: MemoryRecordStore, workflow: str, *, timeout: float = 5.0) -> None:

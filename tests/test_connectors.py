@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import random
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from helpers import eventually, settle
 from statestream import (
     Builder,
     CallbackOutcome,
@@ -99,25 +98,6 @@ class Env:
             Message(key, 0, {"source": "psp"}, self.clock.now(), data) for key, data in events
         ]
         await self.outside.publish(TOPIC, messages)
-
-
-async def eventually(
-    condition: Callable[[], Any], *, timeout: float = 3.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ no event lost

@@ -7,15 +7,13 @@ marks it Requested Data Deleted; the delete process scrubs its object and marks 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
 import pytest
 
+from helpers import eventually
 from statestream import Builder, Run, RunState, Workflow, errors
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.testing import FakeClock
@@ -68,21 +66,6 @@ def build(b: Builder[Any, S]) -> tuple[Workflow[Any, S], MemoryRecordStore]:
         MemoryStreamer(), store, MemoryRoleScheduler(), clock=FakeClock(), pause_retry=None
     )
     return wf, store
-
-
-async def eventually(
-    condition: Callable[[], Any], *, timeout: float = 2.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 async def in_state(wf: Workflow[Any, S], run_id: str, state: RunState) -> bool:

@@ -8,8 +8,6 @@ retries after errors run on real time (a few milliseconds here).
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from helpers import advance_until, eventually, settle
 from statestream import Builder, Run, RunState, Workflow, after, errors
 from statestream.adapters.memory import (
     MemoryRecordStore,
@@ -53,47 +52,6 @@ def build(b: Builder[Task, S], **kwargs: Any) -> tuple[Workflow[Task, S], Memory
     clock = kwargs.pop("clock")
     wf = b.build(MemoryStreamer(), store, MemoryRoleScheduler(), clock=clock, **kwargs)
     return wf, store
-
-
-async def eventually(
-    condition: Callable[[], Any], *, timeout: float = 2.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def advance_until(
-    clock: FakeClock,
-    condition: Callable[[], Any],
-    *,
-    step: float,
-    timeout: float = 2.0,
-    what: str = "condition",
-) -> None:
-    """Move the fake clock by ``step`` every 5 ms of real time until ``condition`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s (clock {clock.now()})")
-        clock.advance(step)
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    await asyncio.sleep(0.05)
 
 
 class PausesThenWorks:

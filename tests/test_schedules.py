@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from helpers import eventually, settle
 from statestream import Builder, CronSpec, Run, RunState, Schedule, Workflow, errors, testing
 from statestream._schedule import next_ticks
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
@@ -78,25 +78,6 @@ class Env:
         """A finished run of ``foreign_id`` created now: the schedule counts ticks from it."""
         await wf.trigger(foreign_id)
         await eventually(self.all_done, what="seed run completed")
-
-
-async def eventually(
-    condition: Callable[[], Any], *, timeout: float = 2.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    await asyncio.sleep(0.05)
 
 
 async def move_to(env: Env, when: datetime) -> None:

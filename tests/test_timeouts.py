@@ -8,10 +8,8 @@ callback may close it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from helpers import advance_until, eventually, settle
 from statestream import (
     Builder,
     CallbackOutcome,
@@ -132,49 +131,6 @@ class Env:
         """(from status, to status) of every stored status change of a run."""
         snaps = self.store.snapshots(run_id)
         return [(a.status, b.status) for a, b in itertools.pairwise(snaps) if a.status != b.status]
-
-
-async def eventually(
-    condition: Callable[[], Any], *, timeout: float = 2.0, what: str = "condition"
-) -> None:
-    """Poll a (sync or async) condition every 5 ms of real time until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
-        await asyncio.sleep(0.005)
-
-
-async def advance_until(
-    clock: FakeClock,
-    condition: Callable[[], Any],
-    *,
-    step: float = 1.0,
-    timeout: float = 2.0,
-    what: str = "condition",
-) -> None:
-    """Move the fake clock by ``step`` every 5 ms of real time until ``condition`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s (clock {clock.now()})")
-        clock.advance(step)
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    """Give the background processes a moment of real time to react (and show nothing moved)."""
-    await asyncio.sleep(0.05)
 
 
 async def forward(env: Env, timeout: TimeoutRecord) -> None:
