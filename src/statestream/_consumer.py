@@ -97,6 +97,7 @@ class Supervisor:
         self._workflow = workflow_name
         self.stopping = asyncio.Event()
         self.processes: list[Process] = []
+        self._cleanup: set[asyncio.Task[None]] = set()
 
     def start(self, processes: list[Process]) -> None:
         self.stopping = asyncio.Event()
@@ -124,21 +125,31 @@ class Supervisor:
             proc.state = ProcessState.SHUTDOWN
 
     async def _acquire(self, role: str) -> Lease | None:
+        """Wait for the role, or for stop (then None). Never leaves an acquire behind: one that
+        is granted after we gave up (stopped, or cancelled ourselves) is released at once."""
         acquire = asyncio.ensure_future(self._scheduler.acquire(role))
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._abandon(acquire)
+            raise
         finally:
             stop.cancel()
         if acquire.done():
             return acquire.result()
-        acquire.cancel()
-        try:
-            lease = await acquire
-        except asyncio.CancelledError:
-            return None
-        await lease.release()  # granted while we were giving up
+        self._abandon(acquire)
         return None
+
+    def _abandon(self, acquire: asyncio.Future[Lease]) -> None:
+        def release_if_granted(done: asyncio.Future[Lease]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                task = asyncio.ensure_future(done.result().release())
+                self._cleanup.add(task)
+                task.add_done_callback(self._cleanup.discard)
+
+        acquire.add_done_callback(release_if_granted)
+        acquire.cancel()
 
     async def _supervise(self, proc: Process) -> None:
         attempt = 0

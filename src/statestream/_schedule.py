@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._codec import check_instance
 from ._options import ProcessOptions
 from ._processes import Body
 from ._types import StatusT, T, call_user, is_async_callable
@@ -52,6 +53,8 @@ class CronSpec:
     def __init__(self, spec: str, tz: str = "UTC") -> None:
         if not isinstance(spec, str) or not spec.strip():
             raise InvalidInput(f"schedule spec must be a non-empty string, got {spec!r}")
+        if not isinstance(tz, str) or not tz:
+            raise InvalidInput(f"tz must be an IANA time zone name, got {tz!r}")
         try:
             self.zone = ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -122,6 +125,8 @@ class Schedule(Generic[T, StatusT]):
     ) -> None:
         if filter is not None and not callable(filter):
             raise InvalidInput(f"filter must be callable, got {filter!r}")
+        if initial is not None:
+            check_instance(wf._def.object_type, initial)
         self.cron = CronSpec(spec, tz)
         self.foreign_id = foreign_id
         self.spec = self.cron.spec
@@ -129,9 +134,10 @@ class Schedule(Generic[T, StatusT]):
         self._initial = initial
         self._filter = filter
         self._filter_async = filter is not None and is_async_callable(filter)
-        clean = self.spec.replace(" ", "_")
-        self.name = f"{foreign_id}-scheduler-{clean}".lower()
-        self.role = f"{wf.name}-{foreign_id}-scheduler-{clean}".lower().replace(" ", "_")
+        # Role names are lower case, but foreign IDs are case-sensitive keys: keep them as given.
+        clean = self.spec.replace(" ", "_").lower()
+        self.name = f"{foreign_id}-scheduler-{clean}"
+        self.role = f"{wf.name.lower().replace(' ', '_')}-{foreign_id}-scheduler-{clean}"
         self.triggered = 0
         self.skipped = 0
 

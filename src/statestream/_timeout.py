@@ -147,7 +147,7 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
                 count, opts.error_backoff, opts.max_error_backoff
             )
             try:
-                if await wf._failed(what, role, timeout.run_id, exc, opts):
+                if await wf._failed(what, role, timeout.run_id, exc, opts, status=timeout.status):
                     attempts.pop(timeout.id, None)
                     retry_at.pop(timeout.id, None)
                     await store.cancel(timeout.id)

@@ -416,6 +416,7 @@ class Workflow(Generic[T, StatusT]):
         opts: ProcessOptions,
         *,
         event: Event | None = None,
+        status: int | None = None,
     ) -> bool:
         """Count an error of ``process`` for a run; pause the run at the limit.
 
@@ -445,8 +446,12 @@ class Workflow(Generic[T, StatusT]):
             record = await self._fresh_record(event)
         else:
             record = await self.store.lookup(run_id)
-            if record.run_state.stopped or record.run_state.finished:
-                record = None
+            if (
+                record.run_state.stopped
+                or record.run_state.finished
+                or (status is not None and record.status != status)
+            ):
+                record = None  # it moved on: there is nothing of this work left to pause
         if record is None:
             return True
         reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")

@@ -105,7 +105,8 @@ class WaitTimeout(WorkflowError, TimeoutError):
 
 
 class RunStopped(WorkflowError):
-    """``wait_for``: the run was paused, cancelled or finished before it reached the status."""
+    """``wait_for``: the run finished (completed elsewhere, cancelled, data deleted) without
+    reaching the status. A paused run is waited for: it may be resumed."""
 
 
 class TimeoutNotFound(WorkflowError, LookupError):

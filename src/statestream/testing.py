@@ -36,7 +36,7 @@ from ._runstate import RunState
 from ._schedule import next_ticks
 from ._types import StatusT, StepFn, T
 from ._workflow import Workflow
-from .errors import RecordNotFound, WaitTimeout, WorkflowInProgress
+from .errors import ConfigurationError, RecordNotFound, WaitTimeout, WorkflowInProgress
 
 __all__ = [
     "FakeClock",
@@ -185,7 +185,7 @@ async def await_timeout(
     """Wait until a pending timeout of the latest run of ``foreign_id`` at ``status`` is stored."""
     store = wf.timeout_store
     if store is None:
-        raise ValueError(f"workflow {wf.name!r} has no timeout store")
+        raise ConfigurationError(f"workflow {wf.name!r} has no timeout store")
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -13,6 +13,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -142,6 +143,13 @@ class _Stop:
 
 def _noop(conn: sqlite3.Connection) -> None:
     return None
+
+
+def _answer(op: _Op) -> None:
+    """Hand the result to the caller's loop; a caller whose loop has closed is gone."""
+    # RuntimeError: the event loop is closed, so nobody waits for this answer any more.
+    with contextlib.suppress(RuntimeError):
+        op.loop.call_soon_threadsafe(_resolve, op)
 
 
 def _resolve(op: _Op) -> None:
@@ -338,6 +346,16 @@ class SqliteDatabase:
 
     def _run(self) -> None:
         try:
+            self._serve()
+        except BaseException as exc:  # never leave callers waiting on a dead thread
+            log.exception("statestream: SQLite thread for %s stopped", self.path)
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._fail_all(exc)
+
+    def _serve(self) -> None:
+        try:
             conn = self._connect()
         except BaseException as exc:
             with self._lock:
@@ -379,7 +397,7 @@ class SqliteDatabase:
                 return
             if not isinstance(item, _Stop):
                 item.error = exc
-                item.loop.call_soon_threadsafe(_resolve, item)
+                _answer(item)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         writes = [op for op in batch if op.write]
@@ -420,7 +438,7 @@ class SqliteDatabase:
             for op in batch:
                 op.error = error  # nothing of the batch was committed; reads may have seen it
         for op in batch:
-            op.loop.call_soon_threadsafe(_resolve, op)
+            _answer(op)
 
 
 def _translate(exc: BaseException, path: Path) -> BaseException:

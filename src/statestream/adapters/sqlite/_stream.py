@@ -312,7 +312,14 @@ class SqliteRoleScheduler:
     async def acquire(self, role: str) -> SqliteLease:
         holder = uuid.uuid4().hex
         while True:
-            if await self._try(role, holder):
+            try:
+                taken = await self._try(role, holder)
+            except BaseException:
+                # Cancelled (or failed) while the attempt was queued: it may still commit, so
+                # remove any row under our holder ID rather than block the role for a ttl.
+                await asyncio.shield(self._release(role, holder))
+                raise
+            if taken:
                 return SqliteLease(self, role, holder)
             released = self._released
             with contextlib.suppress(TimeoutError):
