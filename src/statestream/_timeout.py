@@ -86,7 +86,9 @@ def inserter_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role:
         await store.create(
             wf.name, record.foreign_id, record.run_id, record.status, record.version, when
         )
-        wf._timeout_wake.set()
+        wake = wf._timeout_wakes.get(int(spec.status))
+        if wake is not None:
+            wake.set()
 
     async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
         return await wf._failed(
@@ -159,7 +161,8 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
 
     async def body(stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            wf._timeout_wake.clear()
+            wake = wf._timeout_wakes.setdefault(int(spec.status), asyncio.Event())
+            wake.clear()
             now = wf.clock.now()
             due = await store.list_due(wf.name, int(spec.status), now, _BATCH)
             mono = time.monotonic()
@@ -173,6 +176,6 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
             left = (
                 now + timedelta(seconds=opts.polling_frequency) - wf.clock.now()
             ).total_seconds()
-            await wf._sleep_clock(max(0.0, left), stopping, wf._timeout_wake)
+            await wf._sleep_clock(max(0.0, left), stopping, wake)
 
     return body

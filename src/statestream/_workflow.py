@@ -97,7 +97,8 @@ class Workflow(Generic[T, StatusT]):
         self._statuses = definition.statuses
         self._supervisor = Supervisor(scheduler, definition.name)
         self._outbox_wake = asyncio.Event()
-        self._timeout_wake = asyncio.Event()
+        #: per status with a timeout: set when this process stores a new timer there
+        self._timeout_wakes: dict[int, asyncio.Event] = {}
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._schedules: dict[str, Schedule[T, StatusT]] = {}
@@ -114,7 +115,7 @@ class Workflow(Generic[T, StatusT]):
             return
         self._started = True
         self._outbox_wake = asyncio.Event()
-        self._timeout_wake = asyncio.Event()
+        self._timeout_wakes = {status: asyncio.Event() for status in self._def.timeouts}
         self._supervisor.start(self._processes())
 
     async def stop(self, grace: Seconds = 10.0) -> None:
@@ -123,7 +124,8 @@ class Workflow(Generic[T, StatusT]):
             return
         seconds = to_seconds(grace, "grace", allow_zero=True)
         self._outbox_wake.set()
-        self._timeout_wake.set()
+        for wake in self._timeout_wakes.values():
+            wake.set()
         await self._supervisor.stop(seconds)
         self._started = False
 
