@@ -262,3 +262,24 @@ def test_one_builder_builds_independent_workflows() -> None:
     assert Status.SHIPPED not in wf1.graph or wf1.graph[Status.SHIPPED] == []
     assert wf2.graph[Status.SHIPPED] == [Status.REFUNDED]
     assert set(wf1.states().values()) == {ProcessState.UNKNOWN}
+
+
+def test_an_option_a_call_does_not_take_is_refused_at_the_call() -> None:
+    b = Builder("orders", Order, Status)
+    options: dict[str, Any] = {"parallel_count": 2}
+    lag: dict[str, Any] = {"lag": 1}
+    # A timeout has one poller per status: it cannot be sharded (as in luno/workflow).
+    with pytest.raises(ConfigurationError, match=r"add_timeout\(\) does not take .*parallel_count"):
+        b.add_timeout(
+            Status.PAID,
+            lambda run, now: None,
+            lambda run, now: Status.SHIPPED,
+            Status.SHIPPED,
+            **options,
+        )
+    with pytest.raises(ConfigurationError, match="does not take the option 'paralel_count'"):
+        b.add_step(Status.CREATED, pay, Status.PAID, **{"paralel_count": 2})  # noqa: PIE804
+    with pytest.raises(ConfigurationError, match=r"outbox\(\) does not take .*lag"):
+        b.outbox(**lag)
+    # and nothing was declared by the refused calls
+    assert b.add_step(Status.CREATED, pay, Status.PAID) is b

@@ -5,10 +5,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, Unpack
 
 from ._graph import Graph
-from ._options import ProcessOptions, option_kwargs, resolve_options
+from ._options import (
+    ConnectorOptions,
+    OutboxOptions,
+    ProcessOptions,
+    StepOptions,
+    TimeoutOptions,
+    resolve_options,
+    validate_overrides,
+)
 from ._protocols import (
     Clock,
     Codec,
@@ -173,41 +181,15 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"{what}: status value 0 is reserved for 'unknown'")
         return status
 
-    def defaults(
-        self,
-        *,
-        parallel_count: int | None = None,
-        concurrency: int | None = None,
-        polling_frequency: Seconds | None = None,
-        error_backoff: Seconds | None = None,
-        max_error_backoff: Seconds | None = None,
-        pause_after_errors: int | None = None,
-        lag: Seconds | None = None,
-        lag_alert: Seconds | None = None,
-    ) -> Builder[T, StatusT]:
+    def defaults(self, **options: Unpack[StepOptions]) -> Builder[T, StatusT]:
         """Set workflow-wide defaults; only the options given change (unlike luno/workflow's
         ``WithDefaultOptions``, unset ones keep the library defaults instead of becoming zero)."""
-        self._defaults.update(
-            option_kwargs(
-                parallel_count,
-                concurrency,
-                polling_frequency,
-                error_backoff,
-                max_error_backoff,
-                pause_after_errors,
-                lag,
-                lag_alert,
-            )
-        )
+        self._defaults.update(validate_overrides(options, StepOptions, "defaults()"))
         return self
 
-    def outbox(
-        self, *, polling_frequency: Seconds | None = None, error_backoff: Seconds | None = None
-    ) -> Builder[T, StatusT]:
+    def outbox(self, **options: Unpack[OutboxOptions]) -> Builder[T, StatusT]:
         """Tune the outbox relay (polling for other processes' writes, backoff after errors)."""
-        self._outbox.update(
-            option_kwargs(polling_frequency=polling_frequency, error_backoff=error_backoff)
-        )
+        self._outbox.update(validate_overrides(options, OutboxOptions, "outbox()"))
         return self
 
     def add_step(
@@ -215,14 +197,7 @@ class Builder(Generic[T, StatusT]):
         status: StatusT,
         fn: StepFn[T, StatusT],
         *to: StatusT,
-        parallel_count: int | None = None,
-        concurrency: int | None = None,
-        polling_frequency: Seconds | None = None,
-        error_backoff: Seconds | None = None,
-        max_error_backoff: Seconds | None = None,
-        pause_after_errors: int | None = None,
-        lag: Seconds | None = None,
-        lag_alert: Seconds | None = None,
+        **options: Unpack[StepOptions],
     ) -> Builder[T, StatusT]:
         """Add the step that consumes runs arriving at ``status``.
 
@@ -242,16 +217,7 @@ class Builder(Generic[T, StatusT]):
         if not to:
             raise ConfigurationError(f"step for {src!r} must declare at least one next status")
         dests = tuple(self._status(d, f"next status of step {src!r}") for d in to)
-        self._step_overrides[int(src)] = option_kwargs(
-            parallel_count,
-            concurrency,
-            polling_frequency,
-            error_backoff,
-            max_error_backoff,
-            pause_after_errors,
-            lag,
-            lag_alert,
-        )
+        self._step_overrides[int(src)] = validate_overrides(options, StepOptions, "add_step()")
         for dst in dests:
             self._graph.add_edge(int(src), int(dst))
         self._pending.append((src, fn, dests))
@@ -312,11 +278,7 @@ class Builder(Generic[T, StatusT]):
         timer: TimerFn[T, StatusT],
         on_timeout: TimeoutFn[T, StatusT],
         *to: StatusT,
-        polling_frequency: Seconds | None = None,
-        error_backoff: Seconds | None = None,
-        max_error_backoff: Seconds | None = None,
-        pause_after_errors: int | None = None,
-        lag_alert: Seconds | None = None,
+        **options: Unpack[TimeoutOptions],
     ) -> Builder[T, StatusT]:
         """Add a durable timer at ``status``.
 
@@ -333,13 +295,7 @@ class Builder(Generic[T, StatusT]):
         if int(src) in self._timeouts:
             raise ConfigurationError(f"a timeout for {src!r} is already declared")
         dests = self._destinations(src, to, "timeout")
-        overrides = option_kwargs(
-            polling_frequency=polling_frequency,
-            error_backoff=error_backoff,
-            max_error_backoff=max_error_backoff,
-            pause_after_errors=pause_after_errors,
-            lag_alert=lag_alert,
-        )
+        overrides = validate_overrides(options, TimeoutOptions, "add_timeout()")
         for dst in dests:
             self._graph.add_edge(int(src), int(dst))
         self._timeouts[int(src)] = (src, timer, on_timeout, dests, overrides)
@@ -350,14 +306,7 @@ class Builder(Generic[T, StatusT]):
         name: str,
         source: ConnectorSource,
         handler: Callable[[Workflow[T, StatusT], Event], Awaitable[None]],
-        *,
-        parallel_count: int | None = None,
-        concurrency: int | None = None,
-        polling_frequency: Seconds | None = None,
-        error_backoff: Seconds | None = None,
-        max_error_backoff: Seconds | None = None,
-        lag: Seconds | None = None,
-        lag_alert: Seconds | None = None,
+        **options: Unpack[ConnectorOptions],
     ) -> Builder[T, StatusT]:
         """Consume an outside stream: ``await handler(wf, event)`` for every event of ``source``.
 
@@ -373,15 +322,7 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"connector source must have receiver(name), got {source!r}")
         if not is_async_callable(handler):
             raise ConfigurationError(f"connector handler must be an async function: {handler!r}")
-        overrides = option_kwargs(
-            parallel_count,
-            concurrency,
-            polling_frequency,
-            error_backoff,
-            max_error_backoff,
-            lag=lag,
-            lag_alert=lag_alert,
-        )
+        overrides = validate_overrides(options, ConnectorOptions, "add_connector()")
         self._connectors[name] = (source, handler, overrides)
         return self
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from ._types import Seconds, to_seconds
 from .errors import ConfigurationError
 
-__all__ = ["ProcessOptions", "resolve_options"]
+__all__ = [
+    "ConnectorOptions",
+    "OutboxOptions",
+    "ProcessOptions",
+    "StepOptions",
+    "TimeoutOptions",
+    "resolve_options",
+    "validate_overrides",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +55,22 @@ _COUNTS = {"parallel_count", "concurrency"}
 _DURATIONS = {"polling_frequency", "error_backoff", "max_error_backoff", "lag_alert"}
 
 
-def validate_overrides(**options: Any) -> dict[str, Any]:
-    """Check option values where they are given, so that the mistake is raised at the call."""
+def validate_overrides(options: Mapping[str, Any], kind: type[Any], where: str) -> dict[str, Any]:
+    """Check options where they are given, so that the mistake is raised at the call.
+
+    Args:
+        options: the keyword arguments given.
+        kind: the TypedDict of the options ``where`` takes (StepOptions, TimeoutOptions...).
+        where: the call, for messages.
+    """
+    allowed = kind.__required_keys__ | kind.__optional_keys__
     clean: dict[str, Any] = {}
     for name, value in options.items():
+        if name not in allowed:
+            raise ConfigurationError(
+                f"{where} does not take the option {name!r} (it takes: "
+                f"{', '.join(sorted(allowed))})"
+            )
         if value is None:
             continue
         if name in _COUNTS:
@@ -76,24 +97,36 @@ def resolve_options(defaults: dict[str, Any], overrides: dict[str, Any]) -> Proc
     return opts
 
 
-def option_kwargs(
-    parallel_count: int | None = None,
-    concurrency: int | None = None,
-    polling_frequency: Seconds | None = None,
-    error_backoff: Seconds | None = None,
-    max_error_backoff: Seconds | None = None,
-    pause_after_errors: int | None = None,
-    lag: Seconds | None = None,
-    lag_alert: Seconds | None = None,
-) -> dict[str, Any]:
-    """Validated, non-None option overrides (one signature shared by every ``add_*`` call)."""
-    return validate_overrides(
-        parallel_count=parallel_count,
-        concurrency=concurrency,
-        polling_frequency=polling_frequency,
-        error_backoff=error_backoff,
-        max_error_backoff=max_error_backoff,
-        pause_after_errors=pause_after_errors,
-        lag=lag,
-        lag_alert=lag_alert,
-    )
+class TimeoutOptions(TypedDict, total=False):
+    """Options of a timeout poller (see :class:`ProcessOptions`)."""
+
+    polling_frequency: Seconds
+    error_backoff: Seconds
+    max_error_backoff: Seconds
+    pause_after_errors: int
+    lag_alert: Seconds
+
+
+class ConnectorOptions(TypedDict, total=False):
+    """Options of a connector's consumers (see :class:`ProcessOptions`)."""
+
+    parallel_count: int
+    concurrency: int
+    polling_frequency: Seconds
+    error_backoff: Seconds
+    max_error_backoff: Seconds
+    lag: Seconds
+    lag_alert: Seconds
+
+
+class StepOptions(ConnectorOptions, total=False):
+    """Options of a step's consumers, and workflow defaults (see :class:`ProcessOptions`)."""
+
+    pause_after_errors: int
+
+
+class OutboxOptions(TypedDict, total=False):
+    """Options of the outbox relay."""
+
+    polling_frequency: Seconds
+    error_backoff: Seconds
