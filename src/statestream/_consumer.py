@@ -14,13 +14,12 @@ import asyncio
 import enum
 import logging
 import random
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ._protocols import EventReceiver, Lease, RoleScheduler
-from ._record import Event
+from ._record import Event, shard_of
 
 __all__ = [
     "Abandon",
@@ -46,13 +45,6 @@ class ProcessState(enum.IntEnum):
     SHUTDOWN = 1
     RUNNING = 2
     IDLE = 3
-
-
-def shard_of(key: str, shards: int) -> int:
-    """The shard (0-based) an event key belongs to: stable across processes and restarts."""
-    if shards <= 1:
-        return 0
-    return zlib.crc32(key.encode()) % shards
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -6,6 +6,7 @@ Adapters persist and move these values; they never interpret statuses or graphs.
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,11 +19,13 @@ __all__ = [
     "Message",
     "Order",
     "OutboxEvent",
+    "ParkedEvent",
     "Record",
     "RecordFilter",
     "TimeoutRecord",
     "delete_topic",
     "run_state_change_topic",
+    "shard_of",
     "status_topic",
     "topic_for",
 ]
@@ -118,6 +121,28 @@ class TimeoutRecord:
     expire_at: datetime
     created_at: datetime
     completed: bool = False
+    #: Set by ``TimeoutStore.claim``/``defer``: not due again before this time.
+    claimed_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    """An event a consumer gave up on after repeated errors, kept for an operator.
+
+    ``id`` is ``f"{consumer}:{event.topic}:{event.id}"``: parking the same event for the same
+    consumer again replaces the entry (attempts, error, time) instead of adding one.
+    ``retry_requested`` is set by :meth:`RecordStore.retry_parked`; the consumer that parked the
+    event polls for its entries with the flag set, handles them again and deletes them on success.
+    """
+
+    id: str
+    workflow_name: str
+    consumer: str
+    event: Event
+    error: str
+    attempts: int
+    parked_at: datetime
+    retry_requested: bool = False
 
 
 class Order(enum.Enum):
@@ -149,6 +174,17 @@ class RecordFilter:
         if self.created_after is not None and not record.created_at > self.created_after:
             return False
         return self.created_before is None or record.created_at < self.created_before
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard (0-based) an event key belongs to: crc32 of the UTF-8 key modulo ``shards``.
+
+    Stable across processes, restarts and languages; adapters that filter by shard (an SQL
+    column, Kafka partitions) must compute exactly this.
+    """
+    if shards <= 1:
+        return 0
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
 
 
 def _clean(name: str) -> str:
