@@ -10,7 +10,7 @@ from typing import Annotated, Any, Generic, Literal, NewType, Optional, TypedDic
 import pytest
 
 from statestream._codec import check_instance, codec_for
-from statestream._protocols import Codec
+from statestream._core.protocols import Codec
 from statestream.errors import CodecError, ConfigurationError, InvalidObject
 
 T = TypeVar("T")

@@ -35,7 +35,7 @@ from statestream import (
     WorkflowInProgress,
     errors,
 )
-from statestream._consumer import shard_of
+from statestream._engine.dispatch import shard_of
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.testing import FakeClock
 

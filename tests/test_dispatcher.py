@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 
 from helpers import eventually
 from statestream import Event, EventReceiver, Message, errors
-from statestream._consumer import KeyedDispatcher, Process, ProcessState, Supervisor, shard_of
+from statestream._engine.dispatch import (
+    KeyedDispatcher,
+    Process,
+    ProcessState,
+    Supervisor,
+    shard_of,
+)
 from statestream.adapters.memory import MemoryRoleScheduler, MemoryStreamer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import eventually, settle
 from statestream import Builder, CronSpec, Run, RunState, Schedule, Workflow, errors, testing
-from statestream._schedule import next_ticks
+from statestream._engine.schedules import next_ticks
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.testing import FakeClock
 

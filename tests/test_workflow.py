@@ -37,7 +37,7 @@ from statestream import (
     run_state_change_topic,
     status_topic,
 )
-from statestream._consumer import shard_of
+from statestream._engine.dispatch import shard_of
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.testing import FakeClock, wait_until
 

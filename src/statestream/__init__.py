@@ -6,11 +6,8 @@
 
 from . import errors
 from ._builder import Builder
-from ._callback import CallbackOutcome, CallbackResult
-from ._clock import SystemClock
-from ._consumer import ProcessState
-from ._options import ProcessOptions
-from ._protocols import (
+from ._core.clock import SystemClock
+from ._core.protocols import (
     Clock,
     Codec,
     ConnectorSource,
@@ -22,7 +19,7 @@ from ._protocols import (
     SnapshotStore,
     TimeoutStore,
 )
-from ._record import (
+from ._core.records import (
     Event,
     Message,
     Order,
@@ -34,11 +31,14 @@ from ._record import (
     run_state_change_topic,
     status_topic,
 )
-from ._run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
-from ._runstate import RunState
-from ._schedule import CronSpec, Schedule
-from ._source import StreamSource
-from ._timeout import after, at
+from ._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
+from ._core.runstate import RunState
+from ._definition.options import ProcessOptions
+from ._engine.callbacks import CallbackOutcome, CallbackResult
+from ._engine.dispatch import ProcessState
+from ._engine.schedules import CronSpec, Schedule
+from ._engine.source import StreamSource
+from ._engine.timeouts import after, at
 from ._workflow import Workflow
 from .errors import (
     ConfigurationError,

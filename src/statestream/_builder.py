@@ -7,17 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Unpack
 
-from ._graph import Graph
-from ._options import (
-    ConnectorOptions,
-    OutboxOptions,
-    ProcessOptions,
-    StepOptions,
-    TimeoutOptions,
-    resolve_options,
-    validate_overrides,
-)
-from ._protocols import (
+from ._core.protocols import (
     Clock,
     Codec,
     ConnectorSource,
@@ -26,9 +16,9 @@ from ._protocols import (
     RoleScheduler,
     TimeoutStore,
 )
-from ._record import Event
-from ._runstate import RunState
-from ._types import (
+from ._core.records import Event
+from ._core.runstate import RunState
+from ._core.types import (
     CallbackFn,
     HookFn,
     Seconds,
@@ -39,6 +29,16 @@ from ._types import (
     TimerFn,
     is_async_callable,
     to_seconds,
+)
+from ._definition.graph import Graph
+from ._definition.options import (
+    ConnectorOptions,
+    OutboxOptions,
+    ProcessOptions,
+    StepOptions,
+    TimeoutOptions,
+    resolve_options,
+    validate_overrides,
 )
 from .errors import ConfigurationError
 
@@ -384,7 +384,7 @@ class Builder(Generic[T, StatusT]):
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
         """
-        from ._clock import SystemClock
+        from ._core.clock import SystemClock
         from ._workflow import Workflow
 
         for value, proto, what in (

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ._protocols import Codec
+from ._core.protocols import Codec
 from .errors import CodecError, ConfigurationError, InvalidObject
 
 __all__ = ["check_instance", "codec_for"]

@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from ._builder import Definition
 from ._codec import check_instance
-from ._consumer import Abandon, Process, ProcessState, Supervisor
-from ._graph import describe_status
-from ._options import ProcessOptions
-from ._processes import (
+from ._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._core.records import Event, Message, OutboxEvent, Record, topic_for
+from ._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
+from ._core.runstate import RunState
+from ._core.types import Seconds, StatusT, T, to_seconds
+from ._definition.graph import describe_status
+from ._definition.options import ProcessOptions
+from ._engine.dispatch import Abandon, Process, ProcessState, Supervisor
+from ._engine.processes import (
     H_PAUSED_BY,
     H_VERSION,
     Body,
@@ -27,11 +32,6 @@ from ._processes import (
     pause_retry_body,
     step_body,
 )
-from ._protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
-from ._record import Event, Message, OutboxEvent, Record, topic_for
-from ._run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
-from ._runstate import RunState
-from ._types import Seconds, StatusT, T, to_seconds
 from .errors import (
     ConfigurationError,
     InvalidInput,
@@ -45,8 +45,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._callback import CallbackResult
-    from ._schedule import Schedule
+    from ._engine.callbacks import CallbackResult
+    from ._engine.schedules import Schedule
 
 __all__ = ["Workflow"]
 
@@ -168,7 +168,7 @@ class Workflow(Generic[T, StatusT]):
 
     def _specs(self) -> list[tuple[str, str, Body, ProcessOptions]]:
         """(process name, role, body, options) of every background process, in a stable order."""
-        from ._timeout import inserter_body, poller_body
+        from ._engine.timeouts import inserter_body, poller_body
 
         d = self._def
         specs: list[tuple[str, str, Body, ProcessOptions]] = []
@@ -718,7 +718,7 @@ class Workflow(Generic[T, StatusT]):
             VersionConflict: the run changed meanwhile and is still at ``status``; retry.
             Exception: whatever the callback function raised; nothing is written.
         """
-        from ._callback import run_callback
+        from ._engine.callbacks import run_callback
 
         self._check_id(foreign_id, "foreign_id")
         return await run_callback(self, foreign_id, self._check_status(status, "status"), payload)
@@ -749,7 +749,7 @@ class Workflow(Generic[T, StatusT]):
             InvalidInput: an invalid spec or time zone, or a schedule already registered for the
                 same foreign ID and spec.
         """
-        from ._schedule import Schedule
+        from ._engine.schedules import Schedule
 
         self._check_id(foreign_id, "foreign_id")
         schedule = Schedule(self, foreign_id, spec, initial=initial, filter=filter, tz=tz)

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ._callback import CallbackResult
-from ._clock import FakeClock, utcnow
-from ._protocols import SnapshotStore
-from ._record import Record, TimeoutRecord
-from ._run import Control, Run
-from ._runstate import RunState
-from ._schedule import next_ticks
-from ._types import StatusT, StepFn, T
+from ._core.clock import FakeClock, utcnow
+from ._core.protocols import SnapshotStore
+from ._core.records import Record, TimeoutRecord
+from ._core.run import Control, Run
+from ._core.runstate import RunState
+from ._core.types import StatusT, StepFn, T
+from ._engine.callbacks import CallbackResult
+from ._engine.schedules import next_ticks
 from ._workflow import Workflow
 from .errors import ConfigurationError, RecordNotFound, WaitTimeout, WorkflowInProgress
 

@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 
 from statestream import errors
-from statestream._clock import FakeClock
-from statestream._protocols import (
+from statestream._core.clock import FakeClock
+from statestream._core.protocols import (
     EventReceiver,
     EventStreamer,
     Lease,
@@ -22,8 +22,8 @@ from statestream._protocols import (
     SnapshotStore,
     TimeoutStore,
 )
-from statestream._record import Message, OutboxEvent, Record, topic_for
-from statestream._runstate import RunState
+from statestream._core.records import Message, OutboxEvent, Record, topic_for
+from statestream._core.runstate import RunState
 from statestream.adapters.memory import (
     MemoryRecordStore,
     MemoryRoleScheduler,

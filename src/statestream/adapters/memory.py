@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .. import errors
-from .._clock import SystemClock
-from .._protocols import Clock
-from .._record import Event, Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+from .._core.clock import SystemClock
+from .._core.protocols import Clock
+from .._core.records import Event, Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
 
 __all__ = [
     "MemoryLease",

@@ -15,8 +15,8 @@ from datetime import timedelta
 import pytest
 
 from .. import Builder, CallbackOutcome, Run, RunState, Workflow, after
-from .._clock import FakeClock
-from .._protocols import EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from .._core.clock import FakeClock
+from .._core.protocols import EventStreamer, RecordStore, RoleScheduler, TimeoutStore
 from ._util import unique
 
 __all__ = ["AdapterSet", "WorkflowContract"]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from .._protocols import EventReceiver, EventStreamer
-from .._record import Event, Message
+from .._core.protocols import EventReceiver, EventStreamer
+from .._core.records import Event, Message
 from ._util import assert_close, now, unique
 
 __all__ = ["EventStreamerContract"]

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from .. import errors
-from .._protocols import RecordStore
-from .._record import Header, Message, Order, OutboxEvent, Record, RecordFilter, topic_for
-from .._runstate import RunState
+from .._core.protocols import RecordStore
+from .._core.records import Header, Message, Order, OutboxEvent, Record, RecordFilter, topic_for
+from .._core.runstate import RunState
 from ._util import assert_close, now, unique
 
 __all__ = ["RecordStoreContract"]

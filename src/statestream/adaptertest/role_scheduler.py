@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 
-from .._protocols import Lease, RoleScheduler
+from .._core.protocols import Lease, RoleScheduler
 from ._util import unique
 
 __all__ = ["RoleSchedulerContract", "SchedulerFactory"]

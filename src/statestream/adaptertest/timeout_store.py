@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from .. import errors
-from .._protocols import TimeoutStore
-from .._record import TimeoutRecord
+from .._core.protocols import TimeoutStore
+from .._core.records import TimeoutRecord
 from ._util import TOLERANCE, assert_close, now, unique
 
 __all__ = ["TimeoutStoreContract"]

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ..._record import Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
-from ..._runstate import RunState
+from ..._core.records import Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+from ..._core.runstate import RunState
 from ...errors import (
     ConfigurationError,
     InvalidInput,
@@ -332,7 +332,7 @@ class SqliteTimeoutStore:
         expire_at: datetime,
     ) -> TimeoutRecord:
         _aware("expire_at", expire_at)
-        from ..._clock import utcnow
+        from ..._core.clock import utcnow
 
         created = utcnow()
         values = (

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..._record import Event, Message
+from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
 from ._db import SqliteDatabase, from_us, to_us
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from ._record import Record
-from ._runstate import RunState
+from .._core.records import Record
+from .._core.runstate import RunState
 
 __all__ = [
     "Style",

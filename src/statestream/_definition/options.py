@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from ._types import Seconds, to_seconds
-from .errors import ConfigurationError
+from .._core.types import Seconds, to_seconds
+from ..errors import ConfigurationError
 
 __all__ = [
     "ConnectorOptions",

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._workflow import Workflow
+from .._workflow import Workflow
 
 __all__ = [
     "EXIT_FAILED",

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic
 
-from ._runstate import RunState
-from ._types import StatusT, T
+from .runstate import RunState
+from .types import StatusT, T
 
 __all__ = ["Cancel", "Control", "Pause", "Run", "SaveAndRepeat", "Skip"]
 

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ._run import Control, Run
+    from .run import Control, Run
 
 __all__ = [
     "CallbackFn",

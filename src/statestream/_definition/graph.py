@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["Graph", "describe_status"]
 

@@ -6,14 +6,14 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
 
-from ._run import Run, Skip
-from ._runstate import RunState
-from ._types import StatusT, T, call_user
-from .errors import CodecError, InvalidInput, UnknownStatus, VersionConflict
+from .._core.run import Run, Skip
+from .._core.runstate import RunState
+from .._core.types import StatusT, T, call_user
+from ..errors import CodecError, InvalidInput, UnknownStatus, VersionConflict
 
 if TYPE_CHECKING:
-    from ._builder import CallbackSpec
-    from ._workflow import Workflow
+    from .._builder import CallbackSpec
+    from .._workflow import Workflow
 
 __all__ = ["CallbackOutcome", "CallbackResult", "run_callback"]
 

@@ -13,17 +13,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ._consumer import ErrorPolicy, Handler, KeyedDispatcher
-from ._options import ProcessOptions
-from ._protocols import EventReceiver
-from ._record import Event, delete_topic, run_state_change_topic, status_topic
-from ._runstate import RunState
-from ._types import StatusT, T, call_user
-from .errors import RecordNotFound, VersionConflict
+from .._core.protocols import EventReceiver
+from .._core.records import Event, delete_topic, run_state_change_topic, status_topic
+from .._core.runstate import RunState
+from .._core.types import StatusT, T, call_user
+from .._definition.options import ProcessOptions
+from ..errors import RecordNotFound, VersionConflict
+from .dispatch import ErrorPolicy, Handler, KeyedDispatcher
 
 if TYPE_CHECKING:
-    from ._builder import ConnectorSpec, HookSpec, StepSpec
-    from ._workflow import Workflow
+    from .._builder import ConnectorSpec, HookSpec, StepSpec
+    from .._workflow import Workflow
 
 __all__ = [
     "H_PAUSED_BY",

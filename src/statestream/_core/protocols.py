@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
-from ._record import (
+from .records import (
     Event,
     Message,
     Order,

@@ -16,17 +16,17 @@ from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._processes import Body, consumer_body
-from ._protocols import EventReceiver, TimeoutStore
-from ._record import Event, TimeoutRecord, status_topic
-from ._runstate import RunState
-from ._types import Seconds, StatusT, T, call_user, to_seconds
-from .errors import InvalidInput, RecordNotFound, VersionConflict
+from .._core.protocols import EventReceiver, TimeoutStore
+from .._core.records import Event, TimeoutRecord, status_topic
+from .._core.runstate import RunState
+from .._core.types import Seconds, StatusT, T, call_user, to_seconds
+from ..errors import InvalidInput, RecordNotFound, VersionConflict
+from .processes import Body, consumer_body
 
 if TYPE_CHECKING:
-    from ._builder import TimeoutSpec
-    from ._run import Run
-    from ._workflow import Workflow
+    from .._builder import TimeoutSpec
+    from .._core.run import Run
+    from .._workflow import Workflow
 
 __all__ = ["after", "at", "inserter_body", "poller_body"]
 
@@ -143,7 +143,7 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
         except Exception as exc:
             count = attempts.get(timeout.id, 0) + 1
             attempts[timeout.id] = count
-            from ._consumer import backoff
+            from .dispatch import backoff
 
             retry_at[timeout.id] = time.monotonic() + backoff(
                 count, opts.error_backoff, opts.max_error_backoff

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ._protocols import EventReceiver, Lease, RoleScheduler
-from ._record import Event, shard_of
+from .._core.protocols import EventReceiver, Lease, RoleScheduler
+from .._core.records import Event, shard_of
 
 __all__ = [
     "Abandon",

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._cli_output import (
+from .._core.records import Order, Record, RecordFilter
+from .._core.run import Run
+from .._core.runstate import RunState
+from ..errors import AdapterError, RecordNotFound
+from .output import (
     Style,
     dumps,
     echo,
@@ -23,7 +27,7 @@ from ._cli_output import (
     state_colour,
     table,
 )
-from ._cli_target import (
+from .target import (
     EXIT_BACKEND,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -35,10 +39,6 @@ from ._cli_target import (
     load_workflows,
     pick_workflow,
 )
-from ._record import Order, Record, RecordFilter
-from ._run import Run
-from ._runstate import RunState
-from .errors import AdapterError, RecordNotFound
 
 __all__ = [
     "cmd_demo",
@@ -214,7 +214,7 @@ def _file_version(path: Path, *, allow_foreign: bool = False, hint: bool = False
     0 means an SQLite file without statestream tables yet (an empty one, or with
     ``allow_foreign`` one that holds other tables only).
     """
-    from .adapters.sqlite import SCHEMA_VERSION
+    from ..adapters.sqlite import SCHEMA_VERSION
 
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0)
@@ -257,7 +257,7 @@ def _file_version(path: Path, *, allow_foreign: bool = False, hint: bool = False
 
 async def _open_schema(path: Path, allow_foreign: bool) -> int:
     """Open ``path`` through SqliteDatabase: creates or migrates the schema; its version."""
-    from .adapters.sqlite import SqliteDatabase
+    from ..adapters.sqlite import SqliteDatabase
 
     db = SqliteDatabase(path, allow_foreign=allow_foreign)
     version = await db.schema_version()
@@ -289,7 +289,7 @@ def _existing_version(path: Path, action: str, allow_foreign: bool) -> int | Non
 
 
 async def cmd_schema(args: argparse.Namespace) -> int:
-    from .adapters.sqlite import SCHEMA_VERSION
+    from ..adapters.sqlite import SCHEMA_VERSION
 
     path = Path(args.path)
     allow_foreign = getattr(args, "allow_foreign", False)
@@ -324,7 +324,7 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .. import demo
 
     code: int = await demo.main(
         args.orders, args.payment_window, db_path=args.db, memory=args.memory

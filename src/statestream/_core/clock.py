@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 __all__ = ["FakeClock", "SystemClock", "utcnow"]
 

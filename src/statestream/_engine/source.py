@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._protocols import EventReceiver, EventStreamer
+from .._core.protocols import EventReceiver, EventStreamer
 
 __all__ = ["StreamSource"]
 

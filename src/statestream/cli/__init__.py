@@ -43,8 +43,16 @@ import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from . import __version__
-from ._cli_commands import (
+from .. import __version__
+from ..errors import (
+    AdapterError,
+    InvalidInput,
+    InvalidTransition,
+    RecordNotFound,
+    VersionConflict,
+    WorkflowError,
+)
+from .commands import (
     cmd_demo,
     cmd_graph,
     cmd_runs_control,
@@ -54,8 +62,8 @@ from ._cli_commands import (
     cmd_worker,
     run_state_of,
 )
-from ._cli_output import Style
-from ._cli_target import (
+from .output import Style
+from .target import (
     EXIT_BACKEND,
     EXIT_FAILED,
     EXIT_LOAD,
@@ -64,14 +72,6 @@ from ._cli_target import (
     EXIT_USAGE,
     CliError,
     parse_target,
-)
-from .errors import (
-    AdapterError,
-    InvalidInput,
-    InvalidTransition,
-    RecordNotFound,
-    VersionConflict,
-    WorkflowError,
 )
 
 __all__ = [

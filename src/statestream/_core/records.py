@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._runstate import RunState
+from .runstate import RunState
 
 __all__ = [
     "Event",

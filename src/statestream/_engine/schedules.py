@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._codec import check_instance
-from ._options import ProcessOptions
-from ._processes import Body
-from ._types import StatusT, T, call_user, is_async_callable
-from .errors import ConfigurationError, InvalidInput, RecordNotFound, WorkflowInProgress
+from .._codec import check_instance
+from .._core.types import StatusT, T, call_user, is_async_callable
+from .._definition.options import ProcessOptions
+from ..errors import ConfigurationError, InvalidInput, RecordNotFound, WorkflowInProgress
+from .processes import Body
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from .._workflow import Workflow
 
 __all__ = ["CronSpec", "Schedule", "next_ticks"]
 
