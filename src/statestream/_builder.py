@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Unpack
+from typing import Any, Generic, Unpack
 
+from ._codec import codec_for
+from ._core.clock import SystemClock
 from ._core.protocols import (
     Clock,
     Codec,
@@ -17,104 +18,30 @@ from ._core.protocols import (
     TimeoutStore,
 )
 from ._core.records import Event
+from ._core.run import CallbackFn, HookFn, StepFn, TimeoutFn, TimerFn
 from ._core.runstate import RunState
-from ._core.types import (
-    CallbackFn,
-    HookFn,
-    Seconds,
-    StatusT,
-    StepFn,
-    T,
-    TimeoutFn,
-    TimerFn,
-    is_async_callable,
-    to_seconds,
-)
+from ._core.types import Seconds, StatusT, T, is_async_callable, to_seconds
 from ._definition.graph import Graph
 from ._definition.options import (
     ConnectorOptions,
     OutboxOptions,
-    ProcessOptions,
     StepOptions,
     TimeoutOptions,
     resolve_options,
     validate_overrides,
 )
+from ._definition.specs import (
+    CallbackSpec,
+    ConnectorSpec,
+    Definition,
+    HookSpec,
+    StepSpec,
+    TimeoutSpec,
+)
+from ._workflow import Workflow
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from ._workflow import Workflow
-
 __all__ = ["Builder"]
-
-
-@dataclass(frozen=True, slots=True)
-class StepSpec(Generic[T, StatusT]):
-    status: StatusT
-    fn: StepFn[T, StatusT]
-    destinations: tuple[StatusT, ...]
-    options: ProcessOptions
-    is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackSpec(Generic[T, StatusT]):
-    status: StatusT
-    fn: CallbackFn[T, StatusT]
-    destinations: tuple[StatusT, ...]
-    payload_type: type[Any]
-    payload_codec: Codec[Any] | None
-    is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutSpec(Generic[T, StatusT]):
-    status: StatusT
-    timer: TimerFn[T, StatusT]
-    fn: TimeoutFn[T, StatusT]
-    destinations: tuple[StatusT, ...]
-    options: ProcessOptions
-    timer_is_async: bool
-    is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorSpec(Generic[T, StatusT]):
-    name: str
-    source: ConnectorSource
-    fn: Callable[[Workflow[T, StatusT], Event], Awaitable[None]]
-    options: ProcessOptions
-
-
-@dataclass(frozen=True, slots=True)
-class HookSpec(Generic[T, StatusT]):
-    run_state: RunState
-    fn: HookFn[T, StatusT]
-    is_async: bool
-    options: ProcessOptions
-
-
-@dataclass(slots=True)
-class Definition(Generic[T, StatusT]):
-    """Everything ``build()`` validated, handed to the Workflow."""
-
-    name: str
-    object_type: type[T]
-    status_type: type[StatusT]
-    codec: Codec[T]
-    graph: Graph
-    steps: dict[int, StepSpec[T, StatusT]]
-    hooks: dict[RunState, HookSpec[T, StatusT]]
-    defaults: ProcessOptions
-    outbox_options: ProcessOptions
-    start_status: StatusT
-    statuses: dict[int, StatusT] = field(default_factory=dict)
-    callbacks: dict[int, list[CallbackSpec[T, StatusT]]] = field(default_factory=dict)
-    timeouts: dict[int, TimeoutSpec[T, StatusT]] = field(default_factory=dict)
-    connectors: list[ConnectorSpec[T, StatusT]] = field(default_factory=list)
-    delete_fn: Callable[[T], T] | None = None
-    pause_retry: float | None = 3600.0
-    pause_retry_limit: int = 5
 
 
 class Builder(Generic[T, StatusT]):
@@ -150,8 +77,6 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"status_type must be an IntEnum class, got {status_type!r}")
         if not isinstance(object_type, type):
             raise ConfigurationError(f"object_type must be a class, got {object_type!r}")
-        from ._codec import codec_for
-
         self._name = name
         self._object_type = object_type
         self._status_type = status_type
@@ -259,8 +184,6 @@ class Builder(Generic[T, StatusT]):
             payload_type: ``bytes`` (the default, passed as is) or a type the codec supports (a
                 dataclass, pydantic model...), decoded from JSON before ``fn`` is called.
         """
-        from ._codec import codec_for
-
         src = self._status(status, "add_callback status")
         if not callable(fn):
             raise ConfigurationError(f"callback for {src!r} must be callable, got {fn!r}")
@@ -384,7 +307,6 @@ class Builder(Generic[T, StatusT]):
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
         """
-        from ._core.clock import SystemClock
         from ._workflow import Workflow
 
         for value, proto, what in (

@@ -5,63 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Generic
 
-from ._builder import Definition
-from ._codec import check_instance
 from ._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
-from ._core.records import Event, Message, OutboxEvent, Record, topic_for
-from ._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
+from ._core.records import Record
+from ._core.run import Run
 from ._core.runstate import RunState
 from ._core.types import Seconds, StatusT, T, to_seconds
-from ._definition.graph import describe_status
-from ._definition.options import ProcessOptions
-from ._engine.dispatch import Abandon, Process, ProcessState, Supervisor
-from ._engine.processes import (
-    H_PAUSED_BY,
-    H_VERSION,
-    Body,
-    connector_body,
-    delete_body,
-    hook_body,
-    pause_retry_body,
-    step_body,
-)
+from ._definition.specs import Definition
+from ._engine.callbacks import CallbackResult, run_callback
+from ._engine.dispatch import Process, ProcessState
+from ._engine.plan import ProcessSpec, process_specs
+from ._engine.runtime import H_PAUSED_BY, Runtime
+from ._engine.schedules import Schedule
 from .errors import (
     ConfigurationError,
     InvalidInput,
     InvalidTransition,
     RecordNotFound,
     RunStopped,
-    StaleRead,
     UnknownStatus,
-    VersionConflict,
     WaitTimeout,
 )
-
-if TYPE_CHECKING:
-    from ._engine.callbacks import CallbackResult
-    from ._engine.schedules import Schedule
 
 __all__ = ["Workflow"]
 
 log = logging.getLogger("statestream")
-
-_AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
-
-
-def _new_id() -> str:
-    """A random 128-bit ID as 32 hex digits (uuid4's form, at a quarter of its cost)."""
-    return os.urandom(16).hex()
-
-
-def _role(*parts: object) -> str:
-    return "-".join(str(p) for p in parts).lower().replace(" ", "_")
 
 
 class Workflow(Generic[T, StatusT]):
@@ -86,6 +59,15 @@ class Workflow(Generic[T, StatusT]):
         outbox: bool,
     ) -> None:
         self._def = definition
+        self._rt = rt = Runtime(
+            definition,
+            streamer=streamer,
+            store=store,
+            scheduler=scheduler,
+            timeout_store=timeout_store,
+            clock=clock,
+        )
+        rt.facade = self
         self.name = definition.name
         self.streamer = streamer
         self.store = store
@@ -93,18 +75,9 @@ class Workflow(Generic[T, StatusT]):
         self.timeout_store = timeout_store
         self.clock = clock
         self._outbox_enabled = outbox
-        self._codec = definition.codec
         self._statuses = definition.statuses
-        self._supervisor = Supervisor(scheduler, definition.name)
-        self._outbox_wake = asyncio.Event()
-        #: per status with a timeout: set when this process stores a new timer there
-        self._timeout_wakes: dict[int, asyncio.Event] = {}
-        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
-        self._errors: dict[tuple[str, str], int] = {}
+        self._supervisor = rt.supervisor
         self._schedules: dict[str, Schedule[T, StatusT]] = {}
-        #: (run state, status) -> (topic, run-state header), computed once per pair
-        self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
-        self._names = {value: member.name for value, member in definition.statuses.items()}
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,8 +87,9 @@ class Workflow(Generic[T, StatusT]):
         if self._started:
             return
         self._started = True
-        self._outbox_wake = asyncio.Event()
-        self._timeout_wakes = {status: asyncio.Event() for status in self._def.timeouts}
+        rt = self._rt
+        rt.outbox_wake = asyncio.Event()
+        rt.timeout_wakes = {status: asyncio.Event() for status in self._def.timeouts}
         self._supervisor.start(self._processes())
 
     async def stop(self, grace: Seconds = 10.0) -> None:
@@ -123,8 +97,8 @@ class Workflow(Generic[T, StatusT]):
         if not self._started:
             return
         seconds = to_seconds(grace, "grace", allow_zero=True)
-        self._outbox_wake.set()
-        for wake in self._timeout_wakes.values():
+        self._rt.outbox_wake.set()
+        for wake in self._rt.timeout_wakes.values():
             wake.set()
         await self._supervisor.stop(seconds)
         self._started = False
@@ -161,63 +135,14 @@ class Workflow(Generic[T, StatusT]):
         return {self._statuses[n]: [self._statuses[d] for d in g.transitions(n)] for n in g.nodes}
 
     def _describe(self, status: int) -> str:
-        member = self._statuses.get(status)
-        return describe_status(member.name) if member is not None else str(status)
+        return self._rt.describe(status)
 
     # ------------------------------------------------------------------ processes
 
-    def _specs(self) -> list[tuple[str, str, Body, ProcessOptions]]:
+    def _specs(self) -> list[ProcessSpec]:
         """(process name, role, body, options) of every background process, in a stable order."""
-        from ._engine.timeouts import inserter_body, poller_body
-
-        d = self._def
-        specs: list[tuple[str, str, Body, ProcessOptions]] = []
-        for status, spec in d.steps.items():
-            n = spec.options.parallel_count
-            label = spec.status.name.lower()
-            for i in range(n):
-                role = _role(self.name, status, "consumer", i + 1, "of", n)
-                body = step_body(self, spec, i, n, role)
-                specs.append((f"{label}-consumer-{i + 1}-of-{n}", role, body, spec.options))
-        for status, tspec in d.timeouts.items():
-            label = tspec.status.name.lower()
-            role = _role(self.name, status, "timeout-auto-inserter-consumer")
-            specs.append(
-                (
-                    f"{label}-timeout-auto-inserter-consumer",
-                    role,
-                    inserter_body(self, tspec, role),
-                    tspec.options,
-                )
-            )
-            role = _role(self.name, status, "timeout-consumer")
-            specs.append(
-                (f"{label}-timeout-consumer", role, poller_body(self, tspec, role), tspec.options)
-            )
-        for cspec in d.connectors:
-            n = cspec.options.parallel_count
-            for i in range(n):
-                name = _role(cspec.name, "connector-to", self.name, "consumer", i + 1, "of", n)
-                specs.append((name, name, connector_body(self, cspec, i, n, name), cspec.options))
-        for state, hook in d.hooks.items():
-            label = state.name.lower()
-            role = _role(self.name, label, "run-state-change-hook-consumer")
-            name = f"{label}-run-state-change-hook-consumer"
-            specs.append((name, role, hook_body(self, hook, role), hook.options))
-        role = _role(self.name, "delete-consumer")
-        specs.append(("delete-consumer", role, delete_body(self, role, d.defaults), d.defaults))
-        if d.pause_retry is not None:
-            role = _role(self.name, "paused-records-retry-consumer")
-            body = pause_retry_body(self, role, d.defaults)
-            specs.append(("paused-records-retry-consumer", role, body, d.defaults))
-        for schedule in self._schedules.values():
-            specs.append(schedule.process())
-        if self._outbox_enabled:
-            opts = d.outbox_options
-            specs.append(
-                ("outbox-consumer", _role(self.name, "outbox-consumer"), self._relay, opts)
-            )
-        return specs
+        extra = [schedule.process() for schedule in self._schedules.values()]
+        return process_specs(self._rt, outbox=self._outbox_enabled, extra=extra)
 
     def _processes(self) -> list[Process]:
         return [
@@ -225,246 +150,12 @@ class Workflow(Generic[T, StatusT]):
             for name, role, body, opts in self._specs()
         ]
 
-    def _add_process(self, spec: tuple[str, str, Body, ProcessOptions]) -> None:
+    def _add_process(self, spec: ProcessSpec) -> None:
         if self._started:
             name, role, body, opts = spec
             self._supervisor.add(
                 Process(name, role, body, opts.error_backoff, opts.max_error_backoff)
             )
-
-    async def _sleep_clock(
-        self, seconds: float, stopping: asyncio.Event, wake: asyncio.Event | None = None
-    ) -> None:
-        """Sleep on the workflow's clock, returning early on ``stopping`` or ``wake``."""
-        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.clock.sleep(seconds))]
-        waits.append(asyncio.ensure_future(stopping.wait()))
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-
-    async def _wait_lag(self, event: Event, lag: float) -> None:
-        """Wait until ``event`` is ``lag`` seconds old on the workflow's clock."""
-        stopping = self._supervisor.stopping
-        while True:
-            left = event.created_at.timestamp() + lag - self.clock.now().timestamp()
-            if left <= 0:
-                return
-            if stopping.is_set():
-                raise Abandon
-            await self._sleep_clock(left, stopping)
-
-    # ------------------------------------------------------------------ outbox relay
-
-    async def _relay(self, stopping: asyncio.Event) -> None:
-        wake = self._outbox_wake
-        interval = self._def.outbox_options.polling_frequency
-        while not stopping.is_set():
-            wake.clear()
-            events = await self.store.list_outbox(self.name, 1000)
-            if not events:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await wake.wait()
-                continue
-            by_topic: dict[str, list[Message]] = {}
-            for event in events:
-                msgs = by_topic.get(event.topic)
-                if msgs is None:
-                    by_topic[event.topic] = [event.message]
-                else:
-                    msgs.append(event.message)
-            for topic, messages in by_topic.items():
-                await self.streamer.publish(topic, messages)
-            await self.store.delete_outbox([e.id for e in events])
-
-    # ------------------------------------------------------------------ writes
-
-    def _event_for(self, record: Record, extra: dict[str, str] | None = None) -> OutboxEvent:
-        key = (record.run_state, record.status)
-        cached = self._topics.get(key)
-        if cached is None:
-            cached = self._topics[key] = (topic_for(record), str(int(record.run_state)))
-        topic, state = cached
-        headers = {
-            "workflow_name": record.workflow_name,
-            "foreign_id": record.foreign_id,
-            "run_id": record.run_id,
-            "topic": topic,
-            "run_state": state,
-            H_VERSION: str(record.version),
-        }
-        if extra:
-            headers.update(extra)
-        message = Message(record.run_id, record.status, headers, record.updated_at)
-        return OutboxEvent(_new_id(), record.workflow_name, topic, message)
-
-    def _written(self, record: Record) -> None:
-        self._outbox_wake.set()
-        if self._watchers:
-            for waiter in self._watchers.pop(record.run_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def _update(
-        self, current: Record, *, headers: dict[str, str] | None = None, **changes: Any
-    ) -> Record:
-        """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict."""
-        status = changes.get("status", current.status)
-        state = changes.get("run_state", current.run_state)
-        reason = changes.get("run_state_reason", current.run_state_reason)
-        resumes = changes.get("auto_resumes", current.auto_resumes)
-        if (
-            state is RunState.PAUSED
-            and self._def.pause_retry is not None
-            and resumes >= self._def.pause_retry_limit
-        ):
-            reason = (
-                f"{reason} (stays paused: already resumed automatically {resumes} times; "
-                "resume it by hand)"
-            )
-        record = Record(
-            workflow_name=current.workflow_name,
-            foreign_id=current.foreign_id,
-            run_id=current.run_id,
-            run_state=state,
-            status=status,
-            object=changes.get("object", current.object),
-            created_at=current.created_at,
-            updated_at=self.clock.now(),
-            version=current.version + 1,
-            run_state_reason=reason,
-            status_description=self._names.get(status) or str(status),
-            auto_resumes=resumes,
-        )
-        await self.store.update(record, self._event_for(record, headers))
-        self._written(record)
-        return record
-
-    async def _fresh_record(self, event: Event, *, allow_stopped: bool = False) -> Record | None:
-        """The record an event is about, if the event is still current (reference §3)."""
-        try:
-            record = await self.store.lookup(event.key)
-        except RecordNotFound:
-            log.debug("statestream: skipping event for unknown run %s", event.key)
-            return None
-        version = int(event.headers.get(H_VERSION, 0))
-        if record.version > version:
-            return None  # superseded or already handled
-        if record.version < version:
-            raise StaleRead(
-                f"store returned version {record.version} of run {record.run_id}, "
-                f"older than the event's {version}"
-            )
-        if not allow_stopped and (record.run_state.stopped or record.status != event.type):
-            return None
-        return record
-
-    async def _apply_result(
-        self,
-        what: str,
-        destinations: tuple[StatusT, ...],
-        record: Record,
-        run: Run[T, StatusT],
-        result: object,
-    ) -> Record | None:
-        """Store what a step, callback or timeout returned (a status or a Control)."""
-        if isinstance(result, Control):
-            if isinstance(result, Skip):
-                return None
-            # Pausing or cancelling keeps what the function wrote to the object (say, why).
-            if isinstance(result, Pause):
-                return await self._update(
-                    record,
-                    run_state=RunState.PAUSED,
-                    run_state_reason=result.reason,
-                    object=self._codec.encode(run.object),
-                )
-            if isinstance(result, Cancel):
-                return await self._update(
-                    record,
-                    run_state=RunState.CANCELLED,
-                    run_state_reason=result.reason,
-                    object=self._codec.encode(run.object),
-                )
-            if isinstance(result, SaveAndRepeat):
-                return await self._update(
-                    record, run_state=RunState.RUNNING, object=self._codec.encode(run.object)
-                )
-        if not isinstance(result, self._def.status_type) or result not in destinations:
-            allowed = ", ".join(d.name for d in destinations)
-            raise InvalidTransition(f"{what} returned {result!r}; it may only return: {allowed}")
-        terminal = self._def.graph.is_terminal(int(result))
-        return await self._update(
-            record,
-            status=int(result),
-            run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
-            object=self._codec.encode(run.object),
-        )
-
-    def _clear_errors(self, process: str, run_id: str) -> None:
-        if self._errors:
-            self._errors.pop((process, run_id), None)
-
-    async def _failed(
-        self,
-        what: str,
-        process: str,
-        run_id: str,
-        exc: BaseException,
-        opts: ProcessOptions,
-        *,
-        event: Event | None = None,
-        status: int | None = None,
-    ) -> bool:
-        """Count an error of ``process`` for a run; pause the run at the limit.
-
-        Returns True when the run was paused (or has moved on), so the work item is done.
-        """
-        if isinstance(exc, VersionConflict):
-            log.info("statestream: run %s changed while %s ran; result discarded", run_id, what)
-            return True
-        key = (process, run_id)
-        count = self._errors.get(key, 0) + 1
-        self._errors[key] = count
-        limit = opts.pause_after_errors
-        log.warning(
-            "statestream: %s of %s failed for run %s (error %d%s): %r",
-            what,
-            self.name,
-            run_id,
-            count,
-            f" of {limit}" if limit else "",
-            exc,
-            exc_info=not isinstance(exc, StaleRead),
-        )
-        if not limit or count < limit:
-            return False
-        del self._errors[key]
-        if event is not None:
-            record = await self._fresh_record(event)
-        else:
-            record = await self.store.lookup(run_id)
-            if (
-                record.run_state.stopped
-                or record.run_state.finished
-                or (status is not None and record.status != status)
-            ):
-                record = None  # it moved on: there is nothing of this work left to pause
-        if record is None:
-            return True
-        reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
-            await self._update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
-        return True
-
-    def _scrubbed_object(self, record: Record) -> bytes:
-        if self._def.delete_fn is not None:
-            return self._codec.encode(self._def.delete_fn(self._codec.decode(record.object)))
-        return self._codec.encode(self._def.object_type())
 
     # ------------------------------------------------------------------ public API
 
@@ -509,50 +200,12 @@ class Workflow(Generic[T, StatusT]):
                 raise UnknownStatus(
                     f"start_at {status!r} is terminal: a run started there would never move"
                 )
-        if initial is None:
-            try:
-                initial = self._def.object_type()
-            except Exception as exc:
-                raise InvalidInput(
-                    f"{self._def.object_type.__name__}() failed ({exc}); pass initial="
-                ) from exc
-        else:
-            check_instance(self._def.object_type, initial)
-        data = self._codec.encode(initial)
-        now = self.clock.now()
-        record = Record(
-            workflow_name=self.name,
-            foreign_id=foreign_id,
-            run_id=_new_id(),
-            run_state=RunState.INITIATED,
-            status=int(status),
-            object=data,
-            created_at=now,
-            updated_at=now,
-            version=1,
-            status_description=status.name,
-        )
-        await self.store.create(record, self._event_for(record))
-        self._written(record)
+        record = await self._rt.create(foreign_id, status, initial)
         return record.run_id
 
     def to_run(self, record: Record) -> Run[T, StatusT]:
         """Decode a stored record into a typed :class:`Run`."""
-        status = self._statuses.get(record.status)
-        if status is None:
-            raise UnknownStatus(f"record {record.run_id} has unknown status {record.status}")
-        return Run(
-            workflow_name=record.workflow_name,
-            foreign_id=record.foreign_id,
-            run_id=record.run_id,
-            run_state=record.run_state,
-            status=status,
-            object=self._codec.decode(record.object),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            version=record.version,
-            run_state_reason=record.run_state_reason,
-        )
+        return self._rt.to_run(record)
 
     async def _own(self, run_id: str) -> Record:
         record = await self.store.lookup(self._check_id(run_id, "run_id"))
@@ -600,9 +253,10 @@ class Workflow(Generic[T, StatusT]):
         if timeout is not None:
             deadline = time.monotonic() + to_seconds(timeout, "timeout", allow_zero=True)
         loop = asyncio.get_running_loop()
+        watchers = self._rt.watchers
         while True:
             waiter: asyncio.Future[None] = loop.create_future()
-            self._watchers.setdefault(run_id, []).append(waiter)
+            watchers.setdefault(run_id, []).append(waiter)
             try:
                 record = await self.store.lookup(run_id)
                 if record.workflow_name != self.name or record.foreign_id != foreign_id:
@@ -629,11 +283,11 @@ class Workflow(Generic[T, StatusT]):
                     async with asyncio.timeout(wait):
                         await waiter
             finally:
-                waiters = self._watchers.get(run_id)
+                waiters = watchers.get(run_id)
                 if waiters is not None and waiter in waiters:
                     waiters.remove(waiter)
                     if not waiters:
-                        del self._watchers[run_id]
+                        del watchers[run_id]
 
     async def _control(
         self,
@@ -651,7 +305,7 @@ class Workflow(Generic[T, StatusT]):
             )
         if not current.can_become(state):
             raise InvalidTransition(f"run {run_id} cannot go from {current.label} to {state.label}")
-        return await self._update(
+        return await self._rt.update(
             record, run_state=state, run_state_reason=reason, headers=headers, **extra
         )
 
@@ -718,10 +372,11 @@ class Workflow(Generic[T, StatusT]):
             VersionConflict: the run changed meanwhile and is still at ``status``; retry.
             Exception: whatever the callback function raised; nothing is written.
         """
-        from ._engine.callbacks import run_callback
 
         self._check_id(foreign_id, "foreign_id")
-        return await run_callback(self, foreign_id, self._check_status(status, "status"), payload)
+        return await run_callback(
+            self._rt, foreign_id, self._check_status(status, "status"), payload
+        )
 
     def schedule(
         self,
@@ -752,7 +407,7 @@ class Workflow(Generic[T, StatusT]):
         from ._engine.schedules import Schedule
 
         self._check_id(foreign_id, "foreign_id")
-        schedule = Schedule(self, foreign_id, spec, initial=initial, filter=filter, tz=tz)
+        schedule = Schedule(self._rt, foreign_id, spec, initial=initial, filter=filter, tz=tz)
         if schedule.role in self._schedules:
             raise InvalidInput(f"schedule {spec!r} for {foreign_id!r} is already registered")
         self._schedules[schedule.role] = schedule

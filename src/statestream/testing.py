@@ -30,9 +30,9 @@ from typing import Any
 from ._core.clock import FakeClock, utcnow
 from ._core.protocols import SnapshotStore
 from ._core.records import Record, TimeoutRecord
-from ._core.run import Control, Run
+from ._core.run import Control, Run, StepFn
 from ._core.runstate import RunState
-from ._core.types import StatusT, StepFn, T
+from ._core.types import StatusT, T
 from ._engine.callbacks import CallbackResult
 from ._engine.schedules import next_ticks
 from ._workflow import Workflow

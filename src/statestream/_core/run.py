@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic
+from typing import Any, Generic, TypeAlias
 
 from .runstate import RunState
 from .types import StatusT, T
 
-__all__ = ["Cancel", "Control", "Pause", "Run", "SaveAndRepeat", "Skip"]
+__all__ = [
+    "CallbackFn",
+    "Cancel",
+    "Control",
+    "HookFn",
+    "Pause",
+    "Run",
+    "SaveAndRepeat",
+    "Skip",
+    "StepFn",
+    "TimeoutFn",
+    "TimerFn",
+]
 
 
 class Control:
@@ -117,3 +130,33 @@ class Run(Generic[T, StatusT]):
             f"run_id={self.run_id!r}, status={self.status!r}, "
             f"run_state={self.run_state.name}, version={self.version})"
         )
+
+
+#: A step: receives the run, returns the next status (or a control result such as ``run.skip()``).
+#: A plain ``def`` runs in a worker thread, off the event loop.
+StepFn: TypeAlias = (
+    "Callable[[Run[T, StatusT]], Awaitable[StatusT | Control]]"
+    " | Callable[[Run[T, StatusT]], StatusT | Control]"
+)
+
+#: A hook run when a run is paused, cancelled or completed.
+HookFn: TypeAlias = "Callable[[Run[T, StatusT]], Awaitable[Any]] | Callable[[Run[T, StatusT]], Any]"
+
+#: A callback: receives the run and the (decoded) payload, returns the next status.
+CallbackFn: TypeAlias = (
+    "Callable[[Run[T, StatusT], Any], Awaitable[StatusT | Control]]"
+    " | Callable[[Run[T, StatusT], Any], StatusT | Control]"
+)
+
+#: A timer: given the run that just reached the status and the time now, when should its timeout
+#: fire (a timezone-aware datetime), or ``None`` for no timeout.
+TimerFn: TypeAlias = (
+    "Callable[[Run[T, StatusT], datetime], Awaitable[datetime | None]]"
+    " | Callable[[Run[T, StatusT], datetime], datetime | None]"
+)
+
+#: What runs when a timeout fires: returns the next status, like a step.
+TimeoutFn: TypeAlias = (
+    "Callable[[Run[T, StatusT], datetime], Awaitable[StatusT | Control]]"
+    " | Callable[[Run[T, StatusT], datetime], StatusT | Control]"
+)

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from .._core.run import Run, Skip
 from .._core.runstate import RunState
-from .._core.types import StatusT, T, call_user
+from .._core.types import StatusT, T
 from ..errors import CodecError, InvalidInput, UnknownStatus, VersionConflict
+from .usercode import call_user
 
 if TYPE_CHECKING:
-    from .._builder import CallbackSpec
-    from .._workflow import Workflow
+    from .._definition.specs import CallbackSpec
+    from .runtime import Runtime
 
 __all__ = ["CallbackOutcome", "CallbackResult", "run_callback"]
 
@@ -79,14 +80,14 @@ def decode_payloads(specs: list[CallbackSpec[Any, Any]], payload: object) -> lis
 
 
 async def run_callback(
-    wf: Workflow[T, StatusT], foreign_id: str, status: StatusT, payload: object
+    rt: Runtime[T, StatusT], foreign_id: str, status: StatusT, payload: object
 ) -> CallbackResult[T, StatusT]:
-    specs = wf._def.callbacks.get(int(status))
+    specs = rt.d.callbacks.get(int(status))
     if not specs:
-        raise UnknownStatus(f"workflow {wf.name!r} has no callback at {status.name}")
+        raise UnknownStatus(f"workflow {rt.name!r} has no callback at {status.name}")
     payloads = decode_payloads(specs, payload)
-    record = await wf.store.latest(wf.name, foreign_id)
-    run = wf.to_run(record)
+    record = await rt.store.latest(rt.name, foreign_id)
+    run = rt.to_run(record)
     if record.run_state.stopped or record.run_state.finished:
         return CallbackResult(CallbackOutcome.STOPPED, run)
     if record.status != int(status):
@@ -98,11 +99,11 @@ async def run_callback(
         if isinstance(result, Skip):
             continue
         try:
-            written = await wf._apply_result(
+            written = await rt.apply_result(
                 f"callback at {status.name}", spec.destinations, record, run, result
             )
         except VersionConflict:
-            current = await wf.store.lookup(record.run_id)
+            current = await rt.store.lookup(record.run_id)
             if current.status == record.status and not current.run_state.stopped:
                 raise  # changed but still here: the caller may retry
             outcome = (
@@ -110,6 +111,6 @@ async def run_callback(
                 if current.run_state.stopped or current.run_state.finished
                 else CallbackOutcome.NOT_AT_STATUS
             )
-            return CallbackResult(outcome, wf.to_run(current))
-        return CallbackResult(CallbackOutcome.APPLIED, wf.to_run(written or record))
+            return CallbackResult(outcome, rt.to_run(current))
+        return CallbackResult(CallbackOutcome.APPLIED, rt.to_run(written or record))
     return CallbackResult(CallbackOutcome.SKIPPED, run)

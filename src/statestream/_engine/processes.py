@@ -16,19 +16,17 @@ from typing import TYPE_CHECKING
 from .._core.protocols import EventReceiver
 from .._core.records import Event, delete_topic, run_state_change_topic, status_topic
 from .._core.runstate import RunState
-from .._core.types import StatusT, T, call_user
+from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
-from .dispatch import ErrorPolicy, Handler, KeyedDispatcher
+from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher
+from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
+from .usercode import call_user
 
 if TYPE_CHECKING:
-    from .._builder import ConnectorSpec, HookSpec, StepSpec
-    from .._workflow import Workflow
+    from .._definition.specs import ConnectorSpec, HookSpec, StepSpec
 
 __all__ = [
-    "H_PAUSED_BY",
-    "H_RUN_STATE",
-    "H_VERSION",
     "Body",
     "connector_body",
     "consumer_body",
@@ -39,13 +37,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("statestream")
-
-H_RUN_STATE = "run_state"
-H_VERSION = "record_version"
-#: Set to "operator" on the event of a pause made through ``Workflow.pause``.
-H_PAUSED_BY = "paused_by"
-
-Body = Callable[[asyncio.Event], Awaitable[None]]
 
 
 def consumer_body(
@@ -96,35 +87,35 @@ def _retry_forever(what: str) -> ErrorPolicy:
 
 
 def step_body(
-    wf: Workflow[T, StatusT], spec: StepSpec[T, StatusT], shard: int, shards: int, role: str
+    rt: Runtime[T, StatusT], spec: StepSpec[T, StatusT], shard: int, shards: int, role: str
 ) -> Body:
-    topic = status_topic(wf.name, int(spec.status))
+    topic = status_topic(rt.name, int(spec.status))
     opts = spec.options
     what = f"step {spec.status.name}"
 
     async def handle(event: Event) -> None:
         if opts.lag:
-            await wf._wait_lag(event, opts.lag)
-        record = await wf._fresh_record(event)
+            await rt.wait_lag(event, opts.lag)
+        record = await rt.fresh_record(event)
         if record is None:
             return
-        run = wf.to_run(record)
+        run = rt.to_run(record)
         if run.run_state is RunState.INITIATED:
             run.run_state = RunState.RUNNING
         result = await call_user(spec.fn, spec.is_async, run)
-        await wf._apply_result(what, spec.destinations, record, run, result)
-        wf._clear_errors(role, record.run_id)
+        await rt.apply_result(what, spec.destinations, record, run, result)
+        rt.clear_errors(role, record.run_id)
 
     async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-        return await wf._failed(what, role, event.key, exc, opts, event=event)
+        return await rt.failed(what, role, event.key, exc, opts, event=event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return wf.streamer.receiver(topic, role, poll_interval=opts.polling_frequency)
+        return rt.streamer.receiver(topic, role, poll_interval=opts.polling_frequency)
 
     return consumer_body(open_receiver, handle, on_error, opts, shard=shard, shards=shards)
 
 
-def hook_body(wf: Workflow[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
+def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
     wanted = str(int(hook.run_state))
 
     def accept(event: Event) -> bool:
@@ -132,14 +123,14 @@ def hook_body(wf: Workflow[T, StatusT], hook: HookSpec[T, StatusT], role: str) -
 
     async def handle(event: Event) -> None:
         try:
-            record = await wf.store.lookup(event.key)
+            record = await rt.store.lookup(event.key)
         except RecordNotFound:
             return
-        await call_user(hook.fn, hook.is_async, wf.to_run(record))
+        await call_user(hook.fn, hook.is_async, rt.to_run(record))
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return wf.streamer.receiver(
-            run_state_change_topic(wf.name), role, poll_interval=hook.options.polling_frequency
+        return rt.streamer.receiver(
+            run_state_change_topic(rt.name), role, poll_interval=hook.options.polling_frequency
         )
 
     return consumer_body(
@@ -151,16 +142,16 @@ def hook_body(wf: Workflow[T, StatusT], hook: HookSpec[T, StatusT], role: str) -
     )
 
 
-def delete_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) -> Body:
+def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Body:
     """Scrubs the object of runs whose data deletion was requested, then marks them deleted."""
 
     async def handle(event: Event) -> None:
-        record = await wf._fresh_record(event, allow_stopped=True)
+        record = await rt.fresh_record(event, allow_stopped=True)
         if record is None or record.run_state is not RunState.REQUESTED_DATA_DELETED:
             return
-        scrubbed = wf._scrubbed_object(record)
+        scrubbed = rt.scrubbed_object(record)
         try:
-            await wf._update(
+            await rt.update(
                 record,
                 run_state=RunState.DATA_DELETED,
                 object=scrubbed,
@@ -169,17 +160,17 @@ def delete_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) -> Bo
             log.info("statestream: run %s changed while its data was deleted", record.run_id)
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return wf.streamer.receiver(
-            delete_topic(wf.name), role, poll_interval=opts.polling_frequency
+        return rt.streamer.receiver(
+            delete_topic(rt.name), role, poll_interval=opts.polling_frequency
         )
 
     return consumer_body(open_receiver, handle, _retry_forever("data deletion"), opts)
 
 
-def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) -> Body:
+def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Body:
     """Resumes runs that have been paused for ``pause_retry``, up to ``pause_retry_limit`` times."""
-    delay = wf._def.pause_retry or 0.0
-    limit = wf._def.pause_retry_limit
+    delay = rt.d.pause_retry or 0.0
+    limit = rt.d.pause_retry_limit
     wanted = str(int(RunState.PAUSED))
 
     def accept(event: Event) -> bool:
@@ -187,8 +178,8 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
         return event.headers.get(H_RUN_STATE) == wanted and not event.headers.get(H_PAUSED_BY)
 
     async def handle(event: Event) -> None:
-        await wf._wait_lag(event, delay)
-        record = await wf._fresh_record(event, allow_stopped=True)
+        await rt.wait_lag(event, delay)
+        record = await rt.fresh_record(event, allow_stopped=True)
         if record is None or record.run_state is not RunState.PAUSED:
             return
         if record.auto_resumes >= limit:
@@ -200,7 +191,7 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
             return
         # A conflict means it was resumed, cancelled or paused again by someone else meanwhile.
         with contextlib.suppress(VersionConflict):
-            await wf._update(
+            await rt.update(
                 record,
                 run_state=RunState.RUNNING,
                 run_state_reason=f"resumed automatically ({record.auto_resumes + 1} of {limit})",
@@ -208,22 +199,22 @@ def pause_retry_body(wf: Workflow[T, StatusT], role: str, opts: ProcessOptions) 
             )
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return wf.streamer.receiver(
-            run_state_change_topic(wf.name), role, poll_interval=opts.polling_frequency
+        return rt.streamer.receiver(
+            run_state_change_topic(rt.name), role, poll_interval=opts.polling_frequency
         )
 
     return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts, accept=accept)
 
 
 def connector_body(
-    wf: Workflow[T, StatusT], spec: ConnectorSpec[T, StatusT], shard: int, shards: int, role: str
+    rt: Runtime[T, StatusT], spec: ConnectorSpec[T, StatusT], shard: int, shards: int, role: str
 ) -> Body:
     opts = spec.options
 
     async def handle(event: Event) -> None:
         if opts.lag:
-            await wf._wait_lag(event, opts.lag)
-        await spec.fn(wf, event)
+            await rt.wait_lag(event, opts.lag)
+        await spec.fn(rt.facade, event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return spec.source.receiver(role)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Generic
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .._codec import check_instance
-from .._core.types import StatusT, T, call_user, is_async_callable
+from .._core.types import StatusT, T, is_async_callable
 from .._definition.options import ProcessOptions
 from ..errors import ConfigurationError, InvalidInput, RecordNotFound, WorkflowInProgress
 from .processes import Body
+from .usercode import call_user
 
 if TYPE_CHECKING:
-    from .._workflow import Workflow
+    from .runtime import Runtime
 
 __all__ = ["CronSpec", "Schedule", "next_ticks"]
 
@@ -115,7 +116,7 @@ class Schedule(Generic[T, StatusT]):
 
     def __init__(
         self,
-        wf: Workflow[T, StatusT],
+        rt: Runtime[T, StatusT],
         foreign_id: str,
         spec: str,
         *,
@@ -126,42 +127,42 @@ class Schedule(Generic[T, StatusT]):
         if filter is not None and not callable(filter):
             raise InvalidInput(f"filter must be callable, got {filter!r}")
         if initial is not None:
-            check_instance(wf._def.object_type, initial)
+            check_instance(rt.d.object_type, initial)
         self.cron = CronSpec(spec, tz)
         self.foreign_id = foreign_id
         self.spec = self.cron.spec
-        self._wf = wf
+        self._rt = rt
         self._initial = initial
         self._filter = filter
         self._filter_async = filter is not None and is_async_callable(filter)
         # Role names are lower case, but foreign IDs are case-sensitive keys: keep them as given.
         clean = self.spec.replace(" ", "_").lower()
         self.name = f"{foreign_id}-scheduler-{clean}"
-        self.role = f"{wf.name.lower().replace(' ', '_')}-{foreign_id}-scheduler-{clean}"
+        self.role = f"{rt.name.lower().replace(' ', '_')}-{foreign_id}-scheduler-{clean}"
         self.triggered = 0
         self.skipped = 0
 
     def process(self) -> tuple[str, str, Body, ProcessOptions]:
-        return (self.name, self.role, self._body, self._wf._def.defaults)
+        return (self.name, self.role, self._body, self._rt.d.defaults)
 
     async def _last_run(self) -> datetime | None:
         try:
-            latest = await self._wf.store.latest(self._wf.name, self.foreign_id)
+            latest = await self._rt.store.latest(self._rt.name, self.foreign_id)
         except RecordNotFound:
             return None
         return latest.created_at
 
     async def _body(self, stopping: asyncio.Event) -> None:
-        wf = self._wf
+        rt = self._rt
         last_tick: datetime | None = None  # ticks skipped by the filter are not stored
-        first = wf.clock.now()  # with no run yet, ticks count from when the schedule started
+        first = rt.clock.now()  # with no run yet, ticks count from when the schedule started
         while not stopping.is_set():
             last_run = await self._last_run()
             base = max((t for t in (last_run, last_tick) if t is not None), default=first)
             tick = self.cron.next_after(base)
-            wait = (tick - wf.clock.now()).total_seconds()
+            wait = (tick - rt.clock.now()).total_seconds()
             if wait > 0:
-                await wf._sleep_clock(wait, stopping)
+                await rt.sleep_clock(wait, stopping)
                 continue  # re-read: another process may have triggered meanwhile
             last_tick = tick
             if self._filter is not None and not await call_user(
@@ -170,7 +171,7 @@ class Schedule(Generic[T, StatusT]):
                 self.skipped += 1
                 continue
             try:
-                await wf.trigger(self.foreign_id, initial=self._initial)
+                await rt.create(self.foreign_id, rt.d.start_status, self._initial)
                 self.triggered += 1
             except WorkflowInProgress:
                 self.skipped += 1

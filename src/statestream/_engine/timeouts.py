@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 from .._core.protocols import EventReceiver, TimeoutStore
 from .._core.records import Event, TimeoutRecord, status_topic
 from .._core.runstate import RunState
-from .._core.types import Seconds, StatusT, T, call_user, to_seconds
+from .._core.types import Seconds, StatusT, T, to_seconds
 from ..errors import InvalidInput, RecordNotFound, VersionConflict
 from .processes import Body, consumer_body
+from .usercode import call_user
 
 if TYPE_CHECKING:
-    from .._builder import TimeoutSpec
     from .._core.run import Run
-    from .._workflow import Workflow
+    from .._definition.specs import TimeoutSpec
+    from .runtime import Runtime
 
 __all__ = ["after", "at", "inserter_body", "poller_body"]
 
@@ -56,23 +57,23 @@ def at(when: datetime) -> Any:
     return timer
 
 
-def _timeouts(wf: Workflow[Any, Any]) -> TimeoutStore:
-    store = wf.timeout_store
+def _timeouts(rt: Runtime[Any, Any]) -> TimeoutStore:
+    store = rt.timeout_store
     assert store is not None, "build() checks that timeouts have a store"
     return store
 
 
-def inserter_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
+def inserter_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
     """Consumes the status topic and creates a timer for each run that arrives there."""
     opts = spec.options
-    store = _timeouts(wf)
+    store = _timeouts(rt)
 
     async def handle(event: Event) -> None:
-        record = await wf._fresh_record(event)
+        record = await rt.fresh_record(event)
         if record is None:
             return
-        run = wf.to_run(record)
-        now = wf.clock.now()
+        run = rt.to_run(record)
+        now = rt.clock.now()
         when = await call_user(spec.timer, spec.timer_is_async, run, now)
         if when is None:
             return
@@ -84,36 +85,36 @@ def inserter_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role:
         if when < now:
             raise InvalidInput(f"timer of {spec.status.name} returned {when}, before now ({now})")
         await store.create(
-            wf.name, record.foreign_id, record.run_id, record.status, record.version, when
+            rt.name, record.foreign_id, record.run_id, record.status, record.version, when
         )
-        wake = wf._timeout_wakes.get(int(spec.status))
+        wake = rt.timeout_wakes.get(int(spec.status))
         if wake is not None:
             wake.set()
 
     async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-        return await wf._failed(
+        return await rt.failed(
             f"timer of {spec.status.name}", role, event.key, exc, opts, event=event
         )
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return wf.streamer.receiver(
-            status_topic(wf.name, int(spec.status)), role, poll_interval=opts.polling_frequency
+        return rt.streamer.receiver(
+            status_topic(rt.name, int(spec.status)), role, poll_interval=opts.polling_frequency
         )
 
     return consumer_body(open_receiver, handle, on_error, opts)
 
 
-def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
+def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
     """Fires due timeouts of one status, a batch at a time, concurrently across runs."""
     opts = spec.options
-    store = _timeouts(wf)
+    store = _timeouts(rt)
     what = f"timeout of {spec.status.name}"
     retry_at: dict[int, float] = {}  # timeout id -> monotonic time before which it is not retried
     attempts: dict[int, int] = {}
 
     async def fire(timeout: TimeoutRecord, now: datetime) -> None:
         try:
-            record = await wf.store.lookup(timeout.run_id)
+            record = await rt.store.lookup(timeout.run_id)
         except RecordNotFound:
             await store.cancel(timeout.id)
             return
@@ -125,17 +126,17 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
         ):
             await store.cancel(timeout.id)  # the run moved on: this visit's timer is void
             return
-        run = wf.to_run(record)
+        run = rt.to_run(record)
         if run.run_state is RunState.INITIATED:
             run.run_state = RunState.RUNNING
         result = await call_user(spec.fn, spec.is_async, run, now)
         try:
-            await wf._apply_result(what, spec.destinations, record, run, result)
+            await rt.apply_result(what, spec.destinations, record, run, result)
         except VersionConflict:
             await store.cancel(timeout.id)  # another poller or a callback moved the run first
             return
         await store.complete(timeout.id)
-        wf._clear_errors(role, record.run_id)
+        rt.clear_errors(role, record.run_id)
 
     async def guarded(timeout: TimeoutRecord, now: datetime) -> None:
         try:
@@ -149,7 +150,7 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
                 count, opts.error_backoff, opts.max_error_backoff
             )
             try:
-                if await wf._failed(what, role, timeout.run_id, exc, opts, status=timeout.status):
+                if await rt.failed(what, role, timeout.run_id, exc, opts, status=timeout.status):
                     attempts.pop(timeout.id, None)
                     retry_at.pop(timeout.id, None)
                     await store.cancel(timeout.id)
@@ -161,10 +162,10 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
 
     async def body(stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            wake = wf._timeout_wakes.setdefault(int(spec.status), asyncio.Event())
+            wake = rt.timeout_wakes.setdefault(int(spec.status), asyncio.Event())
             wake.clear()
-            now = wf.clock.now()
-            due = await store.list_due(wf.name, int(spec.status), now, _BATCH)
+            now = rt.clock.now()
+            due = await store.list_due(rt.name, int(spec.status), now, _BATCH)
             mono = time.monotonic()
             ready = [t for t in due if retry_at.get(t.id, 0.0) <= mono]
             if ready:
@@ -174,8 +175,8 @@ def poller_body(wf: Workflow[T, StatusT], spec: TimeoutSpec[T, StatusT], role: s
             # Sleep relative to the time read before polling: if the clock moved meanwhile
             # (a test's FakeClock, say), the next poll comes at once.
             left = (
-                now + timedelta(seconds=opts.polling_frequency) - wf.clock.now()
+                now + timedelta(seconds=opts.polling_frequency) - rt.clock.now()
             ).total_seconds()
-            await wf._sleep_clock(max(0.0, left), stopping, wake)
+            await rt.sleep_clock(max(0.0, left), stopping, wake)
 
     return body

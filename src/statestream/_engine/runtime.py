@@ -1,0 +1,349 @@
+"""The engine's runtime: what every background process and public call shares.
+
+One :class:`Runtime` per :class:`~statestream.Workflow`. It holds the definition and the adapters
+and owns the write path (compare-and-set update with its outbox event), the freshness check of an
+event against its record, the error policy (count, back off, pause), and the wakes that let this
+process's writes reach its own waiters and pollers at once. Process bodies take the runtime, not
+the facade, so the engine imports nothing above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Generic
+
+from .._codec import check_instance
+from .._core.ids import new_id
+from .._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from .._core.records import Event, Message, OutboxEvent, Record, topic_for
+from .._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
+from .._core.runstate import RunState
+from .._core.types import StatusT, T
+from .._definition.graph import describe_status
+from .._definition.options import ProcessOptions
+from .._definition.specs import Definition
+from ..errors import (
+    InvalidInput,
+    InvalidTransition,
+    RecordNotFound,
+    StaleRead,
+    UnknownStatus,
+    VersionConflict,
+)
+from .dispatch import Abandon, Supervisor
+
+__all__ = ["H_PAUSED_BY", "H_RUN_STATE", "H_VERSION", "Runtime"]
+
+log = logging.getLogger("statestream")
+
+H_RUN_STATE = "run_state"
+H_VERSION = "record_version"
+#: Set to "operator" on the event of a pause made through ``Workflow.pause``.
+H_PAUSED_BY = "paused_by"
+
+_AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
+
+
+class Runtime(Generic[T, StatusT]):
+    """The shared state and the write path of one workflow in this process."""
+
+    def __init__(
+        self,
+        definition: Definition[T, StatusT],
+        *,
+        streamer: EventStreamer,
+        store: RecordStore,
+        scheduler: RoleScheduler,
+        timeout_store: TimeoutStore | None,
+        clock: Clock,
+    ) -> None:
+        self.d = definition
+        self.name = definition.name
+        self.streamer = streamer
+        self.store = store
+        self.scheduler = scheduler
+        self.timeout_store = timeout_store
+        self.clock = clock
+        self.codec = definition.codec
+        self.statuses = definition.statuses
+        self.supervisor = Supervisor(scheduler, definition.name)
+        #: What connector handlers receive as their first argument (the public Workflow).
+        self.facade: Any = None
+        self.outbox_wake = asyncio.Event()
+        #: per status with a timeout: set when this process stores a new timer there
+        self.timeout_wakes: dict[int, asyncio.Event] = {}
+        self.watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        #: (run state, status) -> (topic, run-state header), computed once per pair
+        self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
+        self._names = {value: member.name for value, member in definition.statuses.items()}
+
+    # ------------------------------------------------------------------ reading
+
+    def describe(self, status: int) -> str:
+        member = self.statuses.get(status)
+        return describe_status(member.name) if member is not None else str(status)
+
+    def to_run(self, record: Record) -> Run[T, StatusT]:
+        """Decode a stored record into a typed :class:`Run`."""
+        status = self.statuses.get(record.status)
+        if status is None:
+            raise UnknownStatus(f"record {record.run_id} has unknown status {record.status}")
+        return Run(
+            workflow_name=record.workflow_name,
+            foreign_id=record.foreign_id,
+            run_id=record.run_id,
+            run_state=record.run_state,
+            status=status,
+            object=self.codec.decode(record.object),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            version=record.version,
+            run_state_reason=record.run_state_reason,
+        )
+
+    async def fresh_record(self, event: Event, *, allow_stopped: bool = False) -> Record | None:
+        """The record an event is about, if the event is still current (reference §3)."""
+        try:
+            record = await self.store.lookup(event.key)
+        except RecordNotFound:
+            log.debug("statestream: skipping event for unknown run %s", event.key)
+            return None
+        version = int(event.headers.get(H_VERSION, 0))
+        if record.version > version:
+            return None  # superseded or already handled
+        if record.version < version:
+            raise StaleRead(
+                f"store returned version {record.version} of run {record.run_id}, "
+                f"older than the event's {version}"
+            )
+        if not allow_stopped and (record.run_state.stopped or record.status != event.type):
+            return None
+        return record
+
+    # ------------------------------------------------------------------ writing
+
+    def event_for(self, record: Record, extra: dict[str, str] | None = None) -> OutboxEvent:
+        key = (record.run_state, record.status)
+        cached = self._topics.get(key)
+        if cached is None:
+            cached = self._topics[key] = (topic_for(record), str(int(record.run_state)))
+        topic, state = cached
+        headers = {
+            "workflow_name": record.workflow_name,
+            "foreign_id": record.foreign_id,
+            "run_id": record.run_id,
+            "topic": topic,
+            "run_state": state,
+            H_VERSION: str(record.version),
+        }
+        if extra:
+            headers.update(extra)
+        message = Message(record.run_id, record.status, headers, record.updated_at)
+        return OutboxEvent(new_id(), record.workflow_name, topic, message)
+
+    def written(self, record: Record) -> None:
+        """This process wrote ``record``: wake the relay and the run's waiters."""
+        self.outbox_wake.set()
+        if self.watchers:
+            for waiter in self.watchers.pop(record.run_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def create(self, foreign_id: str, status: StatusT, initial: T | None) -> Record:
+        """Store a new run at ``status`` with its first event (refused while one is unfinished)."""
+        if initial is None:
+            try:
+                initial = self.d.object_type()
+            except Exception as exc:
+                raise InvalidInput(
+                    f"{self.d.object_type.__name__}() failed ({exc}); pass initial="
+                ) from exc
+        else:
+            check_instance(self.d.object_type, initial)
+        data = self.codec.encode(initial)
+        now = self.clock.now()
+        record = Record(
+            workflow_name=self.name,
+            foreign_id=foreign_id,
+            run_id=new_id(),
+            run_state=RunState.INITIATED,
+            status=int(status),
+            object=data,
+            created_at=now,
+            updated_at=now,
+            version=1,
+            status_description=status.name,
+        )
+        await self.store.create(record, self.event_for(record))
+        self.written(record)
+        return record
+
+    async def update(
+        self, current: Record, *, headers: dict[str, str] | None = None, **changes: Any
+    ) -> Record:
+        """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict."""
+        status = changes.get("status", current.status)
+        state = changes.get("run_state", current.run_state)
+        reason = changes.get("run_state_reason", current.run_state_reason)
+        resumes = changes.get("auto_resumes", current.auto_resumes)
+        if (
+            state is RunState.PAUSED
+            and self.d.pause_retry is not None
+            and resumes >= self.d.pause_retry_limit
+        ):
+            reason = (
+                f"{reason} (stays paused: already resumed automatically {resumes} times; "
+                "resume it by hand)"
+            )
+        record = Record(
+            workflow_name=current.workflow_name,
+            foreign_id=current.foreign_id,
+            run_id=current.run_id,
+            run_state=state,
+            status=status,
+            object=changes.get("object", current.object),
+            created_at=current.created_at,
+            updated_at=self.clock.now(),
+            version=current.version + 1,
+            run_state_reason=reason,
+            status_description=self._names.get(status) or str(status),
+            auto_resumes=resumes,
+        )
+        await self.store.update(record, self.event_for(record, headers))
+        self.written(record)
+        return record
+
+    async def apply_result(
+        self,
+        what: str,
+        destinations: tuple[StatusT, ...],
+        record: Record,
+        run: Run[T, StatusT],
+        result: object,
+    ) -> Record | None:
+        """Store what a step, callback or timeout returned (a status or a Control)."""
+        if isinstance(result, Control):
+            if isinstance(result, Skip):
+                return None
+            # Pausing or cancelling keeps what the function wrote to the object (say, why).
+            if isinstance(result, Pause):
+                return await self.update(
+                    record,
+                    run_state=RunState.PAUSED,
+                    run_state_reason=result.reason,
+                    object=self.codec.encode(run.object),
+                )
+            if isinstance(result, Cancel):
+                return await self.update(
+                    record,
+                    run_state=RunState.CANCELLED,
+                    run_state_reason=result.reason,
+                    object=self.codec.encode(run.object),
+                )
+            if isinstance(result, SaveAndRepeat):
+                return await self.update(
+                    record, run_state=RunState.RUNNING, object=self.codec.encode(run.object)
+                )
+        if not isinstance(result, self.d.status_type) or result not in destinations:
+            allowed = ", ".join(d.name for d in destinations)
+            raise InvalidTransition(f"{what} returned {result!r}; it may only return: {allowed}")
+        terminal = self.d.graph.is_terminal(int(result))
+        return await self.update(
+            record,
+            status=int(result),
+            run_state=RunState.COMPLETED if terminal else RunState.RUNNING,
+            object=self.codec.encode(run.object),
+        )
+
+    def scrubbed_object(self, record: Record) -> bytes:
+        if self.d.delete_fn is not None:
+            return self.codec.encode(self.d.delete_fn(self.codec.decode(record.object)))
+        return self.codec.encode(self.d.object_type())
+
+    # ------------------------------------------------------------------ errors
+
+    def clear_errors(self, process: str, run_id: str) -> None:
+        if self.errors:
+            self.errors.pop((process, run_id), None)
+
+    async def failed(
+        self,
+        what: str,
+        process: str,
+        run_id: str,
+        exc: BaseException,
+        opts: ProcessOptions,
+        *,
+        event: Event | None = None,
+        status: int | None = None,
+    ) -> bool:
+        """Count an error of ``process`` for a run; pause the run at the limit.
+
+        Returns True when the run was paused (or has moved on), so the work item is done.
+        """
+        if isinstance(exc, VersionConflict):
+            log.info("statestream: run %s changed while %s ran; result discarded", run_id, what)
+            return True
+        key = (process, run_id)
+        count = self.errors.get(key, 0) + 1
+        self.errors[key] = count
+        limit = opts.pause_after_errors
+        log.warning(
+            "statestream: %s of %s failed for run %s (error %d%s): %r",
+            what,
+            self.name,
+            run_id,
+            count,
+            f" of {limit}" if limit else "",
+            exc,
+            exc_info=not isinstance(exc, StaleRead),
+        )
+        if not limit or count < limit:
+            return False
+        del self.errors[key]
+        if event is not None:
+            record = await self.fresh_record(event)
+        else:
+            record = await self.store.lookup(run_id)
+            if (
+                record.run_state.stopped
+                or record.run_state.finished
+                or (status is not None and record.status != status)
+            ):
+                record = None  # it moved on: there is nothing of this work left to pause
+        if record is None:
+            return True
+        reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
+            await self.update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
+        return True
+
+    # ------------------------------------------------------------------ time
+
+    async def sleep_clock(
+        self, seconds: float, stopping: asyncio.Event, wake: asyncio.Event | None = None
+    ) -> None:
+        """Sleep on the workflow's clock, returning early on ``stopping`` or ``wake``."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.clock.sleep(seconds))]
+        waits.append(asyncio.ensure_future(stopping.wait()))
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def wait_lag(self, event: Event, lag: float) -> None:
+        """Wait until ``event`` is ``lag`` seconds old on the workflow's clock."""
+        stopping = self.supervisor.stopping
+        while True:
+            left = event.created_at.timestamp() + lag - self.clock.now().timestamp()
+            if left <= 0:
+                return
+            if stopping.is_set():
+                raise Abandon
+            await self.sleep_clock(left, stopping)

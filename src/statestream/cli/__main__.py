@@ -1,0 +1,5 @@
+"""``python -m statestream.cli``."""
+
+from . import main
+
+raise SystemExit(main())
