@@ -160,6 +160,10 @@ class EventStreamer(Protocol):
     stored hash column, partitions): N shards must not cost N times the reads. Positions are kept
     per consumer name, as without shards.
 
+    An ``ephemeral`` receiver keeps no committed position anywhere: it starts after the latest
+    event (as ``from_latest``), ``ack`` does nothing, and it never holds back ``prune``. The
+    engine uses one per process to wake ``wait_for`` callers on other processes' writes.
+
     ``prune(topics, before)`` deletes events of those topics created before ``before`` that
     every consumer with a committed position on the topic has acknowledged, and returns how
     many it deleted. A backend with its own retention (Kafka) may do nothing and return 0.
@@ -176,6 +180,7 @@ class EventStreamer(Protocol):
         poll_interval: float = 0.5,
         shard: int = 0,
         shards: int = 1,
+        ephemeral: bool = False,
     ) -> EventReceiver: ...
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int: ...
