@@ -62,6 +62,8 @@ class TestMemoryTimeoutStore(TimeoutStoreContract):
 
 
 class TestMemoryRoleScheduler(RoleSchedulerContract):
+    lease_ttl = None  # memory leases never expire by time
+
     @pytest.fixture
     def make_schedulers(self) -> SchedulerFactory:
         scheduler = MemoryRoleScheduler()
