@@ -85,7 +85,7 @@ class MemoryRecordStore:
     >>> store = MemoryRecordStore()
     """
 
-    def __init__(self, clock: Clock | None = None, keep_snapshots: bool = True) -> None:
+    def __init__(self, clock: Clock | None = None, keep_snapshots: bool = False) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._keep_snapshots = keep_snapshots
         self._records: dict[str, Record] = {}
