@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import operator
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -313,8 +314,7 @@ class MemoryRecordStore:
 # --------------------------------------------------------------------------------------------
 
 
-def _event_id(event: Event) -> int:
-    return event.id
+_event_id = operator.attrgetter("id")
 
 
 class _Log:
