@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,6 +15,7 @@ from ._builder import Definition
 from ._codec import check_instance
 from ._consumer import Abandon, Process, ProcessState, Supervisor
 from ._graph import describe_status
+from ._ids import new_id
 from ._options import ProcessOptions
 from ._processes import (
     H_PAUSED_BY,
@@ -55,9 +55,7 @@ log = logging.getLogger("statestream")
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
-def _new_id() -> str:
-    """A random 128-bit ID as 32 hex digits (uuid4's form, at a quarter of its cost)."""
-    return os.urandom(16).hex()
+_new_id = new_id  # run and outbox event IDs: time-ordered UUIDv7, 32 hex digits
 
 
 def _role(*parts: object) -> str:
