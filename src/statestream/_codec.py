@@ -48,7 +48,7 @@ import msgspec.inspect as mi
 from ._protocols import Codec
 from .errors import CodecError, ConfigurationError, InvalidInput, InvalidObject
 
-__all__ = ["check_instance", "check_status_values", "check_text", "codec_for"]
+__all__ = ["check_instance", "check_status_values", "check_text", "codec_for", "scrub_text"]
 
 T = TypeVar("T")
 
@@ -465,6 +465,14 @@ def check_text(value: object, what: str) -> str:
             f"{value!r}"
         ) from None
     return value
+
+
+def scrub_text(value: str) -> str:
+    """``value`` with any lone surrogate written as its escape (``"\\ud800"``), so that a text
+    from anywhere (an error message quoted in a pause reason) can be stored."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_status_values(status_type: type[Any]) -> None:

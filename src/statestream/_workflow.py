@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic
 
 from ._builder import Definition
-from ._codec import check_instance
+from ._codec import check_instance, check_text, scrub_text
 from ._consumer import Abandon, Process, ProcessState, Supervisor
 from ._graph import describe_status
 from ._ids import new_id
@@ -378,14 +378,14 @@ class Workflow(Generic[T, StatusT]):
                 return await self._update(
                     record,
                     run_state=RunState.PAUSED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self._codec.encode(run.object),
                 )
             if isinstance(result, Cancel):
                 return await self._update(
                     record,
                     run_state=RunState.CANCELLED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self._codec.encode(run.object),
                 )
             if isinstance(result, SaveAndRepeat):
@@ -456,7 +456,9 @@ class Workflow(Generic[T, StatusT]):
             return True
         reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
-            await self._update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
+            await self._update(
+                record, run_state=RunState.PAUSED, run_state_reason=scrub_text(reason)[:2000]
+            )
         return True
 
     def _scrubbed_object(self, record: Record) -> bytes:
@@ -479,7 +481,7 @@ class Workflow(Generic[T, StatusT]):
     def _check_id(value: object, what: str) -> str:
         if not isinstance(value, str) or not value:
             raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
-        return value
+        return check_text(value, what)
 
     async def trigger(
         self, foreign_id: str, *, initial: T | None = None, start_at: StatusT | None = None
@@ -641,6 +643,7 @@ class Workflow(Generic[T, StatusT]):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> Record:
+        check_text(reason, "reason")
         record = await self._own(run_id)
         current = record.run_state
         if current is RunState.INITIATED and state is RunState.CANCELLED:
