@@ -8,6 +8,7 @@ BIGINT column, an ``@every`` interval beyond ``timedelta``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,42 @@ async def test_text_that_is_merely_unusual_is_kept(make: Make) -> None:
     run = await wf.pause(run_id, reason="wait ✓ 😀")
     assert (run.foreign_id, run.object.id, run.run_state_reason) == (foreign_id, "😀", "wait ✓ 😀")
     assert (await wf.latest(foreign_id)).run_id == run_id
+
+
+# ------------------------------------------------------------------ status values
+
+
+class Huge(IntEnum):
+    CREATED = 1
+    DONE = 2**63
+
+
+class Tiny(IntEnum):
+    CREATED = 1
+    DONE = -(2**63) - 1
+
+
+class Widest(IntEnum):
+    CREATED = -(2**63)
+    DONE = 2**63 - 1
+
+
+@pytest.mark.parametrize("status_type", [Huge, Tiny])
+def test_a_status_value_beyond_bigint_is_refused_by_the_builder(status_type: Any) -> None:
+    with pytest.raises(errors.ConfigurationError, match="64-bit"):
+        Builder("huge", Order, status_type)
+
+
+async def test_the_widest_status_values_are_stored(make: Make) -> None:
+    async def done(run: Run[Order, Widest]) -> Widest:
+        return Widest.DONE
+
+    b = Builder("widest", Order, Widest)
+    b.add_step(Widest.CREATED, done, Widest.DONE)
+    wf: Workflow[Order, Widest] = make(b)  # type: ignore[arg-type]
+    run_id = await wf.trigger("w-1")
+    assert (await wf.get(run_id)).status is Widest.CREATED
+    assert (await wf.store.lookup(run_id)).status == -(2**63)
 
 
 # ------------------------------------------------------------------ reasons written by the engine

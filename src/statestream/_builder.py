@@ -150,8 +150,9 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"status_type must be an IntEnum class, got {status_type!r}")
         if not isinstance(object_type, type):
             raise ConfigurationError(f"object_type must be a class, got {object_type!r}")
-        from ._codec import codec_for
+        from ._codec import check_status_values, codec_for
 
+        check_status_values(status_type)
         self._name = name
         self._object_type = object_type
         self._status_type = status_type
