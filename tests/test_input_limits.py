@@ -148,6 +148,26 @@ async def test_the_widest_status_values_are_stored(make: Make) -> None:
     assert (await wf.store.lookup(run_id)).status == -(2**63)
 
 
+# ------------------------------------------------------------------ @every intervals
+
+
+TOO_LONG = ["@every 99999999999h", "@every " + "9" * 400 + "d", "@every 36526d"]
+
+
+@pytest.mark.parametrize("spec", TOO_LONG)
+async def test_an_every_interval_beyond_a_century_is_refused(make: Make, spec: str) -> None:
+    wf = make(texts_builder())
+    with pytest.raises(errors.InvalidInput, match="@every"):
+        wf.schedule("order-1", spec)
+
+
+async def test_an_every_interval_that_rounds_to_nothing_is_refused(make: Make) -> None:
+    wf = make(texts_builder())
+    with pytest.raises(errors.InvalidInput, match="@every"):
+        wf.schedule("order-1", "@every 0.0001ms")
+    wf.schedule("order-1", "@every 36525d")  # a century is the longest interval
+
+
 # ------------------------------------------------------------------ reasons written by the engine
 
 
