@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any, Generic
 
-from .._codec import check_instance
+from .._codec import check_instance, check_text, scrub_text
 from .._core.ids import new_id
 from .._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
 from .._core.records import Event, Message, OutboxEvent, Record, topic_for
@@ -233,14 +233,14 @@ class Runtime(Generic[T, StatusT]):
                 return await self.update(
                     record,
                     run_state=RunState.PAUSED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self.codec.encode(run.object),
                 )
             if isinstance(result, Cancel):
                 return await self.update(
                     record,
                     run_state=RunState.CANCELLED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self.codec.encode(run.object),
                 )
             if isinstance(result, SaveAndRepeat):
@@ -318,7 +318,9 @@ class Runtime(Generic[T, StatusT]):
             return True
         reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
-            await self.update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
+            await self.update(
+                record, run_state=RunState.PAUSED, run_state_reason=scrub_text(reason)[:2000]
+            )
         return True
 
     # ------------------------------------------------------------------ time
