@@ -12,7 +12,6 @@ Every exception the library raises on purpose is a subclass of :class:`WorkflowE
      +-- InvalidTransition           a run-state or status change that the tables do not allow
      +-- VersionConflict             a compare-and-set write lost: the record changed meanwhile
      +-- StaleRead                   the store returned an older version than an event announced
-     +-- WorkflowNotRunning          trigger()/wait_for() on a workflow that is not started
      +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
      +-- RunStopped                  wait_for(): the run stopped or finished elsewhere
      +-- TimeoutNotFound
@@ -43,7 +42,6 @@ __all__ = [
     "WaitTimeout",
     "WorkflowError",
     "WorkflowInProgress",
-    "WorkflowNotRunning",
 ]
 
 
@@ -98,10 +96,6 @@ class VersionConflict(WorkflowError):
 
 class StaleRead(WorkflowError):
     """The store returned an older version of a record than an event announced (replica lag)."""
-
-
-class WorkflowNotRunning(WorkflowError):
-    """The workflow must be started (``async with wf`` or ``await wf.start()``) for this call."""
 
 
 class WaitTimeout(WorkflowError, TimeoutError):

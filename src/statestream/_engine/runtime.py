@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Generic
 
 from .._codec import check_instance, check_text, scrub_text
@@ -76,6 +77,9 @@ class Runtime(Generic[T, StatusT]):
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        #: Called with every record this process writes (``statestream.testing`` keeps history
+        #: with them, so its helpers need no store that keeps every version).
+        self.listeners: list[Callable[[Record], None]] = []
         #: (run state, status) -> (topic, run-state header), computed once per pair
         self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
         self._names = {value: member.name for value, member in definition.statuses.items()}
@@ -147,6 +151,9 @@ class Runtime(Generic[T, StatusT]):
     def written(self, record: Record) -> None:
         """This process wrote ``record``: wake the relay and the run's waiters."""
         self.outbox_wake.set()
+        if self.listeners:
+            for listener in self.listeners:
+                listener(record)
         if self.watchers:
             for waiter in self.watchers.pop(record.run_id, ()):
                 if not waiter.done():
