@@ -239,8 +239,16 @@ class _Topic:
 class MemoryReceiver:
     """A receiver of :class:`MemoryStreamer`; see :class:`~statestream.EventReceiver`."""
 
-    def __init__(self, streamer: MemoryStreamer, topic: str, name: str, position: int) -> None:
+    def __init__(
+        self,
+        streamer: MemoryStreamer,
+        topic: str,
+        name: str,
+        position: int,
+        ephemeral: bool = False,
+    ) -> None:
         self._streamer = streamer
+        self._ephemeral = ephemeral
         self._topic = streamer._topic(topic)
         self.topic = topic
         self.name = name
@@ -290,7 +298,8 @@ class MemoryReceiver:
             raise errors.InvalidInput(
                 f"event of topic {event.topic!r} acknowledged on a receiver of {self.topic!r}"
             )
-        self._streamer._commit(self.topic, self.name, event.id)
+        if not self._ephemeral:
+            self._streamer._commit(self.topic, self.name, event.id)
 
     async def close(self) -> None:
         """Stop receiving; a ``recv`` in progress or called later raises ``AdapterError``."""
@@ -346,7 +355,13 @@ class MemoryStreamer:
             state.wake()
 
     async def receiver(
-        self, topic: str, name: str, *, from_latest: bool = False, poll_interval: float = 0.5
+        self,
+        topic: str,
+        name: str,
+        *,
+        from_latest: bool = False,
+        poll_interval: float = 0.5,
+        ephemeral: bool = False,
     ) -> MemoryReceiver:
         """Open a receiver on ``topic`` under the consumer name ``name``.
 
@@ -357,7 +372,13 @@ class MemoryStreamer:
                 instead of at the first one. The position is committed at once, as a Kafka
                 consumer group or a Redis stream group created at ``$`` would be.
             poll_interval: Ignored: memory receivers are woken by :meth:`publish`.
+            ephemeral: Keep no position: start after the events published so far and make
+                ``ack`` a no-op (the committed position of ``name``, if any, is ignored).
         """
+        if ephemeral:
+            receiver = MemoryReceiver(self, topic, name, len(self._topic(topic).events), True)
+            self._receivers.add(receiver)
+            return receiver
         key = (topic, name)
         position = self._cursors.get(key)
         if position is None:

@@ -74,8 +74,32 @@ class SqliteStreamer:
     ack_interval = 0.1
 
     async def receiver(
-        self, topic: str, name: str, *, from_latest: bool = False, poll_interval: float = 0.5
+        self,
+        topic: str,
+        name: str,
+        *,
+        from_latest: bool = False,
+        poll_interval: float = 0.5,
+        ephemeral: bool = False,
     ) -> SqliteReceiver:
+        """Open a receiver of ``topic`` under the consumer name ``name``.
+
+        An ``ephemeral`` receiver has no cursor row: it starts after the latest event, keeps
+        its position in memory only, and ``ack`` does nothing.
+        """
+        if ephemeral:
+
+            def latest(conn: sqlite3.Connection) -> int:
+                row = conn.execute(
+                    "SELECT MAX(id) FROM statestream_events WHERE topic = ?", (topic,)
+                ).fetchone()
+                return int(row[0] or 0)
+
+            start = await self.db.read(latest)
+            receiver = SqliteReceiver(self, topic, name, start, poll_interval, ephemeral=True)
+            self._receivers.add(receiver)
+            return receiver
+
         def position(conn: sqlite3.Connection) -> int:
             row = conn.execute(
                 "SELECT last_id FROM statestream_cursors WHERE topic = ? AND name = ?",
@@ -115,9 +139,16 @@ class SqliteReceiver:
     """Reads one topic under one consumer name; see :class:`SqliteStreamer`."""
 
     def __init__(
-        self, streamer: SqliteStreamer, topic: str, name: str, position: int, poll: float
+        self,
+        streamer: SqliteStreamer,
+        topic: str,
+        name: str,
+        position: int,
+        poll: float,
+        ephemeral: bool = False,
     ) -> None:
         self._streamer = streamer
+        self._ephemeral = ephemeral
         self._db = streamer.db
         self.topic = topic
         self.name = name
@@ -176,7 +207,7 @@ class SqliteReceiver:
         ``SqliteStreamer.ack_interval`` (at once when the receiver closes)."""
         if event.topic != self.topic:
             raise InvalidInput(f"event of topic {event.topic!r} acked on {self.topic!r}")
-        if event.id <= self._acked:
+        if self._ephemeral or event.id <= self._acked:
             return
         self._acked = event.id
         if self._closed:
