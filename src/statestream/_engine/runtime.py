@@ -33,6 +33,7 @@ from ..errors import (
     VersionConflict,
 )
 from .dispatch import Abandon, Supervisor
+from .waiters import Waiters
 
 __all__ = ["H_PAUSED_BY", "H_RUN_STATE", "H_VERSION", "Runtime"]
 
@@ -74,7 +75,10 @@ class Runtime(Generic[T, StatusT]):
         self.outbox_wake = asyncio.Event()
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
-        self.watchers: dict[str, list[asyncio.Future[None]]] = {}
+        #: the pending ``wait_for`` calls of this workflow in this process
+        self.waiters = Waiters(
+            streamer, definition.name, frozenset(definition.graph.terminal_nodes)
+        )
         self.errors: dict[tuple[str, str], int] = {}
         #: (run state, status) -> (topic, run-state header), computed once per pair
         self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
@@ -147,10 +151,8 @@ class Runtime(Generic[T, StatusT]):
     def written(self, record: Record) -> None:
         """This process wrote ``record``: wake the relay and the run's waiters."""
         self.outbox_wake.set()
-        if self.watchers:
-            for waiter in self.watchers.pop(record.run_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self.waiters.by_run:
+            self.waiters.written(record)
 
     async def create(self, foreign_id: str, status: StatusT, initial: T | None) -> Record:
         """Store a new run at ``status`` with its first event (refused while one is unfinished)."""
