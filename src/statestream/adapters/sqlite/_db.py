@@ -134,6 +134,7 @@ class _Op:
     future: asyncio.Future[Any]
     result: Any = None
     error: BaseException | None = None
+    answered: bool = False
 
 
 @dataclass(eq=False)
@@ -146,7 +147,10 @@ def _noop(conn: sqlite3.Connection) -> None:
 
 
 def _answer(op: _Op) -> None:
-    """Hand the result to the caller's loop; a caller whose loop has closed is gone."""
+    """Hand the result to the caller's loop, once; a caller whose loop has closed is gone."""
+    if op.answered:
+        return
+    op.answered = True
     # RuntimeError: the event loop is closed, so nobody waits for this answer any more.
     with contextlib.suppress(RuntimeError):
         op.loop.call_soon_threadsafe(_resolve, op)
@@ -193,6 +197,8 @@ class SqliteDatabase:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        #: Why the database thread stopped unexpectedly; every call fails until ``close()``.
+        self._died: BaseException | None = None
         self.commits = 0
         self.writes = 0
 
@@ -202,7 +208,7 @@ class SqliteDatabase:
         """Run ``fn(connection)`` with the read connection (on the caller's thread) and return
         its result. It sees every write that has returned."""
         conn = self._reader
-        if conn is None:
+        if conn is None or self._died is not None:
             conn = await self._open_reader()
         try:
             return fn(conn)
@@ -210,7 +216,8 @@ class SqliteDatabase:
             raise _translate(exc, self.path) from exc
 
     async def _open_reader(self) -> sqlite3.Connection:
-        await self._submit(_noop, write=False)  # the worker creates or migrates the schema first
+        # The worker creates or migrates the schema first (and a dead thread fails this).
+        await self._submit(_noop, write=False)
         if self._reader is None:
             try:
                 conn = sqlite3.connect(
@@ -230,11 +237,15 @@ class SqliteDatabase:
         return await self._submit(fn, write=True)
 
     async def close(self) -> None:
-        """Finish queued work, close the connections and stop the thread."""
+        """Finish queued work, close the connections and stop the thread.
+
+        After the thread stopped on an unexpected error, ``close()`` clears that state: the next
+        call opens the file again."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
         with self._lock:
+            self._died = None
             thread = self._thread
             if thread is None:
                 return  # never opened, or the open failed
@@ -258,6 +269,8 @@ class SqliteDatabase:
         # Under the lock, a queued operation always has a live thread that will answer it: a
         # thread that fails to open, or stops, drops its claim under the same lock.
         with self._lock:
+            if self._died is not None:
+                raise _stopped_error(self.path, self._died)
             if self._thread is None:
                 self._start_locked()
             self._queue.put(op)
@@ -345,27 +358,38 @@ class SqliteDatabase:
             raise
 
     def _run(self) -> None:
+        batch: list[_Op] = []  # the batch being executed, filled by _serve
         try:
-            self._serve()
-        except BaseException as exc:  # never leave callers waiting on a dead thread
+            self._serve(batch)
+        except BaseException as exc:
+            # A bug, or a BaseException from a write: the thread cannot go on. Nobody may be
+            # left waiting: the batch in hand (its transaction is rolled back when the
+            # connection closes) and everything queued fail, and so does every later call
+            # until close().
             log.exception("statestream: SQLite thread for %s stopped", self.path)
             with self._lock:
                 if self._thread is threading.current_thread():
                     self._thread = None
-                self._fail_all(exc)
+                self._died = cause = exc
+                for op in batch:
+                    if not op.answered:
+                        op.error = _stopped_error(self.path, cause)
+                        _answer(op)
+                self._fail_all(lambda: _stopped_error(self.path, cause))
 
-    def _serve(self) -> None:
+    def _serve(self, batch: list[_Op]) -> None:
         try:
             conn = self._connect()
         except BaseException as exc:
+            failure = exc
             with self._lock:
                 self._thread = None  # the next operation tries to open the file again
-                self._fail_all(exc)
+                self._fail_all(lambda: failure)
             return
         try:
             while True:
                 item = self._queue.get()
-                batch: list[_Op] = []
+                batch.clear()
                 stop: _Stop | None = None
                 while True:
                     if isinstance(item, _Stop):
@@ -389,14 +413,15 @@ class SqliteDatabase:
         finally:
             conn.close()
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_all(self, error: Callable[[], BaseException]) -> None:
+        """Answer every queued operation with ``error()``."""
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
             if not isinstance(item, _Stop):
-                item.error = exc
+                item.error = error()
                 _answer(item)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
@@ -439,6 +464,17 @@ class SqliteDatabase:
                 op.error = error  # nothing of the batch was committed; reads may have seen it
         for op in batch:
             _answer(op)
+
+
+def _stopped_error(path: Path, cause: BaseException) -> AdapterError:
+    """What a caller gets once the database thread stopped on an unexpected error."""
+    error = AdapterError(
+        f"the SQLite thread for {path} stopped on an unexpected error ({cause!r}) before "
+        "confirming this operation, whose write (if any) was rolled back; close() the "
+        "SqliteDatabase to open the file again"
+    )
+    error.__cause__ = cause
+    return error
 
 
 def _translate(exc: BaseException, path: Path) -> BaseException:

@@ -1,0 +1,138 @@
+"""Regression tests for defects of the SQLite adapters found in review.
+
+* The database thread dying (an exception escaping the batch executor, a ``BaseException`` in a
+  write) left the callers whose writes were already taken into the batch waiting for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from statestream import Message, OutboxEvent, Record, RunState
+from statestream.adapters.sqlite import SqliteDatabase, SqliteRecordStore
+from statestream.errors import AdapterError, RecordNotFound
+
+
+def make(foreign_id: str, *, workflow: str = "wf") -> tuple[Record, OutboxEvent]:
+    now = datetime.now(UTC)
+    run_id = uuid.uuid4().hex
+    record = Record(workflow, foreign_id, run_id, RunState.INITIATED, 1, b"{}", now, now)
+    message = Message(run_id, 1, {"run_id": run_id}, now)
+    return record, OutboxEvent(uuid.uuid4().hex, workflow, f"{workflow}-1", message)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    database = SqliteDatabase(tmp_path / "regressions.db", synchronous="NORMAL")
+    yield database
+    await asyncio.wait_for(database.close(), 5)
+
+
+class _Boom(BaseException):
+    """Not an ``Exception``: what a ``SystemExit`` or a ``KeyboardInterrupt`` would look like."""
+
+
+async def _hold_thread(db: SqliteDatabase) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Occupy the database thread with a write of its own, so that what is queued next is taken
+    into one batch; set the returned event to let it go."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        holding.set()
+        gate.wait(5)
+
+    held = asyncio.ensure_future(db.write(hold))
+    assert await asyncio.to_thread(holding.wait, 5)
+    return gate, held
+
+
+# ----------------------------------------------------------------- the database thread dies
+
+
+async def test_a_base_exception_in_a_write_fails_every_batched_and_later_caller(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a batch of writes queued behind a held thread, one of which raises a BaseException
+    store = SqliteRecordStore(db)
+    await db.schema_version()
+    gate, held = await _hold_thread(db)
+    runs = [make(f"batched-{i}") for i in range(6)]
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise _Boom("the thread must not take its batch down with it silently")
+
+    calls = [asyncio.ensure_future(store.create(*run)) for run in runs[:3]]
+    calls.append(asyncio.ensure_future(db.write(boom)))
+    calls += [asyncio.ensure_future(store.create(*run)) for run in runs[3:]]
+    await asyncio.sleep(0.05)  # every call has queued its write
+
+    # When the thread runs the batch
+    gate.set()
+    await held
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    # Then every caller of the batch gets an AdapterError, and so does every later one
+    assert all(isinstance(r, AdapterError) for r in results), results
+    with pytest.raises(AdapterError):
+        await asyncio.wait_for(store.create(*make("later")), 5)
+    with pytest.raises(AdapterError):
+        await asyncio.wait_for(store.lookup(runs[0][0].run_id), 5)
+
+    # And nothing of the failed batch was committed
+    other = SqliteDatabase(tmp_path / "regressions.db")
+    try:
+        for record, _ in runs:
+            with pytest.raises(RecordNotFound):
+                await SqliteRecordStore(other).lookup(record.run_id)
+    finally:
+        await other.close()
+
+
+async def test_an_exception_escaping_the_batch_executor_fails_every_caller(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a database whose batch executor fails outside any single write (a bug, say)
+    store = SqliteRecordStore(db)
+    await db.schema_version()
+    gate, held = await _hold_thread(db)
+
+    def broken(conn: sqlite3.Connection, batch: object) -> None:
+        raise RuntimeError("escaped the executor")
+
+    monkeypatch.setattr(db, "_execute", broken)
+    calls = [asyncio.ensure_future(store.create(*make(f"r-{i}"))) for i in range(5)]
+    await asyncio.sleep(0.05)
+
+    # When the thread takes the batch
+    gate.set()
+    await held
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    # Then nobody waits for ever: every caller, and every later one, gets an AdapterError
+    assert all(isinstance(r, AdapterError) for r in results), results
+    assert "escaped the executor" in str(results[0])
+    with pytest.raises(AdapterError):
+        await asyncio.wait_for(store.create(*make("later")), 5)
+
+
+async def test_close_after_the_thread_died_returns_and_reopens(db: SqliteDatabase) -> None:
+    store = SqliteRecordStore(db)
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise _Boom()
+
+    with pytest.raises(AdapterError):
+        await asyncio.wait_for(db.write(boom), 5)
+    await asyncio.wait_for(db.close(), 5)
+
+    record, event = make("after-reopen")
+    await store.create(record, event)
+    assert (await store.lookup(record.run_id)).foreign_id == "after-reopen"
