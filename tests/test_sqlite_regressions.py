@@ -2,23 +2,30 @@
 
 * The database thread dying (an exception escaping the batch executor, a ``BaseException`` in a
   write) left the callers whose writes were already taken into the batch waiting for ever.
+* A lone surrogate in a text value raised a bare ``UnicodeEncodeError`` from the driver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from statestream import Message, OutboxEvent, Record, RunState
-from statestream.adapters.sqlite import SqliteDatabase, SqliteRecordStore
-from statestream.errors import AdapterError, RecordNotFound
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteStreamer,
+    SqliteTimeoutStore,
+)
+from statestream.errors import AdapterError, InvalidInput, RecordNotFound
 
 
 def make(foreign_id: str, *, workflow: str = "wf") -> tuple[Record, OutboxEvent]:
@@ -136,3 +143,64 @@ async def test_close_after_the_thread_died_returns_and_reopens(db: SqliteDatabas
     record, event = make("after-reopen")
     await store.create(record, event)
     assert (await store.lookup(record.run_id)).foreign_id == "after-reopen"
+
+
+# ----------------------------------------------------------------- lone surrogates
+
+
+async def test_a_lone_surrogate_in_a_record_is_invalid_input(db: SqliteDatabase) -> None:
+    store = SqliteRecordStore(db)
+    record, event = make("bad-\ud800-id")
+
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await store.create(record, event)
+
+    good, good_event = make("good")
+    await store.create(good, good_event)
+    reason = Record(
+        good.workflow_name,
+        good.foreign_id,
+        good.run_id,
+        RunState.PAUSED,
+        1,
+        b"{}",
+        good.created_at,
+        good.updated_at,
+        2,
+        run_state_reason="because \udfff",
+    )
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await store.update(reason, make("good")[1])
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await store.lookup("run-\ud800")
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await store.latest("wf", "fid-\ud800")
+    assert (await store.lookup(good.run_id)).version == 1  # the failed update changed nothing
+
+
+async def test_a_lone_surrogate_in_an_event_or_timeout_is_invalid_input(
+    db: SqliteDatabase,
+) -> None:
+    streamer = SqliteStreamer(db)
+    now = datetime.now(UTC)
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await streamer.publish("topic", [Message("key-\ud800", 1, {}, now)])
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await streamer.publish("topic-\ud800", [Message("key", 1, {}, now)])
+
+    timeouts = SqliteTimeoutStore(db)
+    with pytest.raises(InvalidInput, match="surrogate"):
+        await timeouts.create("wf", "fid-\ud800", "run", 1, 1, now + timedelta(minutes=1))
+    await streamer.close()
+
+
+async def test_a_lone_surrogate_in_a_header_round_trips(db: SqliteDatabase) -> None:
+    # Headers are stored as JSON with ASCII escapes, so they keep any string exactly.
+    streamer = SqliteStreamer(db)
+    now = datetime.now(UTC)
+    await streamer.publish("topic", [Message("key", 1, {"h": "x\ud800y"}, now, os.urandom(4))])
+    receiver = await streamer.receiver("topic", "c")
+    [event] = await asyncio.wait_for(receiver.recv(), 2)
+    assert event.headers == {"h": "x\ud800y"}
+    await receiver.close()
+    await streamer.close()

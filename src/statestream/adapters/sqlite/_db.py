@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from ...errors import AdapterConnectionError, AdapterError
+from ...errors import AdapterConnectionError, AdapterError, InvalidInput
 
 __all__ = ["SCHEMA_VERSION", "SqliteDatabase", "from_us", "to_us"]
 
@@ -466,6 +466,20 @@ class SqliteDatabase:
             _answer(op)
 
 
+def _unencodable(exc: UnicodeEncodeError) -> InvalidInput:
+    """SQLite stores text as UTF-8, which has no lone surrogates (``"\\ud800"``): such a value
+    is refused with a message that shows it, rather than stored altered."""
+    text = exc.object if isinstance(exc.object, str) else str(exc.object)
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    error = InvalidInput(
+        f"the text {shown!r} contains a lone surrogate ({text[exc.start : exc.start + 1]!r} at "
+        f"index {exc.start}), which is not valid Unicode: SQLite keeps text as UTF-8, which "
+        "cannot encode it; pass valid text"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def _stopped_error(path: Path, cause: BaseException) -> AdapterError:
     """What a caller gets once the database thread stopped on an unexpected error."""
     error = AdapterError(
@@ -478,7 +492,10 @@ def _stopped_error(path: Path, cause: BaseException) -> AdapterError:
 
 
 def _translate(exc: BaseException, path: Path) -> BaseException:
-    """Driver errors become AdapterErrors that name the file and what to do; others pass."""
+    """Driver errors become AdapterErrors that name the file and what to do; a text value the
+    driver cannot encode becomes InvalidInput; others pass."""
+    if isinstance(exc, UnicodeEncodeError):
+        return _unencodable(exc)
     if not isinstance(exc, sqlite3.Error):
         return exc
     text = str(exc)
