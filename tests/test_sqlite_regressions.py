@@ -2,6 +2,7 @@
 
 * The database thread dying (an exception escaping the batch executor, a ``BaseException`` in a
   write) left the callers whose writes were already taken into the batch waiting for ever.
+* Slow reads (``list`` with a deep offset or a large page) ran on the event loop and froze it.
 * A lone surrogate in a text value raised a bare ``UnicodeEncodeError`` from the driver.
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from statestream import Message, OutboxEvent, Record, RunState
+from statestream import Message, Order, OutboxEvent, Record, RecordFilter, RunState
 from statestream.adapters.sqlite import (
     SqliteDatabase,
     SqliteRecordStore,
@@ -143,6 +145,102 @@ async def test_close_after_the_thread_died_returns_and_reopens(db: SqliteDatabas
     record, event = make("after-reopen")
     await store.create(record, event)
     assert (await store.lookup(record.run_id)).foreign_id == "after-reopen"
+
+
+# ----------------------------------------------------------------- slow reads off the loop
+
+
+class _Ticker:
+    """A 1 ms ticker on the event loop: the largest gap between ticks is how long the loop was
+    blocked."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last)
+            last = now
+
+    async def __aenter__(self) -> _Ticker:
+        self._task = asyncio.ensure_future(self._tick())
+        await asyncio.sleep(0.01)
+        self.max_gap = 0.0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        await asyncio.sleep(0.01)  # the tick after the blocking call measures its gap
+        self._task.cancel()
+
+
+async def _fill_records(db: SqliteDatabase, n: int, workflow: str = "wf") -> None:
+    base = int(time.time() * 1_000_000)
+
+    def fill(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO statestream_records (run_id, workflow_name, foreign_id, run_state, "
+            "status, object, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (f"run-{i:08d}", workflow, f"fid-{i}", 5, 3, b'{"n":3}', base + i, base + i, 4)
+                for i in range(n)
+            ),
+        )
+
+    await db.write(fill)
+
+
+async def test_a_large_list_does_not_block_the_event_loop(db: SqliteDatabase) -> None:
+    # Given 100,000 runs
+    await _fill_records(db, 100_000)
+    store = SqliteRecordStore(db)
+
+    # When a list of all of them runs (SQL work, then 100,000 records to build)
+    async with _Ticker() as ticker:
+        rows = await store.list("wf", limit=100_000)
+
+    # Then the loop kept ticking meanwhile
+    assert len(rows) == 100_000
+    assert ticker.max_gap < 0.1, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
+
+
+async def test_a_filter_that_scans_every_row_does_not_block_the_event_loop(
+    db: SqliteDatabase,
+) -> None:
+    await _fill_records(db, 100_000)
+    store = SqliteRecordStore(db)
+    nothing = RecordFilter(created_before=datetime(2000, 1, 1, tzinfo=UTC))
+
+    async with _Ticker() as ticker:
+        for _ in range(5):
+            assert await store.list(filter=nothing, offset=10_000) == []
+
+    assert ticker.max_gap < 0.1, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
+
+
+async def test_offset_is_bounded_and_the_error_names_after(db: SqliteDatabase) -> None:
+    store = SqliteRecordStore(db)
+    assert await store.list(offset=SqliteRecordStore.max_offset) == []
+    with pytest.raises(InvalidInput, match="after="):
+        await store.list(offset=SqliteRecordStore.max_offset + 1)
+
+
+async def test_deep_pages_by_after_match_the_whole_listing(db: SqliteDatabase) -> None:
+    await _fill_records(db, 30_000)
+    store = SqliteRecordStore(db)
+    for order in (Order.ASC, Order.DESC):
+        everything = [r.run_id for r in await store.list(limit=30_000, order=order)]
+        paged: list[str] = []
+        after: str | None = None
+        while page := await store.list(limit=7_000, order=order, after=after):
+            paged += [r.run_id for r in page]
+            after = page[-1].run_id
+        assert paged == everything
+        assert len(set(paged)) == 30_000
 
 
 # ----------------------------------------------------------------- lone surrogates

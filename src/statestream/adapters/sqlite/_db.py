@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -165,6 +166,40 @@ def _resolve(op: _Op) -> None:
         op.future.set_result(op.result)
 
 
+class _QueryThread:
+    """One thread with its own read connection, for :meth:`SqliteDatabase.query`."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"statestream-sqlite-query:{db.path.name}"
+        )
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._db._read_connection()
+        try:
+            return fn(conn)
+        except Exception as exc:
+            raise _translate(exc, self._db.path) from exc
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        """Close the connection on its thread once the queries queued before have run."""
+        await asyncio.wrap_future(self._executor.submit(self._close))
+        self._executor.shutdown(wait=False)
+
+
 class SqliteDatabase:
     """A statestream SQLite database file (WAL mode), shared by the adapters of one process.
 
@@ -197,6 +232,7 @@ class SqliteDatabase:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        self._queries: _QueryThread | None = None
         #: Why the database thread stopped unexpectedly; every call fails until ``close()``.
         self._died: BaseException | None = None
         self.commits = 0
@@ -206,7 +242,11 @@ class SqliteDatabase:
 
     async def read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn(connection)`` with the read connection (on the caller's thread) and return
-        its result. It sees every write that has returned."""
+        its result. It sees every write that has returned.
+
+        For cheap, bounded reads only (a primary-key or index lookup, a page of a few hundred
+        rows of an index range): they block the event loop while they run. Anything that can
+        take longer goes through :meth:`query`."""
         conn = self._reader
         if conn is None or self._died is not None:
             conn = await self._open_reader()
@@ -215,20 +255,34 @@ class SqliteDatabase:
         except Exception as exc:
             raise _translate(exc, self.path) from exc
 
+    async def query(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``fn(connection)`` on the query thread, with a read connection of its own, and
+        return its result: for reads that may be slow (lists, filters that scan), so that the
+        event loop keeps running meanwhile. It sees every write that has returned."""
+        if self._reader is None or self._died is not None:
+            await self._open_reader()
+        queries = self._queries
+        if queries is None:
+            queries = self._queries = _QueryThread(self)
+        return await queries.run(fn)
+
     async def _open_reader(self) -> sqlite3.Connection:
         # The worker creates or migrates the schema first (and a dead thread fails this).
         await self._submit(_noop, write=False)
         if self._reader is None:
-            try:
-                conn = sqlite3.connect(
-                    str(self.path), isolation_level=None, check_same_thread=False, timeout=1.0
-                )
-                conn.execute("PRAGMA busy_timeout = 1000")
-                conn.execute("PRAGMA query_only = 1")
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from exc
-            self._reader = conn
+            self._reader = self._read_connection()
         return self._reader
+
+    def _read_connection(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=1.0
+            )
+            conn.execute("PRAGMA busy_timeout = 1000")
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        return conn
 
     async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         """Run ``fn(connection)`` inside a transaction; its changes are committed (possibly
@@ -244,6 +298,9 @@ class SqliteDatabase:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        queries, self._queries = self._queries, None
+        if queries is not None:
+            await queries.close()
         with self._lock:
             self._died = None
             thread = self._thread

@@ -103,6 +103,9 @@ class SqliteRecordStore:
             state change instead of three, and no relay on the path. The outbox stays empty.
     """
 
+    #: The largest ``offset`` ``list`` accepts; deeper pages use ``after=``.
+    max_offset = 10_000
+
     def __init__(self, db: SqliteDatabase, *, publish_to: SqliteStreamer | None = None) -> None:
         if publish_to is not None and publish_to.db is not db:
             raise ConfigurationError(
@@ -228,9 +231,20 @@ class SqliteRecordStore:
         limit: int = 25,
         order: Order = Order.ASC,
         filter: RecordFilter | None = None,
+        after: str | None = None,
     ) -> builtins.list[Record]:
+        """Runs in creation order (row ID), on the query thread: a page never blocks the loop.
+
+        ``after`` (a run ID) starts the page after that run: one index seek, however deep the
+        page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
+        """
         if offset < 0 or limit < 0:
             raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+        if offset > self.max_offset:
+            raise InvalidInput(
+                f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
+                "by one; page with after= (the run ID of the last run of the previous page)"
+            )
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if workflow_name is not None:
@@ -251,16 +265,26 @@ class SqliteRecordStore:
             if filter.created_before is not None:
                 where.append("created_at < ?")
                 args.append(to_us(filter.created_before))
+        descending = order is Order.DESC
+        if after is not None:
+            where.append("rowid < ?" if descending else "rowid > ?")
         sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY rowid {'DESC' if order is Order.DESC else 'ASC'} LIMIT ? OFFSET ?"
-        args += [limit, offset]
+        sql += f" ORDER BY rowid {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?"
 
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(sql, args).fetchall()
+        def select(conn: sqlite3.Connection) -> builtins.list[Record]:
+            values = args
+            if after is not None:
+                row = conn.execute(
+                    "SELECT rowid FROM statestream_records WHERE run_id = ?", (after,)
+                ).fetchone()
+                if row is None:
+                    raise RecordNotFound(f"no run {after} (the after= of list)")
+                values = [*args, row[0]]
+            return [_record(row) for row in conn.execute(sql, [*values, limit, offset])]
 
-        return [_record(row) for row in await self.db.read(select)]
+        return await self.db.query(select)
 
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         def select(conn: sqlite3.Connection) -> builtins.list[Any]:
@@ -388,14 +412,15 @@ class SqliteTimeoutStore:
         await self._transition(timeout_id, _CANCELLED)
 
     async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(
+        def select(conn: sqlite3.Connection) -> builtins.list[TimeoutRecord]:
+            rows = conn.execute(
                 f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
                 "WHERE workflow_name = ? AND state = 0 ORDER BY id",
                 (workflow_name,),
-            ).fetchall()
+            )
+            return [_timeout(row) for row in rows]
 
-        return [_timeout(row) for row in await self.db.read(select)]
+        return await self.db.query(select)
 
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
@@ -403,12 +428,13 @@ class SqliteTimeoutStore:
         _aware("now", now)
         args = (workflow_name, status, to_us(now), limit)
 
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(
+        def select(conn: sqlite3.Connection) -> builtins.list[TimeoutRecord]:
+            rows = conn.execute(
                 f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
                 "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
                 "ORDER BY expire_at, id LIMIT ?",
                 args,
-            ).fetchall()
+            )
+            return [_timeout(row) for row in rows]
 
-        return [_timeout(row) for row in await self.db.read(select)]
+        return await self.db.query(select)
