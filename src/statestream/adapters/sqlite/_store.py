@@ -20,6 +20,7 @@ from ...errors import (
     WorkflowInProgress,
 )
 from ._db import SqliteDatabase, from_us, to_us
+from ._schema import key_hash
 from ._stream import SqliteStreamer
 
 __all__ = ["SqliteRecordStore", "SqliteTimeoutStore"]
@@ -57,8 +58,8 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
     """Publish directly: the event row is written in the record's own transaction."""
     m = event.message
     conn.execute(
-        "INSERT INTO statestream_events (topic, key, type, headers, data, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, key_hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             event.topic,
             m.key,
@@ -66,6 +67,7 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             json.dumps(dict(m.headers), separators=(",", ":")),
             m.data,
             to_us(m.created_at),
+            key_hash(m.key),
         ),
     )
 
@@ -317,7 +319,8 @@ class SqliteRecordStore:
 
 _PENDING, _COMPLETED, _CANCELLED = 0, 1, 2
 _TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state"
+    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
+    "claimed_until"
 )
 
 
@@ -332,6 +335,7 @@ def _timeout(row: Sequence[Any]) -> TimeoutRecord:
         from_us(row[6]),
         from_us(row[7]),
         row[8] == _COMPLETED,
+        None if row[9] is None else from_us(row[9]),
     )
 
 
@@ -369,15 +373,25 @@ class SqliteTimeoutStore:
             to_us(created),
         )
 
-        def insert(conn: sqlite3.Connection) -> int:
+        def insert(conn: sqlite3.Connection) -> int | TimeoutRecord:
             cursor = conn.execute(
                 "INSERT INTO statestream_timeouts (workflow_name, foreign_id, run_id, status, "
-                "run_version, expire_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "run_version, expire_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workflow_name, run_id, status, run_version) DO NOTHING",
                 values,
             )
-            return int(cursor.lastrowid or 0)
+            if cursor.rowcount == 1:
+                return int(cursor.lastrowid or 0)
+            row = conn.execute(
+                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts WHERE workflow_name = ? "
+                "AND run_id = ? AND status = ? AND run_version = ?",
+                (workflow_name, run_id, status, run_version),
+            ).fetchone()
+            return _timeout(row)
 
         timeout_id = await self.db.write(insert)
+        if isinstance(timeout_id, TimeoutRecord):
+            return timeout_id  # this visit already has its timer
         return TimeoutRecord(
             timeout_id,
             workflow_name,

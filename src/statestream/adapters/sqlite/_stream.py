@@ -14,6 +14,7 @@ from typing import Any
 from ..._record import Event, Message
 from ...errors import AdapterError, InvalidInput
 from ._db import SqliteDatabase, from_us, to_us
+from ._schema import key_hash
 
 __all__ = ["SqliteLease", "SqliteReceiver", "SqliteRoleScheduler", "SqliteStreamer"]
 
@@ -48,14 +49,15 @@ class SqliteStreamer:
                 json.dumps(dict(m.headers), separators=(",", ":")),
                 m.data,
                 to_us(m.created_at),
+                key_hash(m.key),
             )
             for m in messages
         ]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO statestream_events (topic, key, type, headers, data, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, "
+                "key_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
