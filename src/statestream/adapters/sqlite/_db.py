@@ -216,6 +216,27 @@ class SqliteDatabase:
         rolled back and the exception is raised here."""
         return await self._submit(fn, write=True)
 
+    async def delete_in_chunks(
+        self, table: str, where: str, args: tuple[Any, ...], chunk: int = 2_000
+    ) -> int:
+        """``DELETE FROM table WHERE where``, ``chunk`` rows per transaction so that other
+        writes are not held up behind one long delete; returns how many rows it deleted.
+        ``table`` and ``where`` are the caller's SQL (values go in ``args``)."""
+        sql = (
+            f"DELETE FROM {table} WHERE rowid IN "
+            f"(SELECT rowid FROM {table} WHERE {where} LIMIT {int(chunk)})"
+        )
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, args).rowcount)
+
+        total = 0
+        while True:
+            deleted = await self.write(delete)
+            total += deleted
+            if deleted < chunk:
+                return total
+
     async def close(self) -> None:
         """Finish queued work, close the connections and stop the thread.
 

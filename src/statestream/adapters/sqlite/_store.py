@@ -1,4 +1,4 @@
-"""SQLite record store (with its outbox) and timeout store."""
+"""SQLite record store, with its outbox and parked events."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from ..._record import Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+from ..._record import Message, Order, OutboxEvent, Record, RecordFilter
 from ..._runstate import RunState
 from ...errors import (
     ConfigurationError,
     InvalidInput,
     RecordNotFound,
-    TimeoutNotFound,
     VersionConflict,
     WorkflowInProgress,
 )
@@ -23,7 +21,7 @@ from ._db import SqliteDatabase, from_us, to_us
 from ._schema import key_hash
 from ._stream import SqliteStreamer
 
-__all__ = ["SqliteRecordStore", "SqliteTimeoutStore"]
+__all__ = ["SqliteRecordStore"]
 
 _RECORD_COLUMNS = (
     "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
@@ -315,140 +313,3 @@ class SqliteRecordStore:
             conn.executemany("DELETE FROM statestream_outbox WHERE id = ?", rows)
 
         await self.db.write(delete)
-
-
-_PENDING, _COMPLETED, _CANCELLED = 0, 1, 2
-_TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
-    "claimed_until"
-)
-
-
-def _timeout(row: Sequence[Any]) -> TimeoutRecord:
-    return TimeoutRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8] == _COMPLETED,
-        None if row[9] is None else from_us(row[9]),
-    )
-
-
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
-
-
-class SqliteTimeoutStore:
-    """Durable timers in the same SQLite file."""
-
-    def __init__(self, db: SqliteDatabase) -> None:
-        self.db = db
-
-    async def create(
-        self,
-        workflow_name: str,
-        foreign_id: str,
-        run_id: str,
-        status: int,
-        run_version: int,
-        expire_at: datetime,
-    ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
-        from ..._clock import utcnow
-
-        created = utcnow()
-        values = (
-            workflow_name,
-            foreign_id,
-            run_id,
-            status,
-            run_version,
-            to_us(expire_at),
-            to_us(created),
-        )
-
-        def insert(conn: sqlite3.Connection) -> int | TimeoutRecord:
-            cursor = conn.execute(
-                "INSERT INTO statestream_timeouts (workflow_name, foreign_id, run_id, status, "
-                "run_version, expire_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (workflow_name, run_id, status, run_version) DO NOTHING",
-                values,
-            )
-            if cursor.rowcount == 1:
-                return int(cursor.lastrowid or 0)
-            row = conn.execute(
-                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts WHERE workflow_name = ? "
-                "AND run_id = ? AND status = ? AND run_version = ?",
-                (workflow_name, run_id, status, run_version),
-            ).fetchone()
-            return _timeout(row)
-
-        timeout_id = await self.db.write(insert)
-        if isinstance(timeout_id, TimeoutRecord):
-            return timeout_id  # this visit already has its timer
-        return TimeoutRecord(
-            timeout_id,
-            workflow_name,
-            foreign_id,
-            run_id,
-            status,
-            run_version,
-            from_us(to_us(expire_at)),
-            from_us(to_us(created)),
-        )
-
-    async def _transition(self, timeout_id: int, state: int) -> bool:
-        def change(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE statestream_timeouts SET state = ? WHERE id = ? AND state = ?",
-                (state, timeout_id, _PENDING),
-            )
-            if cursor.rowcount == 1:
-                return True
-            if conn.execute(
-                "SELECT 1 FROM statestream_timeouts WHERE id = ?", (timeout_id,)
-            ).fetchone():
-                return False
-            raise TimeoutNotFound(f"no timeout {timeout_id}")
-
-        return await self.db.write(change)
-
-    async def complete(self, timeout_id: int) -> bool:
-        return await self._transition(timeout_id, _COMPLETED)
-
-    async def cancel(self, timeout_id: int) -> None:
-        await self._transition(timeout_id, _CANCELLED)
-
-    async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
-        def select(conn: sqlite3.Connection) -> builtins.list[TimeoutRecord]:
-            rows = conn.execute(
-                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
-                "WHERE workflow_name = ? AND state = 0 ORDER BY id",
-                (workflow_name,),
-            )
-            return [_timeout(row) for row in rows]
-
-        return await self.db.query(select)
-
-    async def list_due(
-        self, workflow_name: str, status: int, now: datetime, limit: int = 100
-    ) -> builtins.list[TimeoutRecord]:
-        _aware("now", now)
-        args = (workflow_name, status, to_us(now), limit)
-
-        def select(conn: sqlite3.Connection) -> builtins.list[TimeoutRecord]:
-            rows = conn.execute(
-                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
-                "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
-                "ORDER BY expire_at, id LIMIT ?",
-                args,
-            )
-            return [_timeout(row) for row in rows]
-
-        return await self.db.query(select)
