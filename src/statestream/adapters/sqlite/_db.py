@@ -217,24 +217,44 @@ class SqliteDatabase:
         return await self._submit(fn, write=True)
 
     async def delete_in_chunks(
-        self, table: str, where: str, args: tuple[Any, ...], chunk: int = 2_000
+        self,
+        table: str,
+        *,
+        scope: str = "",
+        scope_args: tuple[Any, ...] = (),
+        condition: str,
+        condition_args: tuple[Any, ...] = (),
+        chunk: int = 2_000,
     ) -> int:
-        """``DELETE FROM table WHERE where``, ``chunk`` rows per transaction so that other
-        writes are not held up behind one long delete; returns how many rows it deleted.
-        ``table`` and ``where`` are the caller's SQL (values go in ``args``)."""
-        sql = (
-            f"DELETE FROM {table} WHERE rowid IN "
-            f"(SELECT rowid FROM {table} WHERE {where} LIMIT {int(chunk)})"
+        """Delete the rows of ``table`` in ``scope`` that match ``condition``; how many.
+
+        Walks the rows of ``scope`` in row ID order, ``chunk`` of them per transaction, so that
+        other writes are not held up behind one long delete, and each row is examined once
+        (rows it keeps are not scanned again by the next chunk). ``scope`` should be an index
+        range ordered by row ID (equality on an index's columns, then a row ID bound; empty:
+        the whole table); it is evaluated again in every chunk's transaction. The SQL texts are
+        the caller's constants; values go in the ``*_args``.
+        """
+        where = f"{scope} AND " if scope else ""
+        step = (
+            f"SELECT MAX(rowid), COUNT(*) FROM (SELECT rowid FROM {table} WHERE {where}"
+            f"rowid > ? ORDER BY rowid LIMIT {int(chunk)})"
         )
-
-        def delete(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(sql, args).rowcount)
-
+        delete = f"DELETE FROM {table} WHERE {where}rowid > ? AND rowid <= ? AND ({condition})"
+        after = 0
         total = 0
         while True:
-            deleted = await self.write(delete)
+
+            def run(conn: sqlite3.Connection, after: int = after) -> tuple[int, int, int]:
+                top, seen = conn.execute(step, (*scope_args, after)).fetchone()
+                if not seen:
+                    return 0, after, 0
+                deleted = conn.execute(delete, (*scope_args, after, top, *condition_args))
+                return int(deleted.rowcount), int(top), int(seen)
+
+            deleted, after, seen = await self.write(run)
             total += deleted
-            if deleted < chunk:
+            if seen < chunk:
                 return total
 
     async def close(self) -> None:

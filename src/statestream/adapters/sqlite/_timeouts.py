@@ -181,8 +181,8 @@ class SqliteTimeoutStore:
         _aware("before", before)
         return await self.db.delete_in_chunks(
             "statestream_timeouts",
-            "workflow_name = ? AND state != 0 AND created_at < ?",
-            (workflow_name, to_us(before)),
+            condition="workflow_name = ? AND state != 0 AND created_at < ?",
+            condition_args=(workflow_name, to_us(before)),
         )
 
     async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
