@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ..._record import Message, Order, OutboxEvent, Record, RecordFilter
+from ..._record import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ..._runstate import RunState
 from ...errors import (
     ConfigurationError,
@@ -313,3 +313,107 @@ class SqliteRecordStore:
             conn.executemany("DELETE FROM statestream_outbox WHERE id = ?", rows)
 
         await self.db.write(delete)
+
+    async def park(self, parked: ParkedEvent) -> None:
+        """Store an event a consumer gave up on; an upsert on its ID (every field replaced).
+
+        The error text comes from user code, so a lone surrogate in it is escaped
+        (``\\udc80``) rather than refused: it is for people to read."""
+        e = parked.event
+        values = (
+            parked.id,
+            parked.workflow_name,
+            parked.consumer,
+            e.id,
+            e.topic,
+            e.key,
+            e.type,
+            json.dumps(dict(e.headers), separators=(",", ":")),
+            e.data,
+            to_us(e.created_at),
+            _printable(parked.error),
+            parked.attempts,
+            to_us(parked.parked_at),
+            int(parked.retry_requested),
+        )
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO statestream_parked ({_PARKED_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "workflow_name = excluded.workflow_name, consumer = excluded.consumer, "
+                "event_id = excluded.event_id, topic = excluded.topic, key = excluded.key, "
+                "type = excluded.type, headers = excluded.headers, data = excluded.data, "
+                "created_at = excluded.created_at, error = excluded.error, "
+                "attempts = excluded.attempts, parked_at = excluded.parked_at, "
+                "retry_requested = excluded.retry_requested",
+                values,
+            )
+
+        await self.db.write(upsert)
+
+    async def list_parked(
+        self,
+        workflow_name: str,
+        *,
+        consumer: str | None = None,
+        retry_requested: bool | None = None,
+        limit: int = 100,
+    ) -> builtins.list[ParkedEvent]:
+        """The workflow's parked events, oldest ``parked_at`` first (ties: first parked
+        first), at most ``limit``; on the query thread."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        sql = f"SELECT {_PARKED_COLUMNS} FROM statestream_parked WHERE workflow_name = ?"
+        args: builtins.list[Any] = [workflow_name]
+        if consumer is not None:
+            sql += " AND consumer = ?"
+            args.append(consumer)
+        if retry_requested is not None:
+            sql += " AND retry_requested = ?"
+            args.append(int(retry_requested))
+        sql += " ORDER BY parked_at, rowid LIMIT ?"
+        args.append(limit)
+
+        def select(conn: sqlite3.Connection) -> builtins.list[ParkedEvent]:
+            return [_parked(row) for row in conn.execute(sql, args)]
+
+        return await self.db.query(select)
+
+    async def retry_parked(self, parked_id: str) -> None:
+        def flag(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE statestream_parked SET retry_requested = 1 WHERE id = ?", (parked_id,)
+            )
+            if cursor.rowcount != 1:
+                raise RecordNotFound(f"no parked event with ID {parked_id!r}")
+
+        await self.db.write(flag)
+
+    async def delete_parked(self, parked_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM statestream_parked WHERE id = ?", (parked_id,))
+
+        await self.db.write(delete)
+
+
+_PARKED_COLUMNS = (
+    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
+    "error, attempts, parked_at, retry_requested"
+)
+
+
+def _parked(row: Sequence[Any]) -> ParkedEvent:
+    event = Event(row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), row[8])
+    return ParkedEvent(
+        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
+    )
+
+
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate escaped, so that SQLite can store it as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
