@@ -449,3 +449,30 @@ def _message(key: str) -> Any:
     from statestream import Message
 
     return Message(key, 1, {}, datetime.now(UTC))
+
+
+async def test_a_write_whose_event_is_never_published_is_seen_on_the_slow_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given two processes, neither started, so that no relay publishes the outbox: B's waiter
+    # can only learn of A's writes by reading the store
+    monkeypatch.setattr(waiters_module, "FALLBACK_POLL", 0.2)
+    streamer, store, scheduler = MemoryStreamer(), MemoryRecordStore(), MemoryRoleScheduler()
+    a = order_builder().build(streamer, store, scheduler)
+    counting = CountingStore(store)
+    b = order_builder().build(streamer, counting, scheduler)  # type: ignore[arg-type]
+    run_id = await a.trigger("order-1")
+    waiter = asyncio.create_task(
+        b.wait_for("order-1", run_id, Status.SHIPPED, timeout=10, poll_interval=0.01)
+    )
+    await asyncio.sleep(0.05)
+    # (no polling at poll_interval meanwhile: a subscribed waiter waits for the sweep)
+    assert counting.lookups == 1
+
+    # When A cancels the run (paused first, as an Initiated run must be)
+    await a.pause(run_id)
+    await a.cancel(run_id)
+
+    # Then a sweep makes B read the store, and its waiter gives up
+    with pytest.raises(RunStopped):
+        await waiter

@@ -293,8 +293,18 @@ class Workflow(Generic[T, StatusT]):
                             f"(it is at {self._describe(record.status)})"
                         )
                     wait = min(wait, left)
-                handed = await waiter.woken(wait)
-                record = handed if handed is not None else await self.store.lookup(run_id)
+                woken = waiters.arm(waiter, wait)
+                if not woken.done():
+                    try:
+                        await woken
+                    finally:
+                        waiters.disarm(waiter)
+                handed = woken.result()
+                if handed is None:
+                    waiter.rearm()
+                    record = await self.store.lookup(run_id)
+                else:
+                    record = handed  # at the status, or finished: the loop ends here
         finally:
             waiters.remove(waiter)
             waiters.unsubscribe(waiter)

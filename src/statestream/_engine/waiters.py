@@ -56,7 +56,7 @@ def _expire(future: asyncio.Future[Record | None]) -> None:
 class Waiter:
     """One pending ``wait_for`` call: the run, the status it waits for, what it has seen."""
 
-    __slots__ = ("future", "reached", "run_id", "target", "topics", "version")
+    __slots__ = ("future", "reached", "run_id", "since", "target", "timer", "topics", "version")
 
     def __init__(self, run_id: str, target: int, topics: tuple[str, ...]) -> None:
         self.run_id = run_id
@@ -66,20 +66,16 @@ class Waiter:
         self.future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
         #: The newest version of the run this waiter has read or been handed.
         self.version = 0
-        #: The newest version an event showed at ``target`` or finished (0: none).
+        #: The newest version an event showed at ``target`` (0: none).
         self.reached = 0
+        #: When it started waiting on the sweep (``time.monotonic()``).
+        self.since = 0.0
+        #: Its own timer, when it must read again sooner than the sweep would wake it.
+        self.timer: asyncio.TimerHandle | None = None
 
-    async def woken(self, seconds: float) -> Record | None:
-        """Wait up to ``seconds`` to be woken; the record handed over, if any (else read)."""
-        future = self.future
-        if not future.done():
-            timer = asyncio.get_running_loop().call_later(seconds, _expire, future)
-            try:
-                await future
-            finally:
-                timer.cancel()
+    def rearm(self) -> None:
+        """A fresh future, before reading the store: a wake during the read is not lost."""
         self.future = asyncio.get_running_loop().create_future()
-        return future.result()
 
 
 class _Subscription:
@@ -115,6 +111,7 @@ class Waiters:
         self._topics: dict[int, tuple[str, ...]] = {}
         self.linger = False
         self._warned = False
+        self._sweep: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ waiters
 
@@ -131,12 +128,50 @@ class Waiters:
         return waiter
 
     def remove(self, waiter: Waiter) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
         waiters = self.by_run.get(waiter.run_id)
         if waiters is not None:
             with contextlib.suppress(ValueError):
                 waiters.remove(waiter)
             if not waiters:
                 del self.by_run[waiter.run_id]
+                if not self.by_run and self._sweep is not None:
+                    self._sweep.cancel()
+                    self._sweep = None
+
+    def arm(self, waiter: Waiter, seconds: float) -> asyncio.Future[Record | None]:
+        """The future to await: woken by a write or an event, or after about ``seconds``.
+
+        Waits shorter than :data:`FALLBACK_POLL` get a timer of their own; longer ones are
+        woken by one sweep of every waiter instead, within ``FALLBACK_POLL * 1.25`` (or
+        ``seconds``, if longer), so that thousands of waiters cost no timers.
+        """
+        future = waiter.future
+        if future.done():
+            return future
+        loop = asyncio.get_running_loop()
+        if seconds < FALLBACK_POLL:
+            waiter.timer = loop.call_later(seconds, _expire, future)
+        else:
+            waiter.since = loop.time() + seconds - FALLBACK_POLL
+            if self._sweep is None:
+                self._sweep = loop.call_later(FALLBACK_POLL / 4, self._swept)
+        return future
+
+    def disarm(self, waiter: Waiter) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+            waiter.timer = None
+
+    def _swept(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() - FALLBACK_POLL
+        for waiters in self.by_run.values():
+            for w in waiters:
+                if w.timer is None and w.since <= due and not w.future.done():
+                    w.future.set_result(None)
+        self._sweep = loop.call_later(FALLBACK_POLL / 4, self._swept) if self.by_run else None
 
     def written(self, record: Record) -> None:
         """This process wrote ``record``: hand it to the waiters it satisfies."""
