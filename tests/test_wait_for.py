@@ -81,6 +81,9 @@ async def processes(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             streamer, store, scheduler = shared
             return Process(streamer, CountingStore(store), scheduler)
         db = SqliteDatabase(tmp_path / "wf.db", synchronous="NORMAL")
+        # Opened one after the other: two handles setting up a new file at the same moment may
+        # fail on its journal mode ("database is locked"), which is not what these tests test.
+        await db.write(lambda conn: None)
         sqlite_streamer = SqliteStreamer(db)
 
         async def close() -> None:
