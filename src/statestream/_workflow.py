@@ -10,7 +10,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic
 
-from ._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._core.protocols import (
+    Clock,
+    EventStreamer,
+    Observer,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+)
 from ._core.records import Record
 from ._core.run import Run
 from ._core.runstate import RunState
@@ -56,6 +63,7 @@ class Workflow(Generic[T, StatusT]):
         timeout_store: TimeoutStore | None,
         clock: Clock,
         outbox: bool,
+        observer: Observer | None = None,
     ) -> None:
         self._def = definition
         self._rt = rt = Runtime(
@@ -65,6 +73,7 @@ class Workflow(Generic[T, StatusT]):
             scheduler=scheduler,
             timeout_store=timeout_store,
             clock=clock,
+            observer=observer,
         )
         rt.facade = self
         self.name = definition.name
@@ -394,8 +403,9 @@ class Workflow(Generic[T, StatusT]):
         """
 
         self._check_id(foreign_id, "foreign_id")
-        return await run_callback(
-            self._rt, foreign_id, self._check_status(status, "status"), payload
+        checked = self._check_status(status, "status")
+        return await self._rt.observed_callback(
+            foreign_id, int(checked), run_callback(self._rt, foreign_id, checked, payload)
         )
 
     def schedule(
