@@ -307,6 +307,50 @@ async def throughput(backend: str, size: int) -> Result:
     return await _fan_out(backend, size, name="throughput", parallel_count=1)
 
 
+async def awaited(backend: str, size: int) -> Result:
+    """Workload 1 with completion observed by ``size`` concurrent ``wait_for`` calls.
+
+    Each run is awaited from the moment it is triggered: ``wait_for`` of the terminal status in
+    its own task (as one request handler per run would), so about ``size`` waiters are pending
+    at once. Reported beside ``throughput``, whose completion is observed by a hook: the gap
+    between the two is what waiting costs.
+    """
+    steps = 3
+    async with BACKENDS[backend]() as adapters:
+        wf, status = build_chain(adapters, steps)
+        last = list(status)[-1]
+        async with wf:
+            started = time.perf_counter()
+            cpu = time.process_time()
+            waiters: list[asyncio.Task[Run[Payload, Any]]] = []
+            for start in range(0, size, TRIGGER_CONCURRENCY):
+                ids = range(start, min(size, start + TRIGGER_CONCURRENCY))
+                run_ids = await asyncio.gather(*(wf.trigger(f"run-{i}") for i in ids))
+                waiters.extend(
+                    asyncio.create_task(wf.wait_for(f"run-{i}", run_id, last, timeout=DEADLINE_S))
+                    for i, run_id in zip(ids, run_ids, strict=True)
+                )
+            runs = await asyncio.gather(*waiters)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu
+    latencies = [(run.updated_at - run.created_at).total_seconds() for run in runs]
+    transitions = size * (steps + 1)
+    return Result(
+        workload="awaited",
+        backend=backend,
+        runs=size,
+        transitions=transitions,
+        elapsed_s=elapsed,
+        transitions_per_s=transitions / elapsed,
+        runs_per_s=size / elapsed,
+        p50_ms=_ms(percentile(latencies, 50)),
+        p99_ms=_ms(percentile(latencies, 99)),
+        peak_rss_mb=peak_rss_mb(),
+        cpu_us_per_transition=cpu / transitions * 1e6,
+        note=f"completion seen by {size} concurrent wait_for calls",
+    )
+
+
 async def parallel_1(backend: str, size: int) -> Result:
     """Workload 5a: workload 1 with ``parallel_count=1`` on every step."""
     return await _fan_out(backend, size, name="parallel-1", parallel_count=1)
@@ -472,6 +516,7 @@ class Workload:
 
 WORKLOADS: dict[str, Workload] = {
     "throughput": Workload(throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal")),
+    "awaited": Workload(awaited, 10_000, 200, 1, ("memory", "sqlite")),
     "latency": Workload(latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal")),
     "depth-5": Workload(_depth(5), 100, 3, 3),
     "depth-10": Workload(_depth(10), 100, 3, 3),

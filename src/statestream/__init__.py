@@ -14,10 +14,12 @@ from ._core.protocols import (
     EventReceiver,
     EventStreamer,
     Lease,
+    Observer,
     RecordStore,
     RoleScheduler,
     SnapshotStore,
     TimeoutStore,
+    Work,
 )
 from ._core.records import (
     Event,
@@ -36,6 +38,7 @@ from ._core.runstate import RunState
 from ._definition.options import ProcessOptions
 from ._engine.callbacks import CallbackOutcome, CallbackResult
 from ._engine.dispatch import ProcessState
+from ._engine.observe import CompositeObserver, NullObserver
 from ._engine.schedules import CronSpec, Schedule
 from ._engine.source import StreamSource
 from ._engine.timeouts import after, at
@@ -60,6 +63,7 @@ __all__ = [
     "Cancel",
     "Clock",
     "Codec",
+    "CompositeObserver",
     "ConfigurationError",
     "ConnectorSource",
     "Control",
@@ -70,6 +74,8 @@ __all__ = [
     "InvalidTransition",
     "Lease",
     "Message",
+    "NullObserver",
+    "Observer",
     "Order",
     "OutboxEvent",
     "Pause",
@@ -93,6 +99,7 @@ __all__ = [
     "TimeoutStore",
     "VersionConflict",
     "WaitTimeout",
+    "Work",
     "Workflow",
     "WorkflowError",
     "WorkflowInProgress",

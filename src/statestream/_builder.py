@@ -13,6 +13,7 @@ from ._core.protocols import (
     Codec,
     ConnectorSource,
     EventStreamer,
+    Observer,
     RecordStore,
     RoleScheduler,
     TimeoutStore,
@@ -290,6 +291,7 @@ class Builder(Generic[T, StatusT]):
         start_at: StatusT | None = None,
         pause_retry: Seconds | None = 3600.0,
         pause_retry_limit: int = 5,
+        observer: Observer | None = None,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -304,6 +306,9 @@ class Builder(Generic[T, StatusT]):
             pause_retry: resume paused runs automatically after this long (``None`` disables it).
             pause_retry_limit: after this many automatic resumes a run stays paused until it is
                 resumed by hand (so that a run that keeps failing does not cycle for ever).
+            observer: hears the engine's moments (work, skips, lag, writes, leases, relay
+                batches) for metrics and tracing; see :class:`~statestream.Observer`. Combine
+                several with :class:`~statestream.CompositeObserver`.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -320,6 +325,10 @@ class Builder(Generic[T, StatusT]):
         if timeout_store is not None and not isinstance(timeout_store, TimeoutStore):
             raise ConfigurationError(
                 f"timeout_store does not implement TimeoutStore: {timeout_store!r}"
+            )
+        if observer is not None and not isinstance(observer, Observer):
+            raise ConfigurationError(
+                f"observer does not implement Observer (subclass NullObserver): {observer!r}"
             )
         if self._timeouts and timeout_store is None:
             raise ConfigurationError(
@@ -400,4 +409,5 @@ class Builder(Generic[T, StatusT]):
             timeout_store=timeout_store,
             clock=clock or SystemClock(),
             outbox=outbox,
+            observer=observer,
         )

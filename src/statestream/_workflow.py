@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,7 +11,14 @@ from types import TracebackType
 from typing import Any, Generic
 
 from ._codec import check_text
-from ._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
+from ._core.protocols import (
+    Clock,
+    EventStreamer,
+    Observer,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+)
 from ._core.records import Record
 from ._core.run import Run
 from ._core.runstate import RunState
@@ -58,6 +64,7 @@ class Workflow(Generic[T, StatusT]):
         timeout_store: TimeoutStore | None,
         clock: Clock,
         outbox: bool,
+        observer: Observer | None = None,
     ) -> None:
         self._def = definition
         self._rt = rt = Runtime(
@@ -67,6 +74,7 @@ class Workflow(Generic[T, StatusT]):
             scheduler=scheduler,
             timeout_store=timeout_store,
             clock=clock,
+            observer=observer,
         )
         rt.facade = self
         self.name = definition.name
@@ -91,6 +99,7 @@ class Workflow(Generic[T, StatusT]):
         rt = self._rt
         rt.outbox_wake = asyncio.Event()
         rt.timeout_wakes = {status: asyncio.Event() for status in self._def.timeouts}
+        rt.waiters.linger = True  # keep wait_for's receivers open between waiters until stop
         self._supervisor.start(self._processes())
 
     async def stop(self, grace: Seconds = 10.0) -> None:
@@ -102,6 +111,7 @@ class Workflow(Generic[T, StatusT]):
         for wake in self._rt.timeout_wakes.values():
             wake.set()
         await self._supervisor.stop(seconds)
+        await self._rt.waiters.close_idle()
         self._started = False
 
     async def __aenter__(self) -> Workflow[T, StatusT]:
@@ -234,10 +244,18 @@ class Workflow(Generic[T, StatusT]):
     ) -> Run[T, StatusT]:
         """Wait until the run is at ``status`` and return it.
 
-        The record is checked first, so a run already at ``status`` returns at once; writes made
-        by this process wake the waiter immediately, and writes by other processes are seen
-        within ``poll_interval``. A run that passed through ``status`` and moved on before the
-        call is not at ``status`` any more: wait for the status it moves to instead.
+        The record is checked first, so a run already at ``status`` returns at once. Writes made
+        by this process wake the waiter immediately (with the record written, so it returns
+        exactly the version at ``status``). Writes by other processes are seen through their
+        events: one receiver per topic, shared by every waiter of this workflow in the process,
+        polls the stream every ``poll_interval`` (streams that push, like the memory one, wake
+        it at once). A waiter also reads the store every few seconds, in case an event is
+        never published, and every ``poll_interval`` while the stream cannot be read.
+
+        A run that passed through ``status`` and moved on before the call is not at ``status``
+        any more: wait for the status it moves to instead. One that reaches ``status`` during
+        the call, in another process, and moves on before this waiter reads it is returned as
+        it is when read (after ``status``).
 
         Raises:
             UnknownStatus: ``status`` is not in the workflow's graph.
@@ -253,25 +271,30 @@ class Workflow(Generic[T, StatusT]):
         deadline = None
         if timeout is not None:
             deadline = time.monotonic() + to_seconds(timeout, "timeout", allow_zero=True)
-        loop = asyncio.get_running_loop()
-        watchers = self._rt.watchers
-        while True:
-            waiter: asyncio.Future[None] = loop.create_future()
-            watchers.setdefault(run_id, []).append(waiter)
-            try:
-                record = await self.store.lookup(run_id)
-                if record.workflow_name != self.name or record.foreign_id != foreign_id:
-                    raise RecordNotFound(
-                        f"run {run_id} is not a run of {foreign_id!r} in workflow {self.name!r}"
-                    )
-                if record.status == target:
+        waiters = self._rt.waiters
+        waiter = waiters.add(run_id, target)
+        try:
+            # Subscribed before the first read, so that no write after that read goes unseen.
+            opening = waiters.subscribe(waiter, interval)
+            if opening is not None:
+                await opening
+            record = await self.store.lookup(run_id)
+            if record.workflow_name != self.name or record.foreign_id != foreign_id:
+                raise RecordNotFound(
+                    f"run {run_id} is not a run of {foreign_id!r} in workflow {self.name!r}"
+                )
+            while True:
+                if record.status == target or (waiter.reached and record.version >= waiter.reached):
                     return self.to_run(record)
                 if record.run_state.finished:
                     raise RunStopped(
                         f"run {run_id} is {record.run_state.label} at "
                         f"{self._describe(record.status)}, not at {status.name}"
                     )
-                wait = interval
+                waiter.version = max(waiter.version, record.version)
+                # The store is behind an event we were shown: read again soon.
+                behind = waiter.reached > record.version
+                wait = interval if behind else waiters.poll_every(waiter, interval)
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -280,15 +303,21 @@ class Workflow(Generic[T, StatusT]):
                             f"(it is at {self._describe(record.status)})"
                         )
                     wait = min(wait, left)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await waiter
-            finally:
-                waiters = watchers.get(run_id)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del watchers[run_id]
+                woken = waiters.arm(waiter, wait)
+                if not woken.done():
+                    try:
+                        await woken
+                    finally:
+                        waiters.disarm(waiter)
+                handed = woken.result()
+                if handed is None:
+                    waiter.rearm()
+                    record = await self.store.lookup(run_id)
+                else:
+                    record = handed  # at the status, or finished: the loop ends here
+        finally:
+            waiters.remove(waiter)
+            waiters.unsubscribe(waiter)
 
     async def _control(
         self,
@@ -376,8 +405,9 @@ class Workflow(Generic[T, StatusT]):
         """
 
         self._check_id(foreign_id, "foreign_id")
-        return await run_callback(
-            self._rt, foreign_id, self._check_status(status, "status"), payload
+        checked = self._check_status(status, "status")
+        return await self._rt.observed_callback(
+            foreign_id, int(checked), run_callback(self._rt, foreign_id, checked, payload)
         )
 
     def schedule(

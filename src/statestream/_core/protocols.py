@@ -13,7 +13,8 @@ adapter usable and must not lose data that was acknowledged as written.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -35,10 +36,12 @@ __all__ = [
     "EventReceiver",
     "EventStreamer",
     "Lease",
+    "Observer",
     "RecordStore",
     "RoleScheduler",
     "SnapshotStore",
     "TimeoutStore",
+    "Work",
 ]
 
 T = TypeVar("T")
@@ -314,3 +317,98 @@ class Codec(Protocol[T]):
     def encode(self, obj: T) -> bytes: ...
 
     def decode(self, data: bytes) -> T: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One unit of engine work an :class:`Observer` hears about: an event handled by a
+    background process (a step, a hook, a timer being set, a connector...), a due timeout
+    fired, or a callback delivered.
+
+    Attributes:
+        workflow: the workflow's name.
+        process: the process's name, as in ``Workflow.states()`` (``"paid-consumer-1-of-1"``,
+            ``"paid-timeout-consumer"``...); ``"callback"`` for a callback.
+        kind: ``"event"``, ``"timeout"`` or ``"callback"``.
+        status: the status the work is about (the event's type, the timer's or the callback's
+            status).
+        run_id: the run; the event's key for connectors; ``""`` for a callback (it finds the
+            latest run of ``foreign_id`` itself).
+        foreign_id: the run's foreign ID when known, else ``""``.
+        headers: the event's headers (with the trace context an observer's
+            :meth:`Observer.propagate` put there when the event was written); empty otherwise.
+        event: the event, for ``kind == "event"``.
+    """
+
+    workflow: str
+    process: str
+    kind: str
+    status: int
+    run_id: str
+    foreign_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    event: Event | None = None
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Hears the engine's moments, for metrics, tracing and logs (``Builder.build(observer=)``).
+
+    Every method is synchronous and called inline on the event loop, on the engine's path: it
+    must be cheap (hand slow work to a queue or a thread). An exception an observer raises is
+    logged (once per method) and otherwise ignored: it never reaches the engine. Subclass
+    :class:`~statestream.NullObserver` to implement only some methods, and combine several with
+    :class:`~statestream.CompositeObserver`. Without an observer the engine makes none of these
+    calls.
+    """
+
+    def work_started(self, work: Work) -> object:
+        """``work`` starts (one attempt: a retried event starts again). Called in the task that
+        does the work, so a tracer may make a span current here: everything the work does until
+        :meth:`work_finished`, the user's function and the writes, runs inside it. Returns a
+        token handed back to :meth:`work_finished` (anything; ``None`` is fine)."""
+        ...
+
+    def work_finished(
+        self, work: Work, token: object, seconds: float, error: BaseException | None
+    ) -> None:
+        """``work`` ended after ``seconds`` (monotonic), with ``error`` if the attempt failed
+        (it is then retried, or the run paused, as the error policy says)."""
+        ...
+
+    def event_skipped(self, workflow: str, process: str, event: Event | None, reason: str) -> None:
+        """A process took ``event`` and left it: ``"record not found"``, ``"event record
+        version lower than latest record version"``, ``"record stopped"``, ``"record status
+        not in expected state"``, ``"filtered out"``, or ``"next value specified skip"`` (the
+        user's function skipped; ``event`` is None when that was a timeout or a callback)."""
+        ...
+
+    def lag(self, workflow: str, process: str, seconds: float, alert: bool) -> None:
+        """A process took an event ``seconds`` after it was written (on the workflow's clock);
+        ``alert`` when that is more than the process's ``lag_alert`` option."""
+        ...
+
+    def record_written(self, previous: Record | None, record: Record) -> None:
+        """This process stored ``record`` (``previous`` is what it replaced, ``None`` for a new
+        run): run-state changes and status transitions alike."""
+        ...
+
+    def propagate(self, headers: dict[str, str]) -> None:
+        """The headers of an event about to be written, in the writer's context: add the trace
+        context (``traceparent``...) to them, and the work that handles the event receives it in
+        :attr:`Work.headers`."""
+        ...
+
+    def lease_changed(self, workflow: str, role: str, held: bool) -> None:
+        """This process gained (``held``) or lost or released a role."""
+        ...
+
+    def relay_batch(self, workflow: str, count: int, seconds: float, lag: float) -> None:
+        """The outbox relay published and deleted ``count`` events in ``seconds``; the oldest
+        had waited ``lag`` seconds (a backlog shows as a growing lag, and ``count`` at the
+        relay's batch size)."""
+        ...
+
+    def process_failed(self, workflow: str, process: str, error: BaseException) -> None:
+        """A background process stopped on an error; it backs off and starts again."""
+        ...

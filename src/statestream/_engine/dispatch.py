@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .._core.protocols import EventReceiver, Lease, RoleScheduler
 from .._core.records import Event, shard_of
+from . import observe
 
 __all__ = [
     "Abandon",
@@ -84,6 +85,8 @@ class Process:
 class Supervisor:
     """Runs processes under their roles until stopped."""
 
+    seam: observe.Seam | None = None  # set by the runtime when an observer is configured
+
     def __init__(self, scheduler: RoleScheduler, workflow_name: str) -> None:
         self._scheduler = scheduler
         self._workflow = workflow_name
@@ -145,6 +148,8 @@ class Supervisor:
 
     async def _supervise(self, proc: Process) -> None:
         attempt = 0
+        if self.seam is not None:
+            self.seam.enter(proc.name)
         try:
             while not self.stopping.is_set():
                 proc.state = ProcessState.IDLE
@@ -160,18 +165,24 @@ class Supervisor:
                 if lease is None:
                     break
                 proc.state = ProcessState.RUNNING
+                if self.seam is not None:
+                    self.seam.lease_changed(proc.role, True)
                 try:
                     await self._hold(proc, lease)
                     attempt = 0
-                except Exception:
+                except Exception as exc:
                     proc.errors += 1
                     attempt += 1
                     log.exception("statestream: process %s of %s failed", proc.name, self._workflow)
+                    if self.seam is not None:
+                        self.seam.process_failed(proc.name, exc)
                     await sleep_unless(
                         self.stopping, backoff(attempt, proc.error_backoff, proc.max_error_backoff)
                     )
                 finally:
                     await asyncio.shield(lease.release())
+                    if self.seam is not None:
+                        self.seam.lease_changed(proc.role, False)
         finally:
             proc.state = ProcessState.SHUTDOWN
 
@@ -222,10 +233,12 @@ class KeyedDispatcher:
         error_backoff: float = 1.0,
         max_error_backoff: float = 60.0,
         accept: Callable[[Event], bool] | None = None,
+        lag_alert: float = 0.0,
     ) -> None:
         self._receiver = receiver
         self._accept = accept
-        self._handle = handle
+        self._scope = scope = observe.current()
+        self._handle = handle if scope is None else scope.wrap(handle, lag_alert)
         self._on_error = on_error
         self._concurrency = concurrency
         self._window = max(concurrency * 16, 256)
@@ -284,6 +297,8 @@ class KeyedDispatcher:
             self._accept is not None and not self._accept(event)
         ):
             # Another shard's event, or one this consumer ignores: done without a task.
+            if self._scope is not None:
+                self._scope.skipped(event, "filtered out")
             self._slots.append(_Slot(event, done=True))
             self._advance()
             if len(self._slots) >= self._window:

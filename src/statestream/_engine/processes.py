@@ -64,6 +64,7 @@ def consumer_body(
                 error_backoff=opts.error_backoff,
                 max_error_backoff=opts.max_error_backoff,
                 accept=accept,
+                lag_alert=opts.lag_alert,
             ).run(stopping)
         finally:
             await receiver.close()

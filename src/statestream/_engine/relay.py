@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from .._core.records import Message
@@ -23,6 +24,7 @@ async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
                 async with asyncio.timeout(interval):
                     await wake.wait()
             continue
+        started = time.monotonic()
         by_topic: dict[str, list[Message]] = {}
         for event in events:
             msgs = by_topic.get(event.topic)
@@ -33,3 +35,6 @@ async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
         for topic, messages in by_topic.items():
             await rt.streamer.publish(topic, messages)
         await rt.store.delete_outbox([e.id for e in events])
+        if rt.observer is not None:
+            lag = (rt.clock.now() - events[0].created_at).total_seconds()
+            rt.observer.relay_batch(rt.name, len(events), time.monotonic() - started, lag)

@@ -12,13 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, Generic
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from .._codec import check_instance, check_text, scrub_text
 from .._core.ids import new_id
-from .._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
-from .._core.records import Event, Message, OutboxEvent, Record, topic_for
+from .._core.protocols import (
+    Clock,
+    EventStreamer,
+    Observer,
+    RecordStore,
+    RoleScheduler,
+    TimeoutStore,
+    Work,
+)
+from .._core.records import Event, Message, OutboxEvent, Record, TimeoutRecord, topic_for
 from .._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
 from .._core.runstate import RunState
 from .._core.types import StatusT, T
@@ -33,7 +41,9 @@ from ..errors import (
     UnknownStatus,
     VersionConflict,
 )
+from . import observe
 from .dispatch import Abandon, Supervisor
+from .waiters import Waiters
 
 __all__ = ["H_PAUSED_BY", "H_RUN_STATE", "H_VERSION", "Runtime"]
 
@@ -43,6 +53,11 @@ H_RUN_STATE = "run_state"
 H_VERSION = "record_version"
 #: Set to "operator" on the event of a pause made through ``Workflow.pause``.
 H_PAUSED_BY = "paused_by"
+
+R = TypeVar("R")
+
+_STOPPED = "record stopped"
+_ELSEWHERE = "record status not in expected state"
 
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
@@ -59,6 +74,7 @@ class Runtime(Generic[T, StatusT]):
         scheduler: RoleScheduler,
         timeout_store: TimeoutStore | None,
         clock: Clock,
+        observer: Observer | None = None,
     ) -> None:
         self.d = definition
         self.name = definition.name
@@ -70,12 +86,19 @@ class Runtime(Generic[T, StatusT]):
         self.codec = definition.codec
         self.statuses = definition.statuses
         self.supervisor = Supervisor(scheduler, definition.name)
+        #: the configured observer, guarded; None without one (every hook checks just that)
+        self.observer = observe.guard(observer)
+        if self.observer is not None:
+            self.supervisor.seam = observe.Seam(self.observer, definition.name, clock)
         #: What connector handlers receive as their first argument (the public Workflow).
         self.facade: Any = None
         self.outbox_wake = asyncio.Event()
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
-        self.watchers: dict[str, list[asyncio.Future[None]]] = {}
+        #: the pending ``wait_for`` calls of this workflow in this process
+        self.waiters = Waiters(
+            streamer, definition.name, frozenset(definition.graph.terminal_nodes)
+        )
         self.errors: dict[tuple[str, str], int] = {}
         #: Called with every record this process writes (``statestream.testing`` keeps history
         #: with them, so its helpers need no store that keeps every version).
@@ -114,9 +137,13 @@ class Runtime(Generic[T, StatusT]):
             record = await self.store.lookup(event.key)
         except RecordNotFound:
             log.debug("statestream: skipping event for unknown run %s", event.key)
+            if self.observer is not None:
+                self.skipped(event, "record not found")
             return None
         version = int(event.headers.get(H_VERSION, 0))
         if record.version > version:
+            if self.observer is not None:
+                self.skipped(event, "event record version lower than latest record version")
             return None  # superseded or already handled
         if record.version < version:
             raise StaleRead(
@@ -124,8 +151,39 @@ class Runtime(Generic[T, StatusT]):
                 f"older than the event's {version}"
             )
         if not allow_stopped and (record.run_state.stopped or record.status != event.type):
+            if self.observer is not None:
+                stopped = record.run_state.stopped
+                self.skipped(
+                    event, "record stopped" if stopped else "record status not in expected state"
+                )
             return None
         return record
+
+    def skipped(self, event: Event | None, reason: str) -> None:
+        """Tell the observer that the current process left ``event`` (only with one)."""
+        scope = observe.current()
+        if scope is not None:
+            scope.skipped(event, reason)
+        elif self.observer is not None:
+            self.observer.event_skipped(self.name, "", event, reason)
+
+    def observed_timeout(self, timeout: TimeoutRecord, body: Awaitable[R]) -> Awaitable[R]:
+        """``body`` (firing ``timeout``), reported as work when there is an observer."""
+        if self.observer is None:
+            return body
+        scope = observe.current()
+        process = scope.process if scope is not None else ""
+        work = Work(
+            self.name, process, "timeout", timeout.status, timeout.run_id, timeout.foreign_id
+        )
+        return observe.timed(self.observer, work, body)
+
+    def observed_callback(self, foreign_id: str, status: int, body: Awaitable[R]) -> Awaitable[R]:
+        """``body`` (a callback), reported as work when there is an observer."""
+        if self.observer is None:
+            return body
+        work = Work(self.name, "callback", "callback", status, "", foreign_id)
+        return observe.timed(self.observer, work, body)
 
     # ------------------------------------------------------------------ writing
 
@@ -145,6 +203,8 @@ class Runtime(Generic[T, StatusT]):
         }
         if extra:
             headers.update(extra)
+        if self.observer is not None:
+            self.observer.propagate(headers)
         message = Message(record.run_id, record.status, headers, record.updated_at)
         return OutboxEvent(new_id(), record.workflow_name, topic, message)
 
@@ -154,10 +214,8 @@ class Runtime(Generic[T, StatusT]):
         if self.listeners:
             for listener in self.listeners:
                 listener(record)
-        if self.watchers:
-            for waiter in self.watchers.pop(record.run_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self.waiters.by_run:
+            self.waiters.written(record)
 
     async def create(self, foreign_id: str, status: StatusT, initial: T | None) -> Record:
         """Store a new run at ``status`` with its first event (refused while one is unfinished)."""
@@ -186,6 +244,8 @@ class Runtime(Generic[T, StatusT]):
         )
         await self.store.create(record, self.event_for(record))
         self.written(record)
+        if self.observer is not None:
+            self.observer.record_written(None, record)
         return record
 
     async def update(
@@ -221,6 +281,8 @@ class Runtime(Generic[T, StatusT]):
         )
         await self.store.update(record, self.event_for(record, headers))
         self.written(record)
+        if self.observer is not None:
+            self.observer.record_written(current, record)
         return record
 
     async def apply_result(
@@ -234,6 +296,8 @@ class Runtime(Generic[T, StatusT]):
         """Store what a step, callback or timeout returned (a status or a Control)."""
         if isinstance(result, Control):
             if isinstance(result, Skip):
+                if self.observer is not None:
+                    self.skipped(None, "next value specified skip")
                 return None
             # Pausing or cancelling keeps what the function wrote to the object (say, why).
             if isinstance(result, Pause):

@@ -140,7 +140,7 @@ def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: st
 
     async def guarded(timeout: TimeoutRecord, now: datetime) -> None:
         try:
-            await fire(timeout, now)
+            await rt.observed_timeout(timeout, fire(timeout, now))
         except Exception as exc:
             count = attempts.get(timeout.id, 0) + 1
             attempts[timeout.id] = count

@@ -413,8 +413,10 @@ class MemoryReceiver:
         log: _Log,
         position: int,
         is_new: bool,
+        ephemeral: bool = False,
     ) -> None:
         self._streamer = streamer
+        self._ephemeral = ephemeral
         self._log = log
         self.topic = topic
         self.name = name
@@ -463,7 +465,8 @@ class MemoryReceiver:
             raise errors.InvalidInput(
                 f"event of topic {event.topic!r} acknowledged on a receiver of {self.topic!r}"
             )
-        self._streamer._commit(self.topic, self.name, event.id)
+        if not self._ephemeral:
+            self._streamer._commit(self.topic, self.name, event.id)
 
     async def close(self) -> None:
         """Stop receiving; a ``recv`` in progress or called later raises ``AdapterError``."""
@@ -533,6 +536,7 @@ class MemoryStreamer:
         poll_interval: float = 0.5,
         shard: int = 0,
         shards: int = 1,
+        ephemeral: bool = False,
     ) -> MemoryReceiver:
         """Open a receiver on ``topic`` under the consumer name ``name``.
 
@@ -545,6 +549,9 @@ class MemoryStreamer:
             poll_interval: Ignored: memory receivers are woken by :meth:`publish`.
             shard: Deliver only the events whose key is in this shard (0-based)...
             shards: ...of this many (:func:`~statestream._core.records.shard_of`).
+            ephemeral: Keep no position: start after the events published so far, ignore any
+                committed position of ``name`` and make ``ack`` a no-op (so it never holds back
+                :meth:`prune`).
 
         Raises:
             InvalidInput: ``shards`` is less than 1 or ``shard`` is not in ``range(shards)``.
@@ -552,6 +559,11 @@ class MemoryStreamer:
         if shards < 1 or not 0 <= shard < shards:
             raise errors.InvalidInput(f"shard {shard} of {shards} does not exist")
         state = self._topic(topic)
+        if ephemeral:
+            log = state.log(shard, shards)
+            receiver = MemoryReceiver(self, topic, name, log, state.last_id, True, True)
+            self._receivers.add(receiver)
+            return receiver
         position = state.cursors.get(name)
         is_new = position is None
         if position is None:
