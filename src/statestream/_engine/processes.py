@@ -2,7 +2,11 @@
 
 Each factory returns ``body(stopping)``, run by the Supervisor while the process's role is held:
 step consumers, run-state hooks, the data deleter, the pause-retry process and connectors. The
-outbox relay and the timeout processes live in ``_workflow.py`` and ``_timeout.py``.
+outbox relay and the timeout processes live in ``relay.py`` and ``timeouts.py``.
+
+Every engine consumer reads from the newest event when its name is new, and step consumers and
+the data deleter catch up from the record store instead (see ``catchup.py``). Step shards read
+only their own shard's events: the streamer filters them (``receiver(shard=, shards=)``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .._core.runstate import RunState
 from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
+from .catchup import CatchUp
 from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher
 from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
 from .usercode import call_user
@@ -48,14 +53,24 @@ def consumer_body(
     shard: int = 0,
     shards: int = 1,
     accept: Callable[[Event], bool] | None = None,
+    catch_up: CatchUp | None = None,
 ) -> Body:
-    """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher."""
+    """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher.
+
+    Args:
+        shard, shards: drop other shards' events here, for receivers that cannot filter by
+            shard themselves (connector sources); engine receivers are opened per shard.
+        accept: which events to handle; the others are passed over without a task.
+        catch_up: the runs to pick up from the record store first, unless this consumer has
+            caught up before (see ``catchup.py``).
+    """
 
     async def body(stopping: asyncio.Event) -> None:
-        receiver = await open_receiver()
+        receiver: EventReceiver = await open_receiver()
         try:
+            source = receiver if catch_up is None else await catch_up.wrap(receiver)
             await KeyedDispatcher(
-                receiver,
+                source,
                 handle,
                 on_error,
                 concurrency=opts.concurrency,
@@ -66,7 +81,7 @@ def consumer_body(
                 accept=accept,
             ).run(stopping)
         finally:
-            await receiver.close()
+            await source.close()
 
     return body
 
@@ -110,9 +125,17 @@ def step_body(
         return await rt.failed(what, role, event.key, exc, opts, event=event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return rt.streamer.receiver(topic, role, poll_interval=opts.polling_frequency)
+        return rt.streamer.receiver(
+            topic,
+            role,
+            from_latest=True,
+            poll_interval=opts.polling_frequency,
+            shard=shard,
+            shards=shards,
+        )
 
-    return consumer_body(open_receiver, handle, on_error, opts, shard=shard, shards=shards)
+    pick_up = CatchUp(rt, topic, role, statuses=(int(spec.status),), shard=shard, shards=shards)
+    return consumer_body(open_receiver, handle, on_error, opts, catch_up=pick_up)
 
 
 def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
@@ -129,8 +152,12 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
         await call_user(hook.fn, hook.is_async, rt.to_run(record))
 
     def open_receiver() -> Awaitable[EventReceiver]:
+        # A new hook starts at the newest event: it never fires for runs finished before it.
         return rt.streamer.receiver(
-            run_state_change_topic(rt.name), role, poll_interval=hook.options.polling_frequency
+            run_state_change_topic(rt.name),
+            role,
+            from_latest=True,
+            poll_interval=hook.options.polling_frequency,
         )
 
     return consumer_body(
@@ -159,12 +186,17 @@ def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Bod
         except VersionConflict:
             log.info("statestream: run %s changed while its data was deleted", record.run_id)
 
+    topic = delete_topic(rt.name)
+
     def open_receiver() -> Awaitable[EventReceiver]:
         return rt.streamer.receiver(
-            delete_topic(rt.name), role, poll_interval=opts.polling_frequency
+            topic, role, from_latest=True, poll_interval=opts.polling_frequency
         )
 
-    return consumer_body(open_receiver, handle, _retry_forever("data deletion"), opts)
+    pick_up = CatchUp(rt, topic, role, run_states=(RunState.REQUESTED_DATA_DELETED,))
+    return consumer_body(
+        open_receiver, handle, _retry_forever("data deletion"), opts, catch_up=pick_up
+    )
 
 
 def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Body:
@@ -200,7 +232,10 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return rt.streamer.receiver(
-            run_state_change_topic(rt.name), role, poll_interval=opts.polling_frequency
+            run_state_change_topic(rt.name),
+            role,
+            from_latest=True,
+            poll_interval=opts.polling_frequency,
         )
 
     return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts, accept=accept)

@@ -21,6 +21,7 @@ from .._core.records import Event, TimeoutRecord, status_topic
 from .._core.runstate import RunState
 from .._core.types import Seconds, StatusT, T, to_seconds
 from ..errors import InvalidInput, RecordNotFound, VersionConflict
+from .catchup import CatchUp
 from .processes import Body, consumer_body
 from .usercode import call_user
 
@@ -96,12 +97,17 @@ def inserter_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: 
             f"timer of {spec.status.name}", role, event.key, exc, opts, event=event
         )
 
+    topic = status_topic(rt.name, int(spec.status))
+
     def open_receiver() -> Awaitable[EventReceiver]:
         return rt.streamer.receiver(
-            status_topic(rt.name, int(spec.status)), role, poll_interval=opts.polling_frequency
+            topic, role, from_latest=True, poll_interval=opts.polling_frequency
         )
 
-    return consumer_body(open_receiver, handle, on_error, opts)
+    # A new inserter (a timeout added in a new release) starts timers for the runs already
+    # waiting at the status, from the record store, instead of replaying the topic's history.
+    pick_up = CatchUp(rt, topic, role, statuses=(int(spec.status),))
+    return consumer_body(open_receiver, handle, on_error, opts, catch_up=pick_up)
 
 
 def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: str) -> Body:
