@@ -206,10 +206,12 @@ class Builder(Generic[T, StatusT]):
         """Add a durable timer at ``status``.
 
         When a run reaches ``status``, ``timer(run, now)`` says when its timeout fires (a
-        timezone-aware datetime, not in the past) or ``None`` for no timeout; the time is kept in
-        the timeout store. When it is due and the run is still at ``status`` on the same visit,
-        ``on_timeout(run, now)`` returns the next status, as a step does. See :func:`after` and
-        :func:`at` for common timers. One timeout per status.
+        timezone-aware datetime; a time already past fires at once) or ``None`` for no timeout;
+        the time is kept in the timeout store, one timer per visit of the status, and the timer
+        is cancelled when the run leaves the status. When it is due and the run is still at
+        ``status`` on the same visit, ``on_timeout(run, now)`` returns the next status, as a
+        step does; one poller at a time runs it (see ``build(timeout_claim=)``). See
+        :func:`after` and :func:`at` for common timers. One timeout per status.
         """
         src = self._status(status, "add_timeout status")
         for what, f in (("timer", timer), ("on_timeout", on_timeout)):
@@ -289,6 +291,7 @@ class Builder(Generic[T, StatusT]):
         start_at: StatusT | None = None,
         pause_retry: Seconds | None = 3600.0,
         pause_retry_limit: int = 5,
+        timeout_claim: Seconds = 60.0,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -303,6 +306,9 @@ class Builder(Generic[T, StatusT]):
             pause_retry: resume paused runs automatically after this long (``None`` disables it).
             pause_retry_limit: after this many automatic resumes a run stays paused until it is
                 resumed by hand (so that a run that keeps failing does not cycle for ever).
+            timeout_claim: how long a timeout poller holds a due timer while ``on_timeout``
+                runs. Other pollers leave a claimed timer alone, so it must be longer than
+                ``on_timeout`` takes; if a poller dies, the timer fires elsewhere after it.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -331,6 +337,7 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"pause_retry_limit must be an int, got {pause_retry_limit!r}")
         if pause_retry_limit < 1:
             raise ConfigurationError(f"pause_retry_limit must be >= 1, got {pause_retry_limit!r}")
+        claim = to_seconds(timeout_claim, "timeout_claim")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -390,6 +397,7 @@ class Builder(Generic[T, StatusT]):
             delete_fn=self._delete_fn,
             pause_retry=retry,
             pause_retry_limit=pause_retry_limit,
+            timeout_claim=claim,
         )
         return Workflow(
             definition,

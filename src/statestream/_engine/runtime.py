@@ -79,6 +79,8 @@ class Runtime(Generic[T, StatusT]):
         #: (run state, status) -> (topic, run-state header), computed once per pair
         self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
         self._names = {value: member.name for value, member in definition.statuses.items()}
+        #: statuses with a timeout: a write leaving one cancels the visit's timer
+        self._timed = frozenset(definition.timeouts)
 
     # ------------------------------------------------------------------ reading
 
@@ -214,7 +216,32 @@ class Runtime(Generic[T, StatusT]):
         )
         await self.store.update(record, self.event_for(record, headers))
         self.written(record)
+        if self._timed and current.status in self._timed:
+            await self._left_timeout_status(current, record)
         return record
+
+    async def _left_timeout_status(self, current: Record, record: Record) -> None:
+        """Cancel the timer of a visit that ``record`` ended (bounded timeout stores).
+
+        Best effort: the write is already stored, and the poller cancels a void timer when it
+        comes due anyway, so a failure here is logged, not raised.
+        """
+        was = current.run_state
+        now = record.run_state
+        if was.stopped or was.finished:
+            return  # cancelled when it stopped
+        if record.status == current.status and not (now.stopped or now.finished):
+            return  # still on a visit here (a new one after save-and-repeat; its timer follows)
+        assert self.timeout_store is not None
+        try:
+            await self.timeout_store.cancel_for(self.name, current.run_id, current.status)
+        except Exception:
+            log.warning(
+                "statestream: cancelling the timers of run %s at %s failed; the poller will",
+                current.run_id,
+                self.describe(current.status),
+                exc_info=True,
+            )
 
     async def apply_result(
         self,
