@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, Generic, Unpack
 
 from ._codec import codec_for
@@ -292,6 +293,8 @@ class Builder(Generic[T, StatusT]):
         pause_retry: Seconds | None = 3600.0,
         pause_retry_limit: int = 5,
         timeout_claim: Seconds = 60.0,
+        retention: Seconds | None = timedelta(days=7),
+        retention_interval: Seconds = 3600.0,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -309,6 +312,10 @@ class Builder(Generic[T, StatusT]):
             timeout_claim: how long a timeout poller holds a due timer while ``on_timeout``
                 runs. Other pollers leave a claimed timer alone, so it must be longer than
                 ``on_timeout`` takes; if a poller dies, the timer fires elsewhere after it.
+            retention: events that every consumer has acknowledged, and completed or cancelled
+                timers, are deleted once they are this old (``None`` keeps them for ever).
+                Streamers with their own retention (Kafka) ignore it.
+            retention_interval: how often the retention process prunes.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -338,6 +345,8 @@ class Builder(Generic[T, StatusT]):
         if pause_retry_limit < 1:
             raise ConfigurationError(f"pause_retry_limit must be >= 1, got {pause_retry_limit!r}")
         claim = to_seconds(timeout_claim, "timeout_claim")
+        keep = None if retention is None else to_seconds(retention, "retention")
+        prune_every = to_seconds(retention_interval, "retention_interval")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -398,6 +407,8 @@ class Builder(Generic[T, StatusT]):
             pause_retry=retry,
             pause_retry_limit=pause_retry_limit,
             timeout_claim=claim,
+            retention=keep,
+            retention_interval=prune_every,
         )
         return Workflow(
             definition,
