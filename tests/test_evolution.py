@@ -366,4 +366,5 @@ async def test_a_new_deleter_picks_up_deletions_requested_before_it_started() ->
 
 
 async def _all_deleted(wf: Workflow[Order, Status], ids: list[str]) -> bool:
-    return all((await wf.get(r)).run_state is RunState.DATA_DELETED for r in ids)
+    states = [(await wf.get(r)).run_state for r in ids]
+    return states == [RunState.DATA_DELETED] * len(ids)

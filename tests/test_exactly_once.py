@@ -313,7 +313,7 @@ async def test_at_a_time_already_past_fires_at_once(env: Env) -> None:
         run = await wf.wait_for("doc-1", run_id, S.EXPIRED, timeout=2)
 
     # Then the timer was stored due now and fired at once; the run was never paused
-    assert run.run_state is RunState.RUNNING
+    assert run.run_state is RunState.COMPLETED
     assert calls.runs == [run_id]
 
 

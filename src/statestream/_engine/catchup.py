@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from .._core.protocols import EventReceiver
@@ -45,6 +46,8 @@ __all__ = ["CatchUp", "CatchingUp", "marker_topic", "synthetic_event"]
 log = logging.getLogger("statestream")
 
 _PAGE = 200
+#: at most this many visits are remembered to drop their duplicates from the stream
+_SEEN = 100_000
 _IN_FLIGHT = (RunState.INITIATED, RunState.RUNNING)
 
 
@@ -107,7 +110,7 @@ class CatchUp:
             await probe.close()
         if done:
             return receiver
-        return CatchingUp(receiver, self._events(), self._mark)
+        return CatchingUp(receiver, self._events(), self._mark, self._rt.clock.now())
 
     async def _events(self) -> AsyncGenerator[Event, None]:
         rt = self._rt
@@ -134,43 +137,77 @@ class CatchUp:
 
 class CatchingUp:
     """A receiver that returns the catch-up's synthetic events first, then the real ones, and
-    marks the catch-up done once all of them have been handled."""
+    marks the catch-up done once all of them have been handled.
+
+    A run found in the store may also have its event on the stream, after the receiver's
+    start (its write came just before the catch-up read the store): the same visit twice. The
+    version check makes the second one harmless for a step that moved the run, but a step that
+    skipped (or a timer function) would run again, so :meth:`accepting` passes over real events
+    of visits already handed out (the dispatcher still acknowledges them in order), until the
+    stream brings an event newer than the catch-up (at most ``_SEEN`` visits are remembered).
+    """
 
     def __init__(
         self,
         receiver: EventReceiver,
         pending: AsyncGenerator[Event, None],
         mark: Callable[[int], Awaitable[None]],
+        since: datetime,
     ) -> None:
         self._receiver = receiver
         self._pending: AsyncGenerator[Event, None] | None = pending
         self._mark = mark
+        self._since = since
+        self._seen: dict[str, str] | None = {}  # run ID -> version of the visits handed out
         self._handed = 0  # synthetic events returned so far
         self._settled = False  # marked, or given up (never mark then)
 
     async def recv(self, limit: int = 100) -> list[Event]:
         pending = self._pending
         if pending is not None:
-            batch: list[Event] = []
-            while len(batch) < limit:
-                try:
-                    batch.append(await anext(pending))
-                except StopAsyncIteration:
-                    self._pending = None
-                    break
-                except BaseException:
-                    # The store failed or we are stopping: this catch-up never completes here
-                    # (the process restarts, and the next holder catches up again).
-                    self._settled = True
-                    self._pending = None
-                    await pending.aclose()
-                    raise
-            self._handed += len(batch)
+            batch = await self._synthetic(pending, limit)
             if batch:
                 return batch
             if not self._handed:
                 await self._done()  # nothing was in flight
         return await self._receiver.recv(limit)
+
+    async def _synthetic(self, pending: AsyncGenerator[Event, None], limit: int) -> list[Event]:
+        batch: list[Event] = []
+        seen = self._seen
+        while len(batch) < limit:
+            try:
+                event = await anext(pending)
+            except StopAsyncIteration:
+                self._pending = None
+                break
+            except BaseException:
+                # The store failed or we are stopping: this catch-up never completes here (the
+                # process restarts, and the next holder catches up again).
+                self._settled = True
+                self._pending = None
+                await pending.aclose()
+                raise
+            batch.append(event)
+            if seen is not None and len(seen) < _SEEN:
+                seen[event.key] = event.headers.get(H_VERSION, "")
+        self._handed += len(batch)
+        return batch
+
+    def accepting(self, accept: Callable[[Event], bool] | None) -> Callable[[Event], bool]:
+        """The dispatcher's ``accept``: ``accept``, and not a visit the catch-up handed out."""
+
+        def fresh(event: Event) -> bool:
+            seen = self._seen
+            if seen is not None and event.id >= 0:
+                if event.created_at > self._since:
+                    self._seen = None  # the stream is past the catch-up: stop looking
+                elif seen.get(event.key) == event.headers.get(H_VERSION):
+                    del seen[event.key]
+                    return False  # handled from the store already
+            return accept is None or accept(event)
+
+        return fresh
 
     async def ack(self, event: Event) -> None:
         if event.id >= 0:  # a synthetic event has no position on the stream

@@ -23,7 +23,7 @@ from .._core.runstate import RunState
 from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
-from .catchup import CatchUp
+from .catchup import CatchingUp, CatchUp
 from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher
 from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
 from .usercode import call_user
@@ -68,7 +68,11 @@ def consumer_body(
     async def body(stopping: asyncio.Event) -> None:
         receiver: EventReceiver = await open_receiver()
         try:
-            source = receiver if catch_up is None else await catch_up.wrap(receiver)
+            source, wanted = receiver, accept
+            if catch_up is not None:
+                source = await catch_up.wrap(receiver)
+                if isinstance(source, CatchingUp):
+                    wanted = source.accepting(accept)
             await KeyedDispatcher(
                 source,
                 handle,
@@ -78,7 +82,7 @@ def consumer_body(
                 shards=shards,
                 error_backoff=opts.error_backoff,
                 max_error_backoff=opts.max_error_backoff,
-                accept=accept,
+                accept=wanted,
             ).run(stopping)
         finally:
             await source.close()

@@ -81,6 +81,8 @@ class Runtime(Generic[T, StatusT]):
         self._names = {value: member.name for value, member in definition.statuses.items()}
         #: statuses with a timeout: a write leaving one cancels the visit's timer
         self._timed = frozenset(definition.timeouts)
+        #: runs whose timer this process's poller is firing: it completes the timer itself
+        self.firing: set[str] = set()
 
     # ------------------------------------------------------------------ reading
 
@@ -228,8 +230,8 @@ class Runtime(Generic[T, StatusT]):
         """
         was = current.run_state
         now = record.run_state
-        if was.stopped or was.finished:
-            return  # cancelled when it stopped
+        if was.stopped or was.finished or current.run_id in self.firing:
+            return  # cancelled when it stopped, or the poller completes it
         if record.status == current.status and not (now.stopped or now.finished):
             return  # still on a visit here (a new one after save-and-repeat; its timer follows)
         assert self.timeout_store is not None

@@ -149,12 +149,15 @@ def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: st
         if run.run_state is RunState.INITIATED:
             run.run_state = RunState.RUNNING
         result = await call_user(spec.fn, spec.is_async, run, now)
+        rt.firing.add(record.run_id)
         try:
             await rt.apply_result(what, spec.destinations, record, run, result)
         except VersionConflict:
             await store.cancel(timeout.id)  # another poller or a callback moved the run first
             rt.clear_errors(role, record.run_id)
             return
+        finally:
+            rt.firing.discard(record.run_id)
         await store.complete(timeout.id)
         rt.clear_errors(role, record.run_id)
 
