@@ -13,8 +13,9 @@ to one holder, and receivers poll for events other processes publish.
 from __future__ import annotations
 
 from ._db import SCHEMA_VERSION, SqliteDatabase
-from ._store import SqliteRecordStore, SqliteTimeoutStore
+from ._store import SqliteRecordStore
 from ._stream import SqliteLease, SqliteReceiver, SqliteRoleScheduler, SqliteStreamer
+from ._timeouts import SqliteTimeoutStore
 
 __all__ = [
     "SCHEMA_VERSION",
