@@ -79,7 +79,7 @@ class Backend:
             if self._memory is None:
                 self._memory = (
                     MemoryStreamer(),
-                    MemoryRecordStore(),
+                    MemoryRecordStore(keep_snapshots=True),
                     MemoryRoleScheduler(),
                     MemoryTimeoutStore(),
                 )

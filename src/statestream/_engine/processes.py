@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .._core.protocols import EventReceiver
@@ -54,6 +55,7 @@ def consumer_body(
     shards: int = 1,
     accept: Callable[[Event], bool] | None = None,
     catch_up: CatchUp | None = None,
+    new_since: datetime | None = None,
 ) -> Body:
     """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher.
 
@@ -63,12 +65,17 @@ def consumer_body(
         accept: which events to handle; the others are passed over without a task.
         catch_up: the runs to pick up from the record store first, unless this consumer has
             caught up before (see ``catchup.py``).
+        new_since: when the consumer name is new, pass over events created before this time
+            (an outbox backlog published after the receiver opened): a new hook must not fire
+            for runs that finished before it existed.
     """
 
     async def body(stopping: asyncio.Event) -> None:
         receiver: EventReceiver = await open_receiver()
         try:
             source, wanted = receiver, accept
+            if new_since is not None and getattr(receiver, "is_new", False):
+                wanted = _created_since(new_since, accept)
             if catch_up is not None:
                 source = await catch_up.wrap(receiver)
                 if isinstance(source, CatchingUp):
@@ -88,6 +95,15 @@ def consumer_body(
             await source.close()
 
     return body
+
+
+def _created_since(
+    opened: datetime, accept: Callable[[Event], bool] | None
+) -> Callable[[Event], bool]:
+    def fresh(event: Event) -> bool:
+        return event.created_at >= opened and (accept is None or accept(event))
+
+    return fresh
 
 
 def _retry_forever(what: str) -> ErrorPolicy:
@@ -170,6 +186,7 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
         _retry_forever(f"{hook.run_state.label} hook"),
         hook.options,
         accept=accept,
+        new_since=rt.clock.now(),  # built when the workflow starts
     )
 
 
