@@ -191,6 +191,69 @@ async def test_a_step_added_at_a_status_moves_the_runs_waiting_there(backend: Ba
         assert not any(a.store.lookups[r] for r in done)
 
 
+class Skipper:
+    """A PAID step that skips (the run stays at PAID), or holds its runs until released."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.calls: Counter[str] = Counter()
+        self.gate = asyncio.Event()
+        if not hold:
+            self.gate.set()
+
+    async def __call__(self, run: Run[Order, Status]) -> Any:
+        self.calls[run.run_id] += 1
+        await self.gate.wait()
+        return run.skip()
+
+
+def waiting_release() -> Builder[Order, Status]:
+    b = fast(Builder("orders", Order, Status))
+    b.add_step(Status.CREATED, pay, Status.PAID)
+    b.add_callback(Status.PAID, ship_by_callback, Status.SHIPPED)
+    return b
+
+
+async def test_a_catch_up_cut_short_is_done_again_by_the_next_start(backend: Backend) -> None:
+    # Given 250 runs waiting at PAID (more than one page of the store)
+    async with backend.open() as a:
+        wf = build(waiting_release(), a)
+        async with wf:
+            waiting = await at_paid(wf, "w", 250)
+
+    # When a release adding a step at PAID stops while its catch-up is half-way (the step holds
+    # the first runs it got, and the rest were never read from the store)
+    first = Skipper(hold=True)
+    b = waiting_release()
+    b.add_step(Status.PAID, first, Status.SHIPPED, concurrency=8)
+    async with backend.open() as a:
+        wf = build(b, a)
+        async with wf:
+            await eventually(lambda: len(first.calls) == 8, what="the first runs held")
+            await wf.stop(grace=0.01)
+    assert len(first.calls) < len(waiting)
+
+    # Then the next start catches up again and reaches every run
+    again = Skipper()
+    b = waiting_release()
+    b.add_step(Status.PAID, again, Status.SHIPPED, concurrency=8)
+    async with backend.open() as a:
+        wf = build(b, a)
+        async with wf:
+            await eventually(lambda: set(again.calls) == set(waiting), what="every run caught up")
+            await settle()
+
+    # And once a catch-up has finished, a restart does not do it again
+    third = Skipper()
+    b = waiting_release()
+    b.add_step(Status.PAID, third, Status.SHIPPED, concurrency=8)
+    async with backend.open() as a:
+        wf = build(b, a)
+        async with wf:
+            await settle()
+    assert not third.calls
+    assert max(again.calls.values()) == 1  # no visit was handled twice (store and stream)
+
+
 # ------------------------------------------------------------------ a new hook
 
 

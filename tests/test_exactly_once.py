@@ -139,7 +139,9 @@ async def sqlite_env() -> AsyncIterator[Env]:
                 SqliteTimeoutStore(db),
                 SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
                 clock,
-                lambda: SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
+                # Roles held apart from the file's leases: two processes that both believe
+                # they hold a role (one of them stalled past its lease, say).
+                MemoryRoleScheduler,
             )
         finally:
             await streamer.close()
