@@ -431,3 +431,45 @@ async def test_a_new_deleter_picks_up_deletions_requested_before_it_started() ->
 async def _all_deleted(wf: Workflow[Order, Status], ids: list[str]) -> bool:
     states = [(await wf.get(r)).run_state for r in ids]
     return states == [RunState.DATA_DELETED] * len(ids)
+
+
+# ------------------------------------------------------------------ sharded reads
+
+
+class RecordingStreamer(MemoryStreamer):
+    """Records how each receiver was opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def receiver(self, topic: str, name: str, **options: Any) -> Any:
+        self.opened[topic, name] = options
+        return await super().receiver(topic, name, **options)
+
+
+async def test_each_shard_opens_its_own_shard_of_the_topic_from_the_newest_event() -> None:
+    # Given a step on three shards
+    streamer = RecordingStreamer()
+    ship = Shipper()
+    wf = release(ship, parallel_count=3).build(
+        streamer, MemoryRecordStore(), MemoryRoleScheduler(), pause_retry=None
+    )
+    async with wf:
+        ids = [await wf.trigger(f"o-{i}") for i in range(30)]
+        for i, run_id in enumerate(ids):
+            await wf.wait_for(f"o-{i}", run_id, Status.SHIPPED, timeout=5)
+
+    # Then each shard's receiver asked the streamer for its shard only, from the newest event
+    shards = {
+        name: (o["shard"], o["shards"], o["from_latest"])
+        for (topic, name), o in streamer.opened.items()
+        if topic == "orders-2"
+    }
+    assert shards == {f"orders-2-consumer-{i + 1}-of-3": (i, 3, True) for i in range(3)}
+    # And every engine receiver starts at the newest event (the catch-up markers' probes
+    # excepted: they only read whether a position exists)
+    engine = [o for (topic, _), o in streamer.opened.items() if topic != "orders-catch-up"]
+    assert engine
+    assert all(o["from_latest"] for o in engine)
+    assert set(ship.calls) == set(ids)
