@@ -1,4 +1,4 @@
-"""SQLite event-table streamer and lease-row role scheduler."""
+"""SQLite event-table streamer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,7 @@ from ...errors import AdapterError, InvalidInput
 from ._db import SqliteDatabase, from_us, to_us
 from ._schema import key_hash
 
-__all__ = ["SqliteLease", "SqliteReceiver", "SqliteRoleScheduler", "SqliteStreamer"]
+__all__ = ["SqliteReceiver", "SqliteStreamer"]
 
 
 class SqliteStreamer:
@@ -153,12 +152,16 @@ class SqliteStreamer:
         at = to_us(before)
         total = 0
         for topic in dict.fromkeys(topics):
-            local = min((r._acked for r in self._receivers.get(topic, ())), default=_MAX_ID)
+            local = list(self._receivers.get(topic, ()))
+            # This process's receivers write their positions lazily: bring their rows up to
+            # date first, so that a row behind its receiver's acks does not hold prune back.
+            await asyncio.gather(*(r._flush() for r in local))
+            bound = min((r._acked for r in local), default=_MAX_ID)
             total += await self.db.delete_in_chunks(
                 "statestream_events",
                 scope="topic = ? AND id <= ? AND id <= COALESCE((SELECT MIN(last_id) "
                 f"FROM statestream_cursors WHERE topic = ?), {_MAX_ID})",
-                scope_args=(topic, local, topic),
+                scope_args=(topic, bound, topic),
                 condition="created_at < ?",
                 condition_args=(at,),
                 chunk=self.prune_chunk,
@@ -342,111 +345,3 @@ class SqliteReceiver:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         await self._flush()
-
-
-class SqliteLease:
-    """A role held through a lease row that the holder renews; lost if renewal fails."""
-
-    def __init__(self, scheduler: SqliteRoleScheduler, role: str, holder: str) -> None:
-        self._scheduler = scheduler
-        self._role = role
-        self.holder = holder
-        self._lost = asyncio.Event()
-        self._released = False
-        self._renewer = asyncio.ensure_future(self._renew())
-
-    @property
-    def role(self) -> str:
-        return self._role
-
-    async def _renew(self) -> None:
-        s = self._scheduler
-        while True:
-            await asyncio.sleep(s.ttl / 3)
-            if self._released:
-                return
-            try:
-                held = await s._extend(self._role, self.holder)
-            except Exception:
-                held = False
-            if not held:
-                self._lost.set()
-                return
-
-    async def lost(self) -> None:
-        await self._lost.wait()
-
-    async def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        self._lost.set()
-        await self._scheduler._release(self._role, self.holder)
-
-
-class SqliteRoleScheduler:
-    """At most one holder per role across every process using the file, through lease rows.
-
-    A holder renews its lease every ``ttl / 3`` seconds; a process that dies loses its roles
-    after at most ``ttl`` seconds, and another process takes them over.
-    """
-
-    def __init__(self, db: SqliteDatabase, *, ttl: float = 10.0, poll_interval: float = 0.5):
-        if ttl <= 0 or poll_interval <= 0:
-            raise InvalidInput("ttl and poll_interval must be > 0")
-        self.db = db
-        self.ttl = ttl
-        self.poll_interval = poll_interval
-        self._released = asyncio.Event()
-
-    async def _try(self, role: str, holder: str) -> bool:
-        def take(conn: sqlite3.Connection) -> bool:
-            now = time.time()
-            cursor = conn.execute(
-                "INSERT INTO statestream_leases (role, holder, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, "
-                "expires_at = excluded.expires_at WHERE statestream_leases.expires_at < ?",
-                (role, holder, now + self.ttl, now),
-            )
-            return cursor.rowcount == 1
-
-        return await self.db.write(take)
-
-    async def _extend(self, role: str, holder: str) -> bool:
-        def extend(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE statestream_leases SET expires_at = ? WHERE role = ? AND holder = ?",
-                (time.time() + self.ttl, role, holder),
-            )
-            return cursor.rowcount == 1
-
-        return await self.db.write(extend)
-
-    async def _release(self, role: str, holder: str) -> None:
-        def release(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM statestream_leases WHERE role = ? AND holder = ?", (role, holder)
-            )
-
-        await asyncio.shield(self.db.write(release))
-        self._released.set()
-        self._released = asyncio.Event()
-
-    async def acquire(self, role: str) -> SqliteLease:
-        holder = uuid.uuid4().hex
-        while True:
-            try:
-                taken = await self._try(role, holder)
-            except BaseException:
-                # Cancelled (or failed) while the attempt was queued: it may still commit, so
-                # remove any row under our holder ID rather than block the role for a ttl.
-                await asyncio.shield(self._release(role, holder))
-                raise
-            if taken:
-                return SqliteLease(self, role, holder)
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)
