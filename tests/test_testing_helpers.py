@@ -141,3 +141,19 @@ def test_fake_clock_needs_an_aware_start() -> None:
     with pytest.raises(ValueError, match="timezone"):
         FakeClock(datetime(2026, 1, 1))
     assert FakeClock().now().tzinfo is not None
+
+
+async def test_helpers_see_passing_statuses_without_a_snapshot_store() -> None:
+    # Given the default memory store, which keeps only the latest version of a run
+    from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+
+    wf = order_builder().build(MemoryStreamer(), MemoryRecordStore(), MemoryRoleScheduler())
+    async with wf:
+        # When a run passes through PAID on its way to SHIPPED
+        run = await drive_to(wf, "order-1", Status.PAID, initial=Order("order-1", 5))
+        # Then drive_to saw it at PAID, and require sees the later statuses too
+        assert run.status is Status.PAID
+        await require(wf, "order-1", Status.SHIPPED)
+        await wf.trigger("order-2")
+        paid = await require(wf, "order-2", Status.PAID)
+        assert paid.object.paid

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Generic, Unpack
 
-from ._codec import codec_for
+from ._codec import check_status_values, codec_for
 from ._core.clock import SystemClock
 from ._core.protocols import (
     Clock,
@@ -78,6 +78,7 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"status_type must be an IntEnum class, got {status_type!r}")
         if not isinstance(object_type, type):
             raise ConfigurationError(f"object_type must be a class, got {object_type!r}")
+        check_status_values(status_type)
         self._name = name
         self._object_type = object_type
         self._status_type = status_type

@@ -1,150 +1,69 @@
-"""JSON codecs for workflow objects, compiled once per type.
+"""JSON codecs for workflow objects, on msgspec, built once per type.
 
 :func:`codec_for` picks a codec from the kind of the type:
 
-* dataclasses: a plan compiled from the field annotations (nested dataclasses, containers,
-  ``Optional``/unions, enums, ``datetime``/``date``/``time``/``timedelta``, ``Decimal``,
-  ``UUID`` and ``bytes``); missing fields take their defaults and unknown keys are ignored;
-* pydantic v2 models (``model_dump_json``/``model_validate_json``);
-* msgspec Structs (``msgspec.json``);
-* ``TypedDict`` classes (values converted like dataclass fields) and plain ``dict``;
-* ``bytes``, passed through unchanged.
+* dataclasses, msgspec Structs, ``TypedDict`` classes and plain ``dict``: ``msgspec.json`` with a
+  decoder typed for the class, so that decoding validates. Field types are whatever msgspec
+  supports (containers, ``Optional``/unions, ``Literal``, enums, ``datetime``/``date``/``time``/
+  ``timedelta``, ``Decimal``, ``UUID``, ``bytes``, nested dataclasses and Structs...), plus pydantic
+  models, which are handed to pydantic. Missing fields take their defaults; unknown keys are
+  ignored, except that a ``TypedDict`` keeps the keys it does not declare, as plain JSON values.
+* pydantic v2 models: their own ``model_dump_json``/``model_validate_json``. pydantic is imported
+  by the user's model, never by statestream.
+* ``bytes``: passed through unchanged.
 
-The JSON is compact UTF-8. Encoding validates the object against the annotations as it walks it,
-so an object that would not decode again is refused when it is written, not when it is read.
+The JSON is compact UTF-8, with msgspec's formats: enums as their values, ``datetime``/``date``/
+``time`` in RFC 3339, ``timedelta`` in ISO 8601 (``"P1DT5.5S"``), ``Decimal`` and ``UUID`` as
+strings, ``bytes`` in base64, tuples and sets as arrays (in iteration order: dicts keep theirs).
+Values in untyped places (``Any``, a plain ``dict``) are written in that form too, and read back
+as the plain JSON values (a ``datetime`` there comes back as its string).
 
-Wire formats of the non-JSON field types::
+An object is refused when it is written if it would not decode again: :meth:`encode` decodes the
+bytes it made with the typed decoder before it returns them (a ``__post_init__`` or a pydantic
+validator therefore runs then as well). A field of the wrong type, a bare ``set`` of tuples (read
+back as lists, which a set cannot hold), a non-finite float (JSON has none), text with a lone
+surrogate (not encodable as UTF-8): :class:`~statestream.errors.InvalidObject`, the caller's
+mistake, and nothing is stored.
 
-    Enum -> its value          datetime/date/time -> ISO 8601 string   timedelta -> seconds (float)
-    Decimal -> string          UUID -> string                          bytes -> base64 string
-    tuple/set/frozenset -> array (sets sorted when their items can be compared)
+Data written by the first codec (before msgspec) stays readable: when the typed decoder refuses
+stored bytes, they are read once more in that codec's forms, which were ``timedelta`` as seconds,
+the bare tokens ``NaN`` and ``Infinity``, a ``datetime`` in full in a ``date`` field (read as its
+date) and UTC offsets with seconds.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import collections.abc
-import contextlib
 import dataclasses
 import datetime as _dt
-import decimal
-import enum
-import inspect
 import json
-import sys
 import threading
 import types
 import typing
-import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ._core.protocols import Codec
-from .errors import CodecError, ConfigurationError, InvalidObject
+import msgspec
+import msgspec.inspect as mi
 
-__all__ = ["check_instance", "codec_for"]
+from ._core.protocols import Codec
+from .errors import CodecError, ConfigurationError, InvalidInput, InvalidObject
+
+__all__ = ["check_instance", "check_status_values", "check_text", "codec_for", "scrub_text"]
 
 T = TypeVar("T")
-
-_Fn = Callable[[Any], Any]
-_NoneType = type(None)
 
 _SUPPORTED = (
     "supported are dataclasses, pydantic v2 models, msgspec Structs, TypedDict classes, "
     "dict and bytes"
 )
 _SUPPORTED_FIELDS = (
-    "supported field types are str, int, float, bool, None, Any, dataclasses, TypedDicts, "
-    "pydantic models, msgspec Structs, Enum, Literal, datetime, date, time, timedelta, Decimal, "
-    "UUID, bytes, list/Sequence, tuple, set/frozenset, dict/Mapping with str, int, Enum or UUID "
-    "keys, and unions of these (X | None, or members that are told apart by their JSON type)"
+    "field types are those msgspec supports (str, int, float, bool, None, Any, containers, "
+    "unions, Literal, Enum, datetime, date, time, timedelta, Decimal, UUID, bytes, dataclasses, "
+    "TypedDicts, msgspec Structs...) and pydantic models"
 )
-
-
-# --------------------------------------------------------------------------------------------
-# JSON text <-> Python values, through the C accelerators of the json module when available.
-
-
-def _unserializable(obj: object) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def _make_dumps() -> Callable[[Any], str]:
-    """Return the fastest function that turns a value into compact JSON text.
-
-    ``json.dumps`` builds a new encoder on every call; the C encoder can be built once (it keeps no
-    state when circular-reference checks are off: cycles end in ``RecursionError`` instead).
-    """
-    fallback = json.JSONEncoder(
-        ensure_ascii=False, separators=(",", ":"), check_circular=False, default=_unserializable
-    ).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:  # pragma: no cover - interpreters without _json
-        return fallback
-    try:
-        encoder = make(None, _unserializable, basestring, None, ":", ",", False, False, True)
-
-        def dumps(obj: Any) -> str:
-            return "".join(encoder(obj, 0))
-
-        probe = {"a": [1, 2.5, None, True, 'é\n"'], "b": {"c": -3}, "d": ""}
-        if dumps(probe) != fallback(probe):  # pragma: no cover - defensive
-            return fallback
-    except Exception:  # pragma: no cover - a future json module with another signature
-        return fallback
-    return dumps
-
-
-def _make_loads() -> Callable[[str], Any]:
-    """Return the fastest function that parses a JSON document.
-
-    ``JSONDecoder.decode`` runs a regular expression around the document for white space; the
-    scanner alone is enough for the compact documents the codecs write, and any other input
-    (white space around the value, trailing data, invalid JSON) goes through ``decode`` for the
-    usual behaviour and error messages.
-    """
-    decoder = json.JSONDecoder()
-    scan_once = getattr(decoder, "scan_once")  # noqa: B009 - not in the type stubs
-    slow = decoder.decode
-
-    def loads(text: str) -> Any:
-        try:
-            obj, end = scan_once(text, 0)
-        except StopIteration:
-            return slow(text)
-        if end != len(text):
-            return slow(text)
-        return obj
-
-    return loads
-
-
-_dumps = _make_dumps()
-_loads = _make_loads()
-
-
-# --------------------------------------------------------------------------------------------
-# Converters: per-type functions between Python values and JSON-ready values.
-
-
-class _Invalid(Exception):
-    """A value does not fit its declared type; ``path`` is filled in while unwinding."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-        # Filled in while unwinding, innermost first: ``.field``, ``['key']`` or a list index.
-        self.path: list[str | int] = []
-
-    def where(self) -> str:
-        out = "".join(f"[{p}]" if isinstance(p, int) else p for p in reversed(self.path))
-        return out.lstrip(".")
-
-    def describe(self) -> str:
-        where = self.where()
-        return f"{where}: {self.message}" if where else self.message
+# What msgspec and pydantic raise for values they cannot write (UnicodeEncodeError included).
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError)
+_DECODE_ERRORS = (TypeError, ValueError, RecursionError, msgspec.MsgspecError)
 
 
 def _tname(obj: object) -> str:
@@ -152,503 +71,19 @@ def _tname(obj: object) -> str:
 
 
 def _type_repr(tp: Any) -> str:
-    if tp is None or tp is _NoneType:
-        return "None"
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """``Box[Item]``, ``int | None``: a type as it is written, without module names."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
         return " | ".join(_type_repr(a) for a in args)
-    if origin is typing.Literal:
-        return f"Literal[{', '.join(repr(a) for a in args)}]"
     if origin is not None and args:
-        inner = ", ".join("..." if a is Ellipsis else _type_repr(a) for a in args)
-        return f"{_type_repr(origin)}[{inner}]"
+        return f"{_type_repr(origin)}[{', '.join(_type_repr(a) for a in args)}]"
     if isinstance(tp, type):
         return tp.__name__
-    return repr(tp).replace("typing.", "")
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Conv:
-    """How one declared type is written and read.
-
-    Values whose exact type is in ``enc_fast`` (resp. ``dec_fast``) are already in their final
-    form and are passed through without a call; others go through ``enc`` (resp. ``dec``), which
-    validate and convert or raise :class:`_Invalid`. ``kinds`` are the Python types of the
-    decoded JSON that this type is read from (``weak`` ones only if no other union member claims
-    them); unions use them to pick the member to decode with.
-    """
-
-    name: str
-    enc_fast: frozenset[type]
-    enc: _Fn
-    dec_fast: frozenset[type]
-    dec: _Fn
-    kinds: frozenset[type]
-    weak: frozenset[type] = frozenset()
-    is_any: bool = False
-
-
-_JSON_TYPES: frozenset[type] = frozenset({str, int, float, bool, _NoneType, list, dict})
-
-
-def _scalar(name: str, tp: type, enc: _Fn, dec: _Fn) -> _Conv:
-    fast = frozenset({tp})
-    return _Conv(name, fast, enc, fast, dec, fast)
-
-
-def _reject(name: str) -> _Fn:
-    def reject(value: Any) -> Any:
-        raise _Invalid(f"expected {name}, got {_tname(value)}")
-
-    return reject
-
-
-def _enc_str(value: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    raise _Invalid(f"expected str, got {_tname(value)}")
-
-
-def _enc_int(value: Any) -> Any:
-    if isinstance(value, int):  # bool and IntEnum
-        return int(value)
-    raise _Invalid(f"expected int, got {_tname(value)}")
-
-
-def _enc_float(value: Any) -> Any:
-    if isinstance(value, int | float):
-        return float(value)
-    raise _Invalid(f"expected float, got {_tname(value)}")
-
-
-def _dec_float(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError as exc:
-            raise _Invalid(f"{value} is too large for a float") from exc
-    raise _Invalid(f"expected float, got {_tname(value)}")
-
-
-def _enc_datetime(value: Any) -> Any:
-    if isinstance(value, _dt.datetime):
-        return value.isoformat()
-    raise _Invalid(f"expected datetime, got {_tname(value)}")
-
-
-def _enc_date(value: Any) -> Any:
-    if isinstance(value, _dt.date):  # a datetime is a date too, and is read back as one
-        return value.isoformat()
-    raise _Invalid(f"expected date, got {_tname(value)}")
-
-
-def _enc_time(value: Any) -> Any:
-    if isinstance(value, _dt.time):
-        return value.isoformat()
-    raise _Invalid(f"expected time, got {_tname(value)}")
-
-
-def _enc_timedelta(value: Any) -> Any:
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
-    raise _Invalid(f"expected timedelta, got {_tname(value)}")
-
-
-def _enc_decimal(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    raise _Invalid(f"expected Decimal, got {_tname(value)}")
-
-
-def _enc_uuid(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise _Invalid(f"expected UUID, got {_tname(value)}")
-
-
-def _enc_bytes(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode("ascii")
-    raise _Invalid(f"expected bytes, got {_tname(value)}")
-
-
-def _parse_str(name: str, parse: Callable[[str], Any]) -> _Fn:
-    def dec(value: Any) -> Any:
-        if type(value) is not str:
-            raise _Invalid(f"expected {name} as a string, got {_tname(value)}")
-        try:
-            return parse(value)
-        except (ValueError, ArithmeticError) as exc:
-            raise _Invalid(f"invalid {name} {value!r}: {exc}") from exc
-
-    return dec
-
-
-def _parse_date(text: str) -> _dt.date:
-    if len(text) > 10:  # written from a datetime stored in a date field
-        return _dt.datetime.fromisoformat(text)
-    return _dt.date.fromisoformat(text)
-
-
-def _parse_bytes(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _dec_timedelta(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return _dt.timedelta(seconds=value)
-        except OverflowError as exc:
-            raise _Invalid(f"invalid timedelta {value!r}: {exc}") from exc
-    raise _Invalid(f"expected timedelta as seconds, got {_tname(value)}")
-
-
-def _dec_decimal_number(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return decimal.Decimal(repr(value))
-    raise _Invalid(f"expected Decimal as a string, got {_tname(value)}")
-
-
-_parse_decimal = _parse_str("Decimal", decimal.Decimal)
-
-
-def _dec_decimal(value: Any) -> Any:
-    if type(value) is str:
-        return _parse_decimal(value)
-    return _dec_decimal_number(value)
-
-
-_ANY = _Conv("Any", _JSON_TYPES, _identity, _JSON_TYPES, _identity, _JSON_TYPES, is_any=True)
-_NONE = _scalar("None", _NoneType, _reject("None"), _reject("None"))
-_STR = _scalar("str", str, _enc_str, _reject("str"))
-_INT = _scalar("int", int, _enc_int, _reject("int"))
-_BOOL = _scalar("bool", bool, _reject("bool"), _reject("bool"))
-_FLOAT = _Conv(
-    "float",
-    frozenset({float, int}),
-    _enc_float,
-    frozenset({float}),
-    _dec_float,
-    frozenset({float}),
-    weak=frozenset({int}),
-)
-_STR_KIND = frozenset({str})
-_NO_FAST: frozenset[type] = frozenset()
-
-
-def _str_form(name: str, enc: _Fn, parse: Callable[[str], Any]) -> _Conv:
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, _parse_str(name, parse), _STR_KIND)
-
-
-_LEAVES: dict[Any, _Conv] = {
-    Any: _ANY,
-    object: _ANY,
-    None: _NONE,
-    _NoneType: _NONE,
-    str: _STR,
-    int: _INT,
-    float: _FLOAT,
-    bool: _BOOL,
-    _dt.datetime: _str_form("datetime", _enc_datetime, _dt.datetime.fromisoformat),
-    _dt.date: _str_form("date", _enc_date, _parse_date),
-    _dt.time: _str_form("time", _enc_time, _dt.time.fromisoformat),
-    _dt.timedelta: _Conv(
-        "timedelta",
-        _NO_FAST,
-        _enc_timedelta,
-        _NO_FAST,
-        _dec_timedelta,
-        frozenset({float}),
-        weak=frozenset({int}),
-    ),
-    decimal.Decimal: _Conv(
-        "Decimal",
-        _NO_FAST,
-        _enc_decimal,
-        _NO_FAST,
-        _dec_decimal,
-        _STR_KIND,
-        weak=frozenset({int, float}),
-    ),
-    uuid.UUID: _str_form("UUID", _enc_uuid, uuid.UUID),
-    bytes: _str_form("bytes", _enc_bytes, _parse_bytes),
-    bytearray: _str_form("bytearray", _enc_bytes, lambda text: bytearray(_parse_bytes(text))),
-}
-
-
-def _convert_items(items: list[Any], fast: frozenset[type], conv: _Fn) -> list[Any]:
-    """Convert the items of a list in place (fresh lists only) and return it."""
-    for i, item in enumerate(items):
-        if type(item) not in fast:
-            try:
-                items[i] = conv(item)
-            except _Invalid as exc:
-                exc.path.append(i)
-                raise
-    return items
-
-
-def _sequence(
-    name: str,
-    item: _Conv,
-    accepts: Any,
-    build: Callable[[list[Any]], Any] | None,
-) -> _Conv:
-    """A homogeneous array: list, Sequence, tuple[X, ...], set, frozenset."""
-    enc_fast, enc_item = item.enc_fast, item.enc
-    dec_fast, dec_item = item.dec_fast, item.dec
-
-    def enc(value: Any) -> Any:
-        if not isinstance(value, accepts) or isinstance(value, str | bytes):
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-        ordered = isinstance(value, list | tuple)
-        out: Any = value
-        for element in value:
-            if type(element) not in enc_fast:
-                out = _convert_items(list(value), enc_fast, enc_item)
-                break
-        if not ordered:  # a set: sorted, so that the bytes do not depend on hash order
-            if out is value:
-                out = list(value)
-            with contextlib.suppress(TypeError):  # items that cannot be compared keep their order
-                out.sort()
-        return out
-
-    def dec(value: Any) -> Any:
-        if type(value) is not list:
-            raise _Invalid(f"expected {name} as an array, got {_tname(value)}")
-        for element in value:
-            if type(element) not in dec_fast:
-                _convert_items(value, dec_fast, dec_item)
-                break
-        if build is None:
-            return value
-        try:
-            return build(value)
-        except TypeError as exc:  # unhashable set items
-            raise _Invalid(f"cannot build {name}: {exc}") from exc
-
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, frozenset({list}))
-
-
-def _fixed_tuple(name: str, items: list[_Conv]) -> _Conv:
-    """``tuple[X, Y, Z]``: an array of exactly that many items."""
-    size = len(items)
-    plan = tuple((i, c.enc_fast, c.enc, c.dec_fast, c.dec) for i, c in enumerate(items))
-
-    def enc(value: Any) -> Any:
-        if not isinstance(value, tuple):
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-        if len(value) != size:
-            raise _Invalid(f"expected {name}, got a tuple of {len(value)} items")
-        out = list(value)
-        for i, efast, econv, _, _ in plan:
-            if type(out[i]) not in efast:
-                try:
-                    out[i] = econv(out[i])
-                except _Invalid as exc:
-                    exc.path.append(i)
-                    raise
-        return out
-
-    def dec(value: Any) -> Any:
-        if type(value) is not list or len(value) != size:
-            got = f"{len(value)} items" if type(value) is list else _tname(value)
-            raise _Invalid(f"expected {name} as an array of {size} items, got {got}")
-        for i, _, _, dfast, dconv in plan:
-            if type(value[i]) not in dfast:
-                try:
-                    value[i] = dconv(value[i])
-                except _Invalid as exc:
-                    exc.path.append(i)
-                    raise
-        return tuple(value)
-
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, frozenset({list}))
-
-
-def _mapping(name: str, key: _Conv, val: _Conv, accepts: Any) -> _Conv:
-    """``dict[K, V]`` / ``Mapping[K, V]``: a JSON object; keys are written as strings."""
-    kfast, kenc, kdec_fast, kdec = key.enc_fast, key.enc, key.dec_fast, key.dec
-    vfast, venc, vdec_fast, vdec = val.enc_fast, val.enc, val.dec_fast, val.dec
-    str_keys = kdec_fast == _STR_KIND
-
-    def enc(value: Any) -> Any:
-        if not isinstance(value, accepts):
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-        for k, v in value.items():
-            if type(k) not in kfast or type(v) not in vfast:
-                break
-        else:
-            return value if isinstance(value, dict) else dict(value)
-        out = {}
-        for k, v in value.items():
-            if type(k) not in kfast:
-                try:
-                    k = kenc(k)
-                except _Invalid as exc:
-                    exc.message = f"key {k!r}: {exc.message}"
-                    raise
-            if type(v) not in vfast:
-                try:
-                    v = venc(v)
-                except _Invalid as exc:
-                    exc.path.append(f"[{k!r}]")
-                    raise
-            out[k] = v
-        return out
-
-    def dec(value: Any) -> Any:
-        if type(value) is not dict:
-            raise _Invalid(f"expected {name} as an object, got {_tname(value)}")
-        if str_keys:
-            for k, v in value.items():
-                if type(v) not in vdec_fast:
-                    try:
-                        value[k] = vdec(v)
-                    except _Invalid as exc:
-                        exc.path.append(f"[{k!r}]")
-                        raise
-            return value
-        out = {}
-        for k, v in value.items():
-            try:
-                nk = kdec(k)
-            except _Invalid as exc:
-                exc.message = f"key {k!r}: {exc.message}"
-                raise
-            if type(v) not in vdec_fast:
-                try:
-                    v = vdec(v)
-                except _Invalid as exc:
-                    exc.path.append(f"[{k!r}]")
-                    raise
-            out[nk] = v
-        return out
-
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, frozenset({dict}))
-
-
-def _union(name: str, members: list[_Conv]) -> _Conv:
-    """``A | B | ...``: written by the first member that accepts the value, read by JSON type."""
-    if any(m.is_any for m in members):
-        return _ANY
-    dispatch: dict[type, _Fn] = {}
-    for m in members:
-        for kind in m.kinds:
-            if kind in dispatch:
-                raise ValueError(
-                    f"ambiguous union {name}: more than one member is written as JSON "
-                    f"{_JSON_NAMES.get(kind, kind.__name__)}, so they cannot be told apart"
-                )
-            dispatch[kind] = m.dec
-    for m in members:
-        for kind in m.weak:
-            dispatch.setdefault(kind, m.dec)
-    enc_fast = _NO_FAST.union(*(m.enc_fast for m in members))
-    dec_fast = _NO_FAST.union(*(m.dec_fast for m in members))
-    candidates = [m.enc for m in members if m is not _NONE]
-
-    if len(candidates) == 1:
-        enc = candidates[0]
-    else:
-
-        def enc(value: Any) -> Any:
-            for candidate in candidates:
-                try:
-                    return candidate(value)
-                except _Invalid:
-                    continue
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-
-    def dec(value: Any) -> Any:
-        conv = dispatch.get(type(value))
-        if conv is None:
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-        return conv(value)
-
-    kinds = frozenset(dispatch)
-    return _Conv(name, enc_fast, enc, dec_fast, dec, kinds)
-
-
-_JSON_NAMES = {
-    str: "string",
-    int: "integer",
-    float: "number",
-    bool: "boolean",
-    _NoneType: "null",
-    list: "array",
-    dict: "object",
-}
-_SCALARS = (str, int, float, bool, _NoneType)
-
-
-def _literal(name: str, values: tuple[Any, ...]) -> _Conv:
-    """``Literal[...]`` of str/int/bool/None values or enum members (written as their value)."""
-    to_json: dict[tuple[type, Any], Any] = {}
-    from_json: dict[tuple[type, Any], Any] = {}
-    for v in values:
-        wire = v.value if isinstance(v, enum.Enum) else v
-        if not isinstance(wire, _SCALARS):
-            raise ValueError(f"{name}: literal value {v!r} is not a JSON scalar")
-        to_json[(type(v), v)] = wire
-        from_json[(type(wire), wire)] = v
-
-    def enc(value: Any) -> Any:
-        try:
-            return to_json[(type(value), value)]
-        except (KeyError, TypeError):
-            raise _Invalid(f"expected {name}, got {value!r}") from None
-
-    def dec(value: Any) -> Any:
-        try:
-            return from_json[(type(value), value)]
-        except (KeyError, TypeError):
-            raise _Invalid(f"expected {name}, got {value!r}") from None
-
-    kinds = frozenset(t for t, _ in from_json)
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, kinds)
-
-
-def _enum(cls: type[enum.Enum]) -> _Conv:
-    """An ``Enum``: written as its member's value."""
-    name = cls.__name__
-    by_value: dict[Any, enum.Enum] = {}
-    for member in cls.__members__.values():
-        if not isinstance(member.value, _SCALARS):
-            raise ValueError(
-                f"enum {name} has the value {member.value!r}, which is not a JSON scalar"
-            )
-        by_value[member.value] = member
-    kinds = frozenset(type(v) for v in by_value)
-
-    def enc(value: Any) -> Any:
-        if isinstance(value, cls):
-            return value.value
-        raise _Invalid(f"expected {name}, got {_tname(value)}")
-
-    def dec(value: Any) -> Any:
-        member = by_value.get(value) if isinstance(value, _SCALARS) else None
-        if member is not None and type(member.value) is type(value):
-            return member
-        try:  # Flag combinations and _missing_ hooks
-            return cls(value)
-        except (ValueError, TypeError) as exc:
-            raise _Invalid(f"{value!r} is not a valid {name}") from exc
-
-    return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, kinds)
+    return "None" if tp is None else repr(tp).replace("typing.", "")
 
 
 def _is_typeddict(tp: object) -> bool:
-    return typing.is_typeddict(tp) or (
+    return typing.is_typeddict(tp) or (  # typing_extensions.TypedDict too
         isinstance(tp, type)
         and issubclass(tp, dict)
         and hasattr(tp, "__required_keys__")
@@ -656,399 +91,104 @@ def _is_typeddict(tp: object) -> bool:
     )
 
 
-def _is_pydantic(tp: object, *, nested: bool = False) -> bool:
-    attrs: tuple[str, ...] = ("model_dump_json", "model_validate_json")
-    if nested:
-        attrs += ("model_dump", "model_validate")
-    return isinstance(tp, type) and all(hasattr(tp, attr) for attr in attrs)
+def _is_pydantic(tp: object) -> bool:
+    return isinstance(tp, type) and all(
+        hasattr(tp, attr)
+        for attr in ("model_dump_json", "model_validate_json", "model_dump", "model_validate")
+    )
 
 
-def _msgspec_struct(tp: object) -> Any:
-    """The msgspec module if ``tp`` is a msgspec Struct class, else None (never imports it)."""
-    msgspec = sys.modules.get("msgspec")
-    if msgspec is not None and isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return msgspec
-    return None
+# --------------------------------------------------------------------------------------------
+# pydantic models inside msgspec types: msgspec sees them as custom types and calls these hooks.
 
 
-_SEQUENCES: dict[Any, tuple[type | tuple[type, ...], Callable[[list[Any]], Any] | None]] = {
-    list: (list, None),
-    collections.abc.Sequence: ((list, tuple), None),
-    collections.abc.MutableSequence: (list, None),
-    collections.abc.Collection: ((list, tuple, set, frozenset), None),
-    collections.abc.Iterable: ((list, tuple, set, frozenset), None),
-    set: ((set, frozenset), set),
-    collections.abc.MutableSet: ((set, frozenset), set),
-    frozenset: ((set, frozenset), frozenset),
-    collections.abc.Set: ((set, frozenset), frozenset),
-}
-_MAPPINGS: dict[Any, type] = {
-    dict: dict,
-    collections.abc.Mapping: collections.abc.Mapping,
-    collections.abc.MutableMapping: dict,
-}
+def _enc_hook(obj: Any) -> Any:
+    if _is_pydantic(type(obj)):
+        # No serializer warnings: a value of the wrong type is refused by the decode check.
+        return obj.model_dump(mode="json", warnings=False)
+    raise TypeError(f"Encoding objects of type {_tname(obj)} is unsupported")
 
 
-class _ObjectPlan:
-    """Field-by-field conversion of one dataclass (or generic dataclass alias)."""
-
-    __slots__ = ("cls", "dec_fields", "enc_fields", "late_fields", "name")
-
-    def __init__(self, cls: type, name: str) -> None:
-        self.cls = cls
-        self.name = name
-        self.enc_fields: tuple[tuple[str, frozenset[type], _Fn], ...] = ()
-        self.dec_fields: tuple[tuple[str, frozenset[type], _Fn], ...] = ()
-        self.late_fields: tuple[tuple[str, frozenset[type], _Fn], ...] = ()
-
-    def to_json(self, obj: Any) -> dict[str, Any]:
-        out = {}
-        for name, fast, conv in self.enc_fields:
-            value = getattr(obj, name)
-            if type(value) not in fast:
-                try:
-                    value = conv(value)
-                except _Invalid as exc:
-                    exc.path.append(f".{name}")
-                    raise
-            out[name] = value
-        return out
-
-    def from_json(self, raw: Any) -> Any:
-        if type(raw) is not dict:
-            raise _Invalid(f"expected {self.name} as an object, got {_tname(raw)}")
-        kwargs = {}
-        for name, fast, conv in self.dec_fields:
-            if name in raw:
-                value = raw[name]
-                if type(value) not in fast:
-                    try:
-                        value = conv(value)
-                    except _Invalid as exc:
-                        exc.path.append(f".{name}")
-                        raise
-                kwargs[name] = value
-        try:
-            obj = self.cls(**kwargs)
-        except Exception as exc:
-            raise _Invalid(f"cannot create {self.name}: {exc}") from exc
-        for name, fast, conv in self.late_fields:  # init=False fields
-            if name in raw:
-                value = raw[name]
-                if type(value) not in fast:
-                    try:
-                        value = conv(value)
-                    except _Invalid as exc:
-                        exc.path.append(f".{name}")
-                        raise
-                object.__setattr__(obj, name, value)
-        return obj
-
-    def conv(self) -> _Conv:
-        cls, name, to_json = self.cls, self.name, self.to_json
-
-        def enc(value: Any) -> Any:
-            if isinstance(value, cls):
-                return to_json(value)
-            raise _Invalid(f"expected {name}, got {_tname(value)}")
-
-        return _Conv(name, _NO_FAST, enc, _NO_FAST, self.from_json, frozenset({dict}))
+def _dec_hook(tp: Any, obj: Any) -> Any:
+    if _is_pydantic(tp):
+        return tp.model_validate(obj)
+    raise TypeError(f"{_type_repr(tp)} is not supported")  # never: refused by _walk first
 
 
-class _TypedDictPlan:
-    """Key-by-key conversion of one TypedDict; keys it does not declare pass through as they are."""
-
-    __slots__ = ("fields", "name", "required")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.fields: tuple[tuple[str, frozenset[type], _Fn, frozenset[type], _Fn], ...] = ()
-        self.required: tuple[str, ...] = ()
-
-    def _check(self, value: Any, verb: str) -> None:
-        if not isinstance(value, dict):
-            raise _Invalid(f"expected {self.name}{verb}, got {_tname(value)}")
-        for key in self.required:
-            if key not in value:
-                raise _Invalid(f"{self.name} is missing the required key {key!r}")
-
-    def to_json(self, value: Any) -> Any:
-        self._check(value, "")
-        out = value
-        for key, efast, econv, _, _ in self.fields:
-            if key in value and type(value[key]) not in efast:
-                if out is value:
-                    out = dict(value)
-                try:
-                    out[key] = econv(value[key])
-                except _Invalid as exc:
-                    exc.path.append(f"[{key!r}]")
-                    raise
-        return out
-
-    def from_json(self, raw: Any) -> Any:
-        self._check(raw, " as an object")
-        for key, _, _, dfast, dconv in self.fields:
-            if key in raw and type(raw[key]) not in dfast:
-                try:
-                    raw[key] = dconv(raw[key])
-                except _Invalid as exc:
-                    exc.path.append(f"[{key!r}]")
-                    raise
-        return raw
-
-    def conv(self) -> _Conv:
-        return _Conv(self.name, _NO_FAST, self.to_json, _NO_FAST, self.from_json, frozenset({dict}))
-
-
-def _resolve_hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception as exc:
-        raise ValueError(f"cannot resolve the annotations of {cls.__name__}: {exc}") from exc
-
-
-def _substitute(tp: Any, env: dict[Any, Any]) -> Any:
-    """Replace type variables of ``env`` in ``tp`` (``T`` -> ``int``, ``list[T]`` -> ...)."""
-    if isinstance(tp, TypeVar):
-        return env.get(tp, tp)
-    params = getattr(tp, "__parameters__", ())
-    if params and not isinstance(tp, type):
-        try:
-            return tp[tuple(env.get(p, p) for p in params)]
-        except TypeError:
-            return tp
-    return tp
-
-
-class _Compiler:
-    """Builds the converters of one top-level type; remembers plans to allow recursive types."""
-
-    def __init__(self) -> None:
-        self.plans: dict[Any, _ObjectPlan | _TypedDictPlan] = {}
-
-    def conv(self, tp: Any, env: dict[Any, Any]) -> _Conv:
-        tp = self._unwrap(tp, env)
-        try:
-            leaf = _LEAVES.get(tp)
-        except TypeError:  # unhashable annotation
-            leaf = None
-        if leaf is not None:
-            return leaf
-        origin = typing.get_origin(tp)
-        args = typing.get_args(tp)
-        name = _type_repr(tp)
-        if origin is typing.Union or origin is types.UnionType:
-            members: list[_Conv] = []
-            for arg in args:
-                member = self.conv(arg, env)
-                if all(member is not m for m in members):
-                    members.append(member)
-            return members[0] if len(members) == 1 else _union(name, members)
-        if origin is typing.Literal:
-            return _literal(name, args)
-        if origin is tuple or tp is tuple:
-            if not args or (len(args) == 2 and args[1] is Ellipsis):
-                item = self.conv(args[0], env) if args else _ANY
-                return _sequence(name, item, tuple, tuple)
-            return _fixed_tuple(name, [self.conv(a, env) for a in args])
-        base = origin if origin is not None else tp
-        try:
-            sequence = _SEQUENCES.get(base)
-            mapping = _MAPPINGS.get(base)
-        except TypeError:
-            sequence = mapping = None
-        if sequence is not None:
-            item = self.conv(args[0], env) if args else _ANY
-            return _sequence(name, item, sequence[0], sequence[1])
-        if mapping is not None:
-            key = self._key(args[0], env) if args else _STR
-            value = self.conv(args[1], env) if args else _ANY
-            return _mapping(name, key, value, mapping)
-        if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            return _enum(tp)
-        if _is_typeddict(tp):
-            return self.typeddict_plan(tp).conv()
-        if dataclasses.is_dataclass(base) and isinstance(base, type):
-            return self.dataclass_plan(tp, env).conv()
-        msgspec = _msgspec_struct(tp)
-        if msgspec is not None:
-            return self._msgspec(tp, msgspec)
-        if _is_pydantic(tp, nested=True):
-            return self._pydantic(tp)
-        raise ValueError(f"unsupported type {name}; {_SUPPORTED_FIELDS}")
-
-    def _unwrap(self, tp: Any, env: dict[Any, Any]) -> Any:
-        while True:
-            if isinstance(tp, str | typing.ForwardRef):
-                raise ValueError(f"unresolved forward reference {tp!r}")
-            if isinstance(tp, TypeVar):
-                if tp in env:
-                    tp = env[tp]
-                    continue
-                if tp.__bound__ is not None:
-                    tp = tp.__bound__
-                    continue
-                return Any
-            supertype = getattr(tp, "__supertype__", None)  # NewType
-            if supertype is not None:
-                tp = supertype
-                continue
-            if typing.get_origin(tp) is typing.Annotated:
-                tp = typing.get_args(tp)[0]
-                continue
-            value = getattr(tp, "__value__", None)  # `type X = ...` (3.12+)
-            if value is not None and type(tp).__name__ == "TypeAliasType":
-                tp = value
-                continue
-            return tp
-
-    def _key(self, tp: Any, env: dict[Any, Any]) -> _Conv:
-        """Converter for dict keys: JSON object keys are strings."""
-        tp = self._unwrap(tp, env)
-        if tp is str or tp is Any or tp is object:
-            return _STR
-        if tp is int:
-            return _Conv(
-                "int", frozenset({int}), _enc_int, _NO_FAST, _parse_str("int", int), _STR_KIND
-            )
-        if tp is uuid.UUID:
-            return _LEAVES[uuid.UUID]
-        if typing.get_origin(tp) is typing.Literal and all(
-            type(a) is str for a in typing.get_args(tp)
-        ):
-            return _literal(_type_repr(tp), typing.get_args(tp))
-        if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            conv = _enum(tp)
-            if conv.kinds == _STR_KIND:
-                return conv
-            if conv.kinds == frozenset({int}):
-                dec_value = conv.dec
-
-                def dec(key: Any) -> Any:
-                    try:
-                        return dec_value(int(key))
-                    except ValueError as exc:
-                        raise _Invalid(f"{key!r} is not a valid {tp.__name__}") from exc
-
-                return _Conv(conv.name, _NO_FAST, conv.enc, _NO_FAST, dec, _STR_KIND)
-        raise ValueError(
-            f"unsupported dict key type {_type_repr(tp)}; keys must be str, int, UUID, "
-            "an Enum with str or int values, or a Literal of strings"
-        )
-
-    def dataclass_plan(self, tp: Any, env: dict[Any, Any]) -> _ObjectPlan:
-        origin = typing.get_origin(tp) or tp
-        args = tuple(_substitute(a, env) for a in typing.get_args(tp))
-        key = (origin, args)
-        plan = self.plans.get(key)
-        if isinstance(plan, _ObjectPlan):
-            return plan
-        plan = _ObjectPlan(origin, _type_repr(tp))
-        self.plans[key] = plan  # before the fields, so that recursive types find it
-        params = getattr(origin, "__parameters__", ())
-        local_env = dict(zip(params, args, strict=False))
-        hints = _resolve_hints(origin)
-        enc_fields: list[tuple[str, frozenset[type], _Fn]] = []
-        dec_fields: list[tuple[str, frozenset[type], _Fn]] = []
-        late_fields: list[tuple[str, frozenset[type], _Fn]] = []
-        for field in dataclasses.fields(origin):
-            try:
-                conv = self.conv(hints.get(field.name, Any), local_env)
-            except ValueError as exc:
-                raise ValueError(f"field {plan.name}.{field.name}: {exc}") from exc
-            enc_fields.append((field.name, conv.enc_fast, conv.enc))
-            entry = (field.name, conv.dec_fast, conv.dec)
-            (dec_fields if field.init else late_fields).append(entry)
-        _check_constructor(origin, {f[0] for f in dec_fields})
-        plan.enc_fields = tuple(enc_fields)
-        plan.dec_fields = tuple(dec_fields)
-        plan.late_fields = tuple(late_fields)
-        return plan
-
-    def typeddict_plan(self, tp: Any) -> _TypedDictPlan:
-        plan = self.plans.get((tp, ()))
-        if isinstance(plan, _TypedDictPlan):
-            return plan
-        plan = _TypedDictPlan(tp.__name__)
-        self.plans[(tp, ())] = plan
-        fields = []
-        for key, hint in _resolve_hints(tp).items():
-            try:
-                conv = self.conv(hint, {})
-            except ValueError as exc:
-                raise ValueError(f"key {plan.name}[{key!r}]: {exc}") from exc
-            fields.append((key, conv.enc_fast, conv.enc, conv.dec_fast, conv.dec))
-        plan.fields = tuple(fields)
-        plan.required = tuple(sorted(getattr(tp, "__required_keys__", ())))
-        return plan
-
-    @staticmethod
-    def _pydantic(tp: Any) -> _Conv:
-        name = tp.__name__
-
-        def enc(value: Any) -> Any:
-            if not isinstance(value, tp):
-                raise _Invalid(f"expected {name}, got {_tname(value)}")
-            try:
-                return value.model_dump(mode="json")
-            except (ValueError, TypeError) as exc:
-                raise _Invalid(f"cannot dump {name}: {exc}") from exc
-
-        def dec(value: Any) -> Any:
-            try:
-                return tp.model_validate(value)
-            except (ValueError, TypeError) as exc:
-                raise _Invalid(f"invalid {name}: {exc}") from exc
-
-        return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, frozenset({dict}))
-
-    @staticmethod
-    def _msgspec(tp: Any, msgspec: Any) -> _Conv:
-        name = tp.__name__
-        array_like = bool(getattr(getattr(tp, "__struct_config__", None), "array_like", False))
-
-        def enc(value: Any) -> Any:
-            if not isinstance(value, tp):
-                raise _Invalid(f"expected {name}, got {_tname(value)}")
-            try:
-                return msgspec.to_builtins(value)
-            except (msgspec.MsgspecError, TypeError, ValueError) as exc:
-                raise _Invalid(f"cannot convert {name}: {exc}") from exc
-
-        def dec(value: Any) -> Any:
-            try:
-                return msgspec.convert(value, tp)
-            except (msgspec.MsgspecError, TypeError, ValueError) as exc:
-                raise _Invalid(f"invalid {name}: {exc}") from exc
-
-        kinds = frozenset({list if array_like else dict})
-        return _Conv(name, _NO_FAST, enc, _NO_FAST, dec, kinds)
-
-
-def _check_constructor(cls: type, init_fields: set[str]) -> None:
-    """Refuse dataclasses whose ``__init__`` cannot be called with the fields as keywords."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):  # pragma: no cover - C-level or odd constructors
-        return
-    accepts_any = False
-    for param in signature.parameters.values():
-        if param.kind is param.VAR_KEYWORD:
-            accepts_any = True
-        elif param.kind is param.VAR_POSITIONAL:
+def _walk(info: mi.Type, where: str) -> typing.Iterator[tuple[str, mi.Type]]:
+    """Every node of a msgspec type tree once (recursive types are cycles), with its path."""
+    seen: set[int] = set()
+    stack = [(where, info)]
+    while stack:
+        where, node = stack.pop()
+        if id(node) in seen:
             continue
-        elif param.name not in init_fields and param.default is param.empty:
-            raise ValueError(
-                f"{cls.__name__}.__init__ requires {param.name!r}, which is not a field "
-                "(an InitVar or a custom __init__), so it cannot be rebuilt from stored data"
-            )
-    if not accepts_any:
-        missing = init_fields - set(signature.parameters)
-        if missing:
-            raise ValueError(
-                f"{cls.__name__}.__init__ does not accept the fields {sorted(missing)}"
-            )
+        seen.add(id(node))
+        yield where, node
+        if isinstance(node, mi.Metadata):
+            stack.append((where, node.type))
+        elif isinstance(node, mi.CollectionType):
+            stack.append((f"{where}[]", node.item_type))
+        elif isinstance(node, mi.TupleType):
+            stack.extend((f"{where}[{i}]", t) for i, t in enumerate(node.item_types))
+        elif isinstance(node, mi.UnionType):
+            stack.extend((where, t) for t in node.types)
+        elif isinstance(node, mi.DictType):
+            stack.extend(((f"{where} key", node.key_type), (f"{where}[]", node.value_type)))
+        elif isinstance(
+            node, mi.DataclassType | mi.StructType | mi.TypedDictType | mi.NamedTupleType
+        ):
+            stack.extend((f"{node.cls.__name__}.{f.name}", f.type) for f in node.fields)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading what codec v1 wrote where msgspec reads otherwise (see the module docstring).
+
+
+def _upgrade(node: mi.Type, value: Any) -> Any:
+    """Turn v1's forms in ``value`` (parsed JSON) into ones ``msgspec.convert`` reads, by type."""
+    if isinstance(node, mi.Metadata):
+        return _upgrade(node.type, value)
+    kind = type(value)
+    if isinstance(node, mi.TimeDeltaType):
+        if kind is int or kind is float:
+            return _dt.timedelta(seconds=value)
+    elif isinstance(node, mi.DateType | mi.DateTimeType | mi.TimeType):
+        if kind is str:  # fromisoformat reads offsets with seconds, unlike RFC 3339
+            try:
+                if isinstance(node, mi.TimeType):
+                    return _dt.time.fromisoformat(value)
+                parsed = _dt.datetime.fromisoformat(value)
+            except ValueError:
+                return value
+            return parsed.date() if isinstance(node, mi.DateType) else parsed
+    elif kind is dict:
+        if isinstance(node, mi.DictType):
+            for key, item in value.items():
+                value[key] = _upgrade(node.value_type, item)
+        elif isinstance(node, mi.DataclassType | mi.StructType | mi.TypedDictType):
+            for f in node.fields:
+                if f.encode_name in value:
+                    value[f.encode_name] = _upgrade(f.type, value[f.encode_name])
+    elif kind is list:
+        if isinstance(node, mi.CollectionType):
+            for i, item in enumerate(value):
+                value[i] = _upgrade(node.item_type, item)
+        elif isinstance(node, mi.TupleType):
+            for i, (item_type, item) in enumerate(zip(node.item_types, value, strict=False)):
+                value[i] = _upgrade(item_type, item)
+        elif isinstance(node, mi.StructType | mi.NamedTupleType):  # array_like
+            for i, (f, item) in enumerate(zip(node.fields, value, strict=False)):
+                value[i] = _upgrade(f.type, item)
+    if isinstance(node, mi.UnionType):
+        for member in node.types:
+            # A number is the union's int or float member if it has one, not a timedelta.
+            if isinstance(member, mi.TimeDeltaType) and any(
+                isinstance(m, mi.IntType if kind is int else mi.FloatType) for m in node.types
+            ):
+                continue
+            value = _upgrade(member, value)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -1056,64 +196,89 @@ def _check_constructor(cls: type, init_fields: set[str]) -> None:
 
 
 class _JsonCodec(Generic[T]):
-    """A JSON codec driven by a compiled plan: ``to_json``/``from_json`` over JSON-ready values."""
+    """``msgspec.json`` with an encoder and a typed decoder, built once per type."""
 
-    __slots__ = ("_from_json", "_instance_of", "_name", "_to_json", "object_type")
+    __slots__ = ("_decode", "_info", "_instance_of", "_name", "_type", "object_type")
 
-    def __init__(
-        self,
-        object_type: Any,
-        instance_of: type,
-        to_json: Callable[[Any], Any],
-        from_json: Callable[[Any], Any],
-    ) -> None:
+    def __init__(self, object_type: Any, instance_of: type, *, keep_extra_keys: bool) -> None:
         self.object_type = object_type
         self._name = _type_repr(object_type)
         self._instance_of = instance_of
-        self._to_json = to_json
-        self._from_json = from_json
+        self._type = object_type
+        try:
+            self._info = mi.type_info(object_type)
+            decoder = msgspec.json.Decoder(object_type, dec_hook=_dec_hook)
+        except Exception as exc:  # NameError for unresolved annotations, TypeError...
+            raise ConfigurationError(f"cannot build a codec for {self._name}: {exc}") from exc
+        for where, node in _walk(self._info, self._name):
+            if isinstance(node, mi.CustomType) and not _is_pydantic(node.cls):
+                raise ConfigurationError(
+                    f"cannot build a codec for {self._name}: {where}: unsupported type "
+                    f"{_type_repr(node.cls)}; {_SUPPORTED_FIELDS}"
+                )
+        if keep_extra_keys:
+            self._decode: Callable[[Any], Any] = self._decode_keeping_extra_keys
+        else:
+            self._decode = decoder.decode
 
     def __repr__(self) -> str:
         return f"<JSON codec for {self._name}>"
 
     def encode(self, obj: T) -> bytes:
-        """Encode ``obj`` to compact UTF-8 JSON.
+        """Encode ``obj`` to compact UTF-8 JSON, and check that it decodes again.
 
         Raises:
-            InvalidObject: ``obj`` is not an instance of the codec's type.
-            CodecError: a value in ``obj`` does not fit its annotation or is not serialisable.
+            InvalidObject: ``obj`` is not an instance of the codec's type, holds a value that
+                cannot be written, or would not decode again (a field of the wrong type...).
         """
         if not isinstance(obj, self._instance_of):
             raise InvalidObject(f"expected {self._name}, got {_tname(obj)}")
         try:
-            return _dumps(self._to_json(obj)).encode()
-        except _Invalid as exc:
-            raise CodecError(f"cannot encode {self._name}: {exc.describe()}") from exc
-        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
-            raise CodecError(f"cannot encode {self._name}: {exc}") from exc
+            data = _encode(obj)
+        except _ENCODE_ERRORS as exc:
+            raise InvalidObject(f"cannot encode {self._name}: {exc}") from exc
+        try:
+            self._decode(data)
+        except Exception as exc:  # ValidationError, or whatever a __post_init__ raised
+            raise InvalidObject(
+                f"cannot encode {self._name}: it would not decode again: {exc}"
+            ) from exc
+        return data
 
     def decode(self, data: bytes) -> T:
-        """Decode JSON bytes written by :meth:`encode`.
+        """Decode JSON bytes written by :meth:`encode` (or by codec v1).
 
         Raises:
             CodecError: ``data`` is not UTF-8 JSON, or does not fit the codec's type.
         """
         try:
-            raw = _loads(str(data, "utf-8"))
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise CodecError(f"cannot decode {self._name}: invalid JSON: {exc}") from exc
-        try:
-            return typing.cast(T, self._from_json(raw))
-        except _Invalid as exc:
-            raise CodecError(f"cannot decode {self._name}: {exc.describe()}") from exc
-        except RecursionError as exc:
-            raise CodecError(f"cannot decode {self._name}: {exc}") from exc
+            return typing.cast(T, self._decode(data))
+        except _DECODE_ERRORS as exc:
+            try:
+                return typing.cast(T, self._decode_v1(data))
+            except Exception:
+                pass  # not v1's data either: report what the typed decoder said
+            detail = exc if isinstance(exc, msgspec.ValidationError) else f"invalid JSON: {exc}"
+            raise CodecError(f"cannot decode {self._name}: {detail}") from exc
+
+    def _decode_keeping_extra_keys(self, data: Any) -> Any:
+        raw = msgspec.json.decode(data)
+        return self._convert(raw)
+
+    def _convert(self, raw: Any) -> Any:
+        converted = msgspec.convert(raw, self._type, dec_hook=_dec_hook)
+        if isinstance(raw, dict) and _is_typeddict(self._type):
+            raw.update(converted)  # declared keys converted, the others kept as they are
+            return raw
+        return converted
+
+    def _decode_v1(self, data: Any) -> Any:
+        raw = json.loads(data)  # unlike msgspec, reads NaN and Infinity
+        return self._convert(_upgrade(self._info, raw))
 
 
-def _plain_dict(raw: Any) -> Any:
-    if type(raw) is not dict:
-        raise _Invalid(f"expected a JSON object, got {_tname(raw)}")
-    return raw
+# Not order="deterministic": it would sort the keys of every dict, and dicts keep their order.
+_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
 
 
 class _BytesCodec:
@@ -1164,19 +329,25 @@ class _PydanticCodec(Generic[T]):
         return f"<pydantic codec for {self._name}>"
 
     def encode(self, obj: T) -> bytes:
-        """Encode with ``model_dump_json``.
+        """Encode with ``model_dump_json``, and check with ``model_validate_json``.
 
         Raises:
-            InvalidObject: ``obj`` is not an instance of the model.
-            CodecError: pydantic could not serialise ``obj``.
+            InvalidObject: ``obj`` is not an instance of the model, cannot be serialised, or
+                would not validate again.
         """
         if not isinstance(obj, self.object_type):
             raise InvalidObject(f"expected {self._name}, got {_tname(obj)}")
         try:
-            text: str = obj.model_dump_json()
-        except (ValueError, TypeError) as exc:
-            raise CodecError(f"cannot encode {self._name}: {exc}") from exc
-        return text.encode()
+            data: bytes = obj.model_dump_json(warnings=False).encode()
+        except _ENCODE_ERRORS as exc:
+            raise InvalidObject(f"cannot encode {self._name}: {exc}") from exc
+        try:
+            self.object_type.model_validate_json(data)
+        except Exception as exc:
+            raise InvalidObject(
+                f"cannot encode {self._name}: it would not decode again: {exc}"
+            ) from exc
+        return data
 
     def decode(self, data: bytes) -> T:
         """Decode with ``model_validate_json``.
@@ -1186,49 +357,7 @@ class _PydanticCodec(Generic[T]):
         """
         try:
             return typing.cast(T, self.object_type.model_validate_json(data))
-        except (ValueError, TypeError) as exc:
-            raise CodecError(f"cannot decode {self._name}: {exc}") from exc
-
-
-class _MsgspecCodec(Generic[T]):
-    """Delegates to ``msgspec.json`` with an encoder and a typed decoder built once."""
-
-    __slots__ = ("_decoder", "_encoder", "_errors", "_name", "object_type")
-
-    def __init__(self, object_type: Any, msgspec: Any) -> None:
-        self.object_type = object_type
-        self._name = object_type.__name__
-        self._encoder = msgspec.json.Encoder()
-        self._decoder = msgspec.json.Decoder(object_type)
-        self._errors = (msgspec.MsgspecError, TypeError, ValueError, OverflowError)
-
-    def __repr__(self) -> str:
-        return f"<msgspec codec for {self._name}>"
-
-    def encode(self, obj: T) -> bytes:
-        """Encode with ``msgspec.json.Encoder``.
-
-        Raises:
-            InvalidObject: ``obj`` is not an instance of the Struct.
-            CodecError: msgspec could not serialise ``obj``.
-        """
-        if not isinstance(obj, self.object_type):
-            raise InvalidObject(f"expected {self._name}, got {_tname(obj)}")
-        try:
-            data: bytes = self._encoder.encode(obj)
-        except self._errors as exc:
-            raise CodecError(f"cannot encode {self._name}: {exc}") from exc
-        return data
-
-    def decode(self, data: bytes) -> T:
-        """Decode with a ``msgspec.json.Decoder`` typed for the Struct.
-
-        Raises:
-            CodecError: ``data`` is not valid JSON for the Struct.
-        """
-        try:
-            return typing.cast(T, self._decoder.decode(data))
-        except self._errors as exc:
+        except _DECODE_ERRORS as exc:
             raise CodecError(f"cannot decode {self._name}: {exc}") from exc
 
 
@@ -1239,18 +368,18 @@ _LOCK = threading.Lock()
 def codec_for(object_type: type[T]) -> Codec[T]:
     """Return the JSON codec for a workflow's object type, built once and cached per type.
 
-    Supported kinds: dataclasses (compiled from their annotations, see the module docstring),
-    pydantic v2 models, msgspec Structs, ``TypedDict`` classes, ``dict`` and ``bytes`` (passed
-    through unchanged). Calling it again with the same type returns the same codec object.
+    Supported kinds: dataclasses, msgspec Structs, ``TypedDict`` classes and ``dict`` (through
+    ``msgspec.json``), pydantic v2 models (through pydantic) and ``bytes`` (passed through
+    unchanged); see the module docstring. Calling it again with the same type returns the same
+    codec object.
 
     Args:
         object_type: The type of the objects that the workflow carries from step to step.
 
     Returns:
         A codec whose ``encode`` raises :class:`~statestream.errors.InvalidObject` for an object
-        of another type and :class:`~statestream.errors.CodecError` for one that cannot be
-        written, and whose ``decode`` raises ``CodecError`` for data that is not valid JSON of the
-        type.
+        that is not of the type or would not decode again, and whose ``decode`` raises
+        :class:`~statestream.errors.CodecError` for data that is not valid JSON of the type.
 
     Raises:
         ConfigurationError: The type is none of the supported kinds, or one of its fields has a
@@ -1270,27 +399,18 @@ def codec_for(object_type: type[T]) -> Codec[T]:
 
 
 def _build(tp: Any) -> Any:
-    name = _type_repr(tp)
     if tp is bytes:
         return _BytesCodec()
-    if tp is dict:
-        return _JsonCodec(tp, dict, _identity, _plain_dict)
-    try:
-        if _is_typeddict(tp):
-            td_plan = _Compiler().typeddict_plan(tp)
-            return _JsonCodec(tp, dict, td_plan.to_json, td_plan.from_json)
-        msgspec = _msgspec_struct(tp)
-        if msgspec is not None:
-            return _MsgspecCodec(tp, msgspec)
-        if _is_pydantic(tp):
-            return _PydanticCodec(tp)
-        origin = typing.get_origin(tp) or tp
-        if isinstance(origin, type) and dataclasses.is_dataclass(origin):
-            plan = _Compiler().dataclass_plan(tp, {})
-            return _JsonCodec(tp, origin, plan.to_json, plan.from_json)
-    except ValueError as exc:
-        raise ConfigurationError(f"cannot build a codec for {name}: {exc}") from exc
-    raise ConfigurationError(f"cannot build a codec for {name}: {_SUPPORTED}")
+    if tp is dict or _is_typeddict(tp):
+        return _JsonCodec(tp, dict, keep_extra_keys=tp is not dict)
+    if _is_pydantic(tp):
+        return _PydanticCodec(tp)
+    origin = typing.get_origin(tp) or tp
+    if isinstance(origin, type) and (
+        dataclasses.is_dataclass(origin) or issubclass(origin, msgspec.Struct)
+    ):
+        return _JsonCodec(tp, origin, keep_extra_keys=False)
+    raise ConfigurationError(f"cannot build a codec for {_type_repr(tp)}: {_SUPPORTED}")
 
 
 def check_instance(object_type: type[Any], obj: object) -> None:
@@ -1315,3 +435,55 @@ def check_instance(object_type: type[Any], obj: object) -> None:
             raise ConfigurationError(f"{object_type!r} is not a class")
     if not isinstance(obj, expected):
         raise InvalidObject(f"expected {_type_repr(object_type)}, got {_tname(obj)}")
+
+
+# --------------------------------------------------------------------------------------------
+# What every store can hold, checked at the public calls rather than failing in a driver.
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def check_text(value: object, what: str) -> str:
+    """Return ``value`` if it is a ``str`` that can be written as UTF-8.
+
+    A lone surrogate (``"\\ud800"``) is a valid ``str`` with no UTF-8 encoding: the memory
+    adapters would keep it and SQLite would fail on it, so it is refused before anything is
+    written.
+
+    Raises:
+        InvalidInput: ``value`` is not a ``str`` or holds a lone surrogate.
+    """
+    if type(value) is str and value.isascii():
+        return value
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} holds a lone surrogate at position {exc.start}, which UTF-8 cannot encode: "
+            f"{value!r}"
+        ) from None
+    return value
+
+
+def scrub_text(value: str) -> str:
+    """``value`` with any lone surrogate written as its escape (``"\\ud800"``), so that a text
+    from anywhere (an error message quoted in a pause reason) can be stored."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_status_values(status_type: type[Any]) -> None:
+    """Refuse a status enum with a value beyond a signed 64-bit integer (a SQL ``BIGINT``).
+
+    Raises:
+        ConfigurationError: a member's value is below ``-2**63`` or above ``2**63 - 1``.
+    """
+    for member in status_type:
+        if int(member) not in _INT64:
+            raise ConfigurationError(
+                f"status {status_type.__name__}.{member.name} = {int(member)} does not fit the "
+                "64-bit integer that stores keep statuses in (-2**63 .. 2**63-1)"
+            )

@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic
 
+from ._codec import check_text
 from ._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
 from ._core.records import Record
 from ._core.run import Run
@@ -172,7 +173,7 @@ class Workflow(Generic[T, StatusT]):
     def _check_id(value: object, what: str) -> str:
         if not isinstance(value, str) or not value:
             raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
-        return value
+        return check_text(value, what)
 
     async def trigger(
         self, foreign_id: str, *, initial: T | None = None, start_at: StatusT | None = None
@@ -297,6 +298,7 @@ class Workflow(Generic[T, StatusT]):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> Record:
+        check_text(reason, "reason")
         record = await self._own(run_id)
         current = record.run_state
         if current is RunState.INITIATED and state is RunState.CANCELLED:
@@ -404,8 +406,6 @@ class Workflow(Generic[T, StatusT]):
             InvalidInput: an invalid spec or time zone, or a schedule already registered for the
                 same foreign ID and spec.
         """
-        from ._engine.schedules import Schedule
-
         self._check_id(foreign_id, "foreign_id")
         schedule = Schedule(self._rt, foreign_id, spec, initial=initial, filter=filter, tz=tz)
         if schedule.role in self._schedules:

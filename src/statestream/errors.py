@@ -4,21 +4,20 @@ Every exception the library raises on purpose is a subclass of :class:`WorkflowE
 
     WorkflowError
      +-- ConfigurationError          a mistake in a workflow's definition (Builder, build())
-     +-- InvalidInput                bad arguments to a call (unknown status, wrong object type)
+     +-- InvalidInput                bad arguments to a call (unknown status, unencodable text)
      |    +-- UnknownStatus
-     |    +-- InvalidObject
+     |    +-- InvalidObject          an object that cannot be written (wrong type, bad field...)
      +-- RecordNotFound              no run with that run ID / foreign ID
      +-- WorkflowInProgress          trigger refused: an unfinished run exists for the foreign ID
      +-- InvalidTransition           a run-state or status change that the tables do not allow
      +-- VersionConflict             a compare-and-set write lost: the record changed meanwhile
      +-- StaleRead                   the store returned an older version than an event announced
-     +-- WorkflowNotRunning          trigger()/wait_for() on a workflow that is not started
      +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
      +-- RunStopped                  wait_for(): the run stopped or finished elsewhere
      +-- TimeoutNotFound
      +-- AdapterError                a backend failed; adapters raise this or a subclass
           +-- AdapterConnectionError
-          +-- CodecError             an object could not be encoded or decoded
+          +-- CodecError             stored bytes could not be decoded
 
 Adapters translate their driver's exceptions into :class:`AdapterError` subclasses with
 ``raise ... from exc`` so that callers can handle any backend the same way.
@@ -43,7 +42,6 @@ __all__ = [
     "WaitTimeout",
     "WorkflowError",
     "WorkflowInProgress",
-    "WorkflowNotRunning",
 ]
 
 
@@ -64,7 +62,11 @@ class UnknownStatus(InvalidInput):
 
 
 class InvalidObject(InvalidInput, TypeError):
-    """An object of the wrong type was given for a workflow."""
+    """An object that cannot be written for a workflow: the caller's mistake, nothing is stored.
+
+    It is not of the workflow's object type, or it holds a value that cannot be encoded (a
+    lone surrogate in a ``str``...) or that would not decode again (a field of the wrong type).
+    """
 
 
 class RecordNotFound(WorkflowError, LookupError):
@@ -96,10 +98,6 @@ class StaleRead(WorkflowError):
     """The store returned an older version of a record than an event announced (replica lag)."""
 
 
-class WorkflowNotRunning(WorkflowError):
-    """The workflow must be started (``async with wf`` or ``await wf.start()``) for this call."""
-
-
 class WaitTimeout(WorkflowError, TimeoutError):
     """``wait_for`` did not see the run reach the status in time."""
 
@@ -122,4 +120,8 @@ class AdapterConnectionError(AdapterError, ConnectionError):
 
 
 class CodecError(AdapterError):
-    """An object could not be encoded to or decoded from bytes."""
+    """Stored bytes could not be decoded into the workflow's object type.
+
+    The data is corrupt, or was written for another type. Objects that cannot be written are
+    refused with :class:`InvalidObject` instead; a custom codec may raise this for either.
+    """

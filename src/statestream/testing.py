@@ -11,9 +11,11 @@
 * :func:`next_ticks`: the upcoming ticks of a schedule spec.
 * :func:`fake_run` and :func:`call_step`: unit-test one step function without any adapter.
 
-The waiting helpers use every stored version of the run when the record store keeps them
-(:class:`~statestream.SnapshotStore`, as the in-memory store does), so a run that moved past the
-status before the helper looked is still seen; otherwise they look at the current record.
+The waiting helpers see every version of the run that this process wrote from the moment the
+helper was called (and every stored version, when the record store keeps them:
+:class:`~statestream.SnapshotStore`, as ``MemoryRecordStore(keep_snapshots=True)`` does), so a run
+that passes through a status while the helper waits is seen even if it moves on at once. Versions
+written by other processes are seen when they are the latest at a poll.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +38,12 @@ from ._core.types import StatusT, T
 from ._engine.callbacks import CallbackResult
 from ._engine.schedules import next_ticks
 from ._workflow import Workflow
-from .errors import ConfigurationError, RecordNotFound, WaitTimeout, WorkflowInProgress
+from .errors import (
+    ConfigurationError,
+    RecordNotFound,
+    WaitTimeout,
+    WorkflowInProgress,
+)
 
 __all__ = [
     "FakeClock",
@@ -52,14 +59,35 @@ __all__ = [
 ]
 
 
-async def _versions(wf: Workflow[T, StatusT], foreign_id: str) -> list[Record]:
+@contextlib.contextmanager
+def _history(wf: Workflow[Any, Any], foreign_id: str) -> Iterator[list[Record]]:
+    """Collect every record of ``foreign_id`` this process writes while the block runs."""
+    seen: list[Record] = []
+    listeners = wf._rt.listeners
+
+    def listen(record: Record) -> None:
+        if record.foreign_id == foreign_id and record.workflow_name == wf.name:
+            seen.append(record)
+
+    listeners.append(listen)
+    try:
+        yield seen
+    finally:
+        listeners.remove(listen)
+
+
+async def _versions(
+    wf: Workflow[T, StatusT], foreign_id: str, written: list[Record]
+) -> list[Record]:
     try:
         latest = await wf.store.latest(wf.name, foreign_id)
     except RecordNotFound:
         return []
+    by_version = {r.version: r for r in written if r.run_id == latest.run_id}
     if isinstance(wf.store, SnapshotStore):
-        return wf.store.snapshots(latest.run_id) or [latest]
-    return [latest]
+        by_version.update((r.version, r) for r in wf.store.snapshots(latest.run_id))
+    by_version[latest.version] = latest
+    return [by_version[v] for v in sorted(by_version) if v <= latest.version]
 
 
 async def wait_until(
@@ -75,15 +103,30 @@ async def wait_until(
     Raises:
         WaitTimeout: no version did within ``timeout`` seconds.
     """
+    with _history(wf, foreign_id) as written:
+        return await _wait_until(wf, foreign_id, predicate, written, timeout, interval)
+
+
+async def _wait_until(
+    wf: Workflow[T, StatusT],
+    foreign_id: str,
+    predicate: Callable[[Run[T, StatusT]], bool],
+    written: list[Record],
+    timeout: float,
+    interval: float,
+) -> Run[T, StatusT]:
     deadline = time.monotonic() + timeout
-    seen = 0
+    checked: set[tuple[str, int]] = set()
     while True:
-        versions = await _versions(wf, foreign_id)
-        for record in versions[seen if len(versions) > seen else 0 :]:
+        versions = await _versions(wf, foreign_id, written)
+        for record in versions:
+            key = (record.run_id, record.version)
+            if key in checked:
+                continue
+            checked.add(key)
             run = wf.to_run(record)
             if predicate(run):
                 return run
-        seen = len(versions)
         if time.monotonic() >= deadline:
             last = versions[-1] if versions else None
             where = f"latest version: {wf.to_run(last)!r}" if last else "no run exists"
@@ -120,10 +163,18 @@ async def drive_to(
     timeout: float = 5.0,
 ) -> Run[T, StatusT]:
     """Trigger a run of ``foreign_id`` (unless one is unfinished) and wait until it reaches
-    ``status``; the workflow must be started. Returns the run as it was at ``status``."""
-    with contextlib.suppress(WorkflowInProgress):
-        await wf.trigger(foreign_id, initial=initial)
-    return await require(wf, foreign_id, status, timeout=timeout)
+    ``status``; something must be running the workflow's processes (``async with wf:`` here,
+    or a worker elsewhere). Returns the run as it was at ``status``.
+
+    Raises:
+        WaitTimeout: the run did not get there within ``timeout`` seconds.
+    """
+    with _history(wf, foreign_id) as written:
+        with contextlib.suppress(WorkflowInProgress):
+            await wf.trigger(foreign_id, initial=initial)
+        return await _wait_until(
+            wf, foreign_id, lambda r: r.status == status, written, timeout, 0.005
+        )
 
 
 def fake_run(

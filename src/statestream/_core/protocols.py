@@ -135,7 +135,13 @@ class EventReceiver(Protocol):
     position: every event up to and including ``e`` is handled. A new receiver with the same name
     starts after the last acknowledged event, so unacknowledged events are delivered again
     (at-least-once).
+
+    ``is_new`` is True when the consumer name had no committed position when the receiver was
+    opened (the engine then catches up from the record store instead of replaying history).
     """
+
+    @property
+    def is_new(self) -> bool: ...
 
     async def recv(self, limit: int = 100) -> list[Event]: ...
 

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
 
+from .._codec import check_text
 from .._core.run import Run, Skip
 from .._core.runstate import RunState
 from .._core.types import StatusT, T
@@ -46,6 +47,8 @@ class CallbackResult(Generic[T, StatusT]):
 
 def decode_payloads(specs: list[CallbackSpec[Any, Any]], payload: object) -> list[object]:
     """The payload as each callback wants it; raises InvalidInput before anything is loaded."""
+    if isinstance(payload, str):
+        check_text(payload, "callback payload")
     decoded: list[object] = []
     for spec in specs:
         codec = spec.payload_codec

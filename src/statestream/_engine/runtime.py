@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Generic
 
-from .._codec import check_instance
+from .._codec import check_instance, check_text, scrub_text
 from .._core.ids import new_id
 from .._core.protocols import Clock, EventStreamer, RecordStore, RoleScheduler, TimeoutStore
 from .._core.records import Event, Message, OutboxEvent, Record, topic_for
@@ -76,6 +77,9 @@ class Runtime(Generic[T, StatusT]):
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        #: Called with every record this process writes (``statestream.testing`` keeps history
+        #: with them, so its helpers need no store that keeps every version).
+        self.listeners: list[Callable[[Record], None]] = []
         #: (run state, status) -> (topic, run-state header), computed once per pair
         self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
         self._names = {value: member.name for value, member in definition.statuses.items()}
@@ -151,6 +155,9 @@ class Runtime(Generic[T, StatusT]):
     def written(self, record: Record) -> None:
         """This process wrote ``record``: wake the relay and the run's waiters."""
         self.outbox_wake.set()
+        if self.listeners:
+            for listener in self.listeners:
+                listener(record)
         if self.watchers:
             for waiter in self.watchers.pop(record.run_id, ()):
                 if not waiter.done():
@@ -262,14 +269,14 @@ class Runtime(Generic[T, StatusT]):
                 return await self.update(
                     record,
                     run_state=RunState.PAUSED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self.codec.encode(run.object),
                 )
             if isinstance(result, Cancel):
                 return await self.update(
                     record,
                     run_state=RunState.CANCELLED,
-                    run_state_reason=result.reason,
+                    run_state_reason=check_text(result.reason, "reason"),
                     object=self.codec.encode(run.object),
                 )
             if isinstance(result, SaveAndRepeat):
@@ -347,7 +354,9 @@ class Runtime(Generic[T, StatusT]):
             return True
         reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
-            await self.update(record, run_state=RunState.PAUSED, run_state_reason=reason[:2000])
+            await self.update(
+                record, run_state=RunState.PAUSED, run_state_reason=scrub_text(reason)[:2000]
+            )
         return True
 
     # ------------------------------------------------------------------ time

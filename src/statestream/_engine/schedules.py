@@ -33,6 +33,7 @@ log = logging.getLogger("statestream")
 _EVERY = re.compile(r"^@every\s+(.+)$")
 _UNIT = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_MAX_EVERY = timedelta(days=36525)
 
 
 def _parse_duration(text: str) -> timedelta:
@@ -45,7 +46,15 @@ def _parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(text) or total <= 0:
         raise InvalidInput(f"invalid @every duration {text!r} (use e.g. 90s, 5m, 1h30m, 1d)")
-    return timedelta(seconds=total)
+    # Bounded before timedelta() overflows (inf for 400 digits), and so that ticks stay dates.
+    if total > _MAX_EVERY.total_seconds():
+        raise InvalidInput(
+            f"@every duration {text!r} is longer than a century ({_MAX_EVERY.days}d)"
+        )
+    interval = timedelta(seconds=total)
+    if not interval:
+        raise InvalidInput(f"@every duration {text!r} rounds to zero microseconds")
+    return interval
 
 
 class CronSpec:
