@@ -104,8 +104,7 @@ class CatchUp:
         first. Call it after ``receiver`` is open, so that nothing falls between the two."""
         probe = await self._rt.streamer.receiver(self._marker, self._consumer)
         try:
-            # An adapter that cannot tell is treated as new: catching up again is harmless.
-            done = getattr(probe, "is_new", True) is False
+            done = not probe.is_new
         finally:
             await probe.close()
         if done:
@@ -161,6 +160,10 @@ class CatchingUp:
         self._seen: dict[str, str] | None = {}  # run ID -> version of the visits handed out
         self._handed = 0  # synthetic events returned so far
         self._settled = False  # marked, or given up (never mark then)
+
+    @property
+    def is_new(self) -> bool:
+        return self._receiver.is_new
 
     async def recv(self, limit: int = 100) -> list[Event]:
         pending = self._pending

@@ -74,7 +74,7 @@ def consumer_body(
         receiver: EventReceiver = await open_receiver()
         try:
             source, wanted = receiver, accept
-            if new_since is not None and getattr(receiver, "is_new", False):
+            if new_since is not None and receiver.is_new:
                 wanted = _created_since(new_since, accept)
             if catch_up is not None:
                 source = await catch_up.wrap(receiver)
