@@ -79,7 +79,7 @@ def consumer_body(
             if catch_up is not None:
                 source = await catch_up.wrap(receiver)
                 if isinstance(source, CatchingUp):
-                    wanted = source.accepting(accept)
+                    wanted = source.accepting(wanted)
             await KeyedDispatcher(
                 source,
                 handle,

@@ -236,17 +236,18 @@ class Runtime(Generic[T, StatusT]):
         comes due anyway, so a failure here is logged, not raised.
         """
         was = current.run_state
-        now = record.run_state
+        becomes = record.run_state
         if was.stopped or was.finished or current.run_id in self.firing:
             return  # cancelled when it stopped, or the poller completes it
-        if record.status == current.status and not (now.stopped or now.finished):
+        if record.status == current.status and not (becomes.stopped or becomes.finished):
             return  # still on a visit here (a new one after save-and-repeat; its timer follows)
         assert self.timeout_store is not None
         try:
             await self.timeout_store.cancel_for(self.name, current.run_id, current.status)
         except Exception:
             log.warning(
-                "statestream: cancelling the timers of run %s at %s failed; the poller will",
+                "statestream: cancelling the timers of run %s at %s failed; the poller cancels "
+                "them when they come due",
                 current.run_id,
                 self.describe(current.status),
                 exc_info=True,
