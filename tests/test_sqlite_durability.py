@@ -279,7 +279,7 @@ async def test_stalled_role_holder_overlaps_with_its_successor(
     moment both work on the same shards. The effects stay once, and the version compare-and-set
     refuses the late writes."""
     started = time.monotonic()
-    roles = 3 * 2 + 3  # three steps in two shards, outbox relay, deleter, pause retry
+    roles = 3 * 2 + 4  # three steps in two shards, outbox relay, deleter, pause retry, retention
 
     async def leases() -> int:
         return await db.read(

@@ -21,6 +21,7 @@ from helpers import (
     order_builder,
     outbox_drained,
     pay,
+    settle,
     ship,
 )
 from statestream import (
@@ -429,6 +430,9 @@ async def test_cancel_hook_runs_for_a_cancelled_run() -> None:
     b = order_builder()
     b.on_cancel(on_cancel)
     wf, _ = build(b)
+    # (A hook fires for what happens after its consumer first started, so run it once first.)
+    async with wf:
+        await settle()
     run_id = await wf.trigger("order-1")
     await wf.pause(run_id)
     await wf.cancel(run_id, "fraud")

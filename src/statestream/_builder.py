@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, Generic, Unpack
 
 from ._codec import check_status_values, codec_for
@@ -208,10 +209,12 @@ class Builder(Generic[T, StatusT]):
         """Add a durable timer at ``status``.
 
         When a run reaches ``status``, ``timer(run, now)`` says when its timeout fires (a
-        timezone-aware datetime, not in the past) or ``None`` for no timeout; the time is kept in
-        the timeout store. When it is due and the run is still at ``status`` on the same visit,
-        ``on_timeout(run, now)`` returns the next status, as a step does. See :func:`after` and
-        :func:`at` for common timers. One timeout per status.
+        timezone-aware datetime; a time already past fires at once) or ``None`` for no timeout;
+        the time is kept in the timeout store, one timer per visit of the status, and the timer
+        is cancelled when the run leaves the status. When it is due and the run is still at
+        ``status`` on the same visit, ``on_timeout(run, now)`` returns the next status, as a
+        step does; one poller at a time runs it (see ``build(timeout_claim=)``). See
+        :func:`after` and :func:`at` for common timers. One timeout per status.
         """
         src = self._status(status, "add_timeout status")
         for what, f in (("timer", timer), ("on_timeout", on_timeout)):
@@ -292,6 +295,9 @@ class Builder(Generic[T, StatusT]):
         pause_retry: Seconds | None = 3600.0,
         pause_retry_limit: int = 5,
         observer: Observer | None = None,
+        timeout_claim: Seconds = 60.0,
+        retention: Seconds | None = timedelta(days=7),
+        retention_interval: Seconds = 3600.0,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -309,6 +315,13 @@ class Builder(Generic[T, StatusT]):
             observer: hears the engine's moments (work, skips, lag, writes, leases, relay
                 batches) for metrics and tracing; see :class:`~statestream.Observer`. Combine
                 several with :class:`~statestream.CompositeObserver`.
+            timeout_claim: how long a timeout poller holds a due timer while ``on_timeout``
+                runs. Other pollers leave a claimed timer alone, so it must be longer than
+                ``on_timeout`` takes; if a poller dies, the timer fires elsewhere after it.
+            retention: events that every consumer has acknowledged, and completed or cancelled
+                timers, are deleted once they are this old (``None`` keeps them for ever).
+                Streamers with their own retention (Kafka) ignore it.
+            retention_interval: how often the retention process prunes.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -341,6 +354,9 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"pause_retry_limit must be an int, got {pause_retry_limit!r}")
         if pause_retry_limit < 1:
             raise ConfigurationError(f"pause_retry_limit must be >= 1, got {pause_retry_limit!r}")
+        claim = to_seconds(timeout_claim, "timeout_claim")
+        keep = None if retention is None else to_seconds(retention, "retention")
+        prune_every = to_seconds(retention_interval, "retention_interval")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -400,6 +416,9 @@ class Builder(Generic[T, StatusT]):
             delete_fn=self._delete_fn,
             pause_retry=retry,
             pause_retry_limit=pause_retry_limit,
+            timeout_claim=claim,
+            retention=keep,
+            retention_interval=prune_every,
         )
         return Workflow(
             definition,

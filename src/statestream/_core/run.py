@@ -68,6 +68,11 @@ class Run(Generic[T, StatusT]):
     A step ends by returning a status, or one of :meth:`pause`, :meth:`cancel`, :meth:`skip`,
     :meth:`save_and_repeat`. Nothing is written until the step returns, and then only if the run
     was not changed by someone else meanwhile (the write is a compare-and-set on ``version``).
+
+    The stored change is therefore made once, but the function itself may run more than once for
+    the same visit (an event delivered again, a retry after an error, a worker that lost its role
+    mid-step): side effects inside a step are at least once. Make them idempotent with
+    :attr:`idempotency_key`.
     """
 
     __slots__ = (
@@ -107,6 +112,27 @@ class Run(Generic[T, StatusT]):
         self.updated_at = updated_at
         self.version = version
         self.run_state_reason = run_state_reason
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<run_id>-<version>"``: the same every time this visit of the run is handled.
+
+        Every delivery of the event that brought the run here, and every retry of the step after
+        an error, sees the same key; the next write makes a new version, so the next visit gets
+        a new key. Pass it to whatever the step changes outside the store so that a repeated call
+        has no second effect: an ``Idempotency-Key`` header to a payment API, or a unique column
+        in your own table written with ``INSERT ... ON CONFLICT DO NOTHING``::
+
+            async def charge(run):
+                await payments.charge(run.object.amount, idempotency_key=run.idempotency_key)
+                return Status.CHARGED
+
+        The key names the visit, not the function: a step and an ``on_timeout`` or a callback
+        acting on the same visit see the same key (at most one of them moves the run). Add a
+        suffix (``f"{run.idempotency_key}-refund"``) when one visit makes several side effects
+        that must not be deduplicated against each other.
+        """
+        return f"{self.run_id}-{self.version}"
 
     def pause(self, reason: str = "") -> Pause:
         """Return this from a step to pause the run."""

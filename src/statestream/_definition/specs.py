@@ -92,3 +92,8 @@ class Definition(Generic[T, StatusT]):
     delete_fn: Callable[[T], T] | None = None
     pause_retry: float | None = 3600.0
     pause_retry_limit: int = 5
+    #: how long a poller's claim on a due timer lasts (``build(timeout_claim=)``)
+    timeout_claim: float = 60.0
+    #: prune events and finished timers older than this (``None``: keep them)
+    retention: float | None = 7 * 86400.0
+    retention_interval: float = 3600.0

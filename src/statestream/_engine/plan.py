@@ -16,6 +16,7 @@ from .processes import (
     step_body,
 )
 from .relay import relay_body
+from .retention import retention_body
 from .runtime import Runtime
 from .timeouts import inserter_body, poller_body
 
@@ -73,6 +74,10 @@ def process_specs(
         role = role_name(name, "paused-records-retry-consumer")
         body = pause_retry_body(rt, role, d.defaults)
         specs.append(("paused-records-retry-consumer", role, body, d.defaults))
+    if d.retention is not None:
+        role = role_name(name, "retention")
+        body = functools.partial(retention_body, rt)
+        specs.append(("retention", role, body, d.defaults))
     specs.extend(extra)
     if outbox:
         role = role_name(name, "outbox-consumer")

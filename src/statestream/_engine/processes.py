@@ -2,7 +2,11 @@
 
 Each factory returns ``body(stopping)``, run by the Supervisor while the process's role is held:
 step consumers, run-state hooks, the data deleter, the pause-retry process and connectors. The
-outbox relay and the timeout processes live in ``_workflow.py`` and ``_timeout.py``.
+outbox relay and the timeout processes live in ``relay.py`` and ``timeouts.py``.
+
+Every engine consumer reads from the newest event when its name is new, and step consumers and
+the data deleter catch up from the record store instead (see ``catchup.py``). Step shards read
+only their own shard's events: the streamer filters them (``receiver(shard=, shards=)``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .._core.protocols import EventReceiver
@@ -19,6 +24,7 @@ from .._core.runstate import RunState
 from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
+from .catchup import CatchingUp, CatchUp
 from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher
 from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
 from .usercode import call_user
@@ -48,14 +54,34 @@ def consumer_body(
     shard: int = 0,
     shards: int = 1,
     accept: Callable[[Event], bool] | None = None,
+    catch_up: CatchUp | None = None,
+    new_since: datetime | None = None,
 ) -> Body:
-    """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher."""
+    """A process that feeds one receiver's events to ``handle`` through a KeyedDispatcher.
+
+    Args:
+        shard, shards: drop other shards' events here, for receivers that cannot filter by
+            shard themselves (connector sources); engine receivers are opened per shard.
+        accept: which events to handle; the others are passed over without a task.
+        catch_up: the runs to pick up from the record store first, unless this consumer has
+            caught up before (see ``catchup.py``).
+        new_since: when the consumer name is new, pass over events created before this time
+            (an outbox backlog published after the receiver opened): a new hook must not fire
+            for runs that finished before it existed.
+    """
 
     async def body(stopping: asyncio.Event) -> None:
-        receiver = await open_receiver()
+        receiver: EventReceiver = await open_receiver()
         try:
+            source, wanted = receiver, accept
+            if new_since is not None and receiver.is_new:
+                wanted = _created_since(new_since, accept)
+            if catch_up is not None:
+                source = await catch_up.wrap(receiver)
+                if isinstance(source, CatchingUp):
+                    wanted = source.accepting(wanted)
             await KeyedDispatcher(
-                receiver,
+                source,
                 handle,
                 on_error,
                 concurrency=opts.concurrency,
@@ -63,13 +89,22 @@ def consumer_body(
                 shards=shards,
                 error_backoff=opts.error_backoff,
                 max_error_backoff=opts.max_error_backoff,
-                accept=accept,
+                accept=wanted,
                 lag_alert=opts.lag_alert,
             ).run(stopping)
         finally:
-            await receiver.close()
+            await source.close()
 
     return body
+
+
+def _created_since(
+    opened: datetime, accept: Callable[[Event], bool] | None
+) -> Callable[[Event], bool]:
+    def fresh(event: Event) -> bool:
+        return event.created_at >= opened and (accept is None or accept(event))
+
+    return fresh
 
 
 def _retry_forever(what: str) -> ErrorPolicy:
@@ -111,9 +146,17 @@ def step_body(
         return await rt.failed(what, role, event.key, exc, opts, event=event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
-        return rt.streamer.receiver(topic, role, poll_interval=opts.polling_frequency)
+        return rt.streamer.receiver(
+            topic,
+            role,
+            from_latest=True,
+            poll_interval=opts.polling_frequency,
+            shard=shard,
+            shards=shards,
+        )
 
-    return consumer_body(open_receiver, handle, on_error, opts, shard=shard, shards=shards)
+    pick_up = CatchUp(rt, topic, role, statuses=(int(spec.status),), shard=shard, shards=shards)
+    return consumer_body(open_receiver, handle, on_error, opts, catch_up=pick_up)
 
 
 def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
@@ -130,8 +173,12 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
         await call_user(hook.fn, hook.is_async, rt.to_run(record))
 
     def open_receiver() -> Awaitable[EventReceiver]:
+        # A new hook starts at the newest event: it never fires for runs finished before it.
         return rt.streamer.receiver(
-            run_state_change_topic(rt.name), role, poll_interval=hook.options.polling_frequency
+            run_state_change_topic(rt.name),
+            role,
+            from_latest=True,
+            poll_interval=hook.options.polling_frequency,
         )
 
     return consumer_body(
@@ -140,6 +187,7 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
         _retry_forever(f"{hook.run_state.label} hook"),
         hook.options,
         accept=accept,
+        new_since=rt.clock.now(),  # built when the workflow starts
     )
 
 
@@ -160,12 +208,17 @@ def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Bod
         except VersionConflict:
             log.info("statestream: run %s changed while its data was deleted", record.run_id)
 
+    topic = delete_topic(rt.name)
+
     def open_receiver() -> Awaitable[EventReceiver]:
         return rt.streamer.receiver(
-            delete_topic(rt.name), role, poll_interval=opts.polling_frequency
+            topic, role, from_latest=True, poll_interval=opts.polling_frequency
         )
 
-    return consumer_body(open_receiver, handle, _retry_forever("data deletion"), opts)
+    pick_up = CatchUp(rt, topic, role, run_states=(RunState.REQUESTED_DATA_DELETED,))
+    return consumer_body(
+        open_receiver, handle, _retry_forever("data deletion"), opts, catch_up=pick_up
+    )
 
 
 def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Body:
@@ -201,7 +254,10 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return rt.streamer.receiver(
-            run_state_change_topic(rt.name), role, poll_interval=opts.polling_frequency
+            run_state_change_topic(rt.name),
+            role,
+            from_latest=True,
+            poll_interval=opts.polling_frequency,
         )
 
     return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts, accept=accept)

@@ -106,6 +106,10 @@ class Runtime(Generic[T, StatusT]):
         #: (run state, status) -> (topic, run-state header), computed once per pair
         self._topics: dict[tuple[RunState, int], tuple[str, str]] = {}
         self._names = {value: member.name for value, member in definition.statuses.items()}
+        #: statuses with a timeout: a write leaving one cancels the visit's timer
+        self._timed = frozenset(definition.timeouts)
+        #: runs whose timer this process's poller is firing: it completes the timer itself
+        self.firing: set[str] = set()
 
     # ------------------------------------------------------------------ reading
 
@@ -281,9 +285,35 @@ class Runtime(Generic[T, StatusT]):
         )
         await self.store.update(record, self.event_for(record, headers))
         self.written(record)
+        if self._timed and current.status in self._timed:
+            await self._left_timeout_status(current, record)
         if self.observer is not None:
             self.observer.record_written(current, record)
         return record
+
+    async def _left_timeout_status(self, current: Record, record: Record) -> None:
+        """Cancel the timer of a visit that ``record`` ended (bounded timeout stores).
+
+        Best effort: the write is already stored, and the poller cancels a void timer when it
+        comes due anyway, so a failure here is logged, not raised.
+        """
+        was = current.run_state
+        becomes = record.run_state
+        if was.stopped or was.finished or current.run_id in self.firing:
+            return  # cancelled when it stopped, or the poller completes it
+        if record.status == current.status and not (becomes.stopped or becomes.finished):
+            return  # still on a visit here (a new one after save-and-repeat; its timer follows)
+        assert self.timeout_store is not None
+        try:
+            await self.timeout_store.cancel_for(self.name, current.run_id, current.status)
+        except Exception:
+            log.warning(
+                "statestream: cancelling the timers of run %s at %s failed; the poller cancels "
+                "them when they come due",
+                current.run_id,
+                self.describe(current.status),
+                exc_info=True,
+            )
 
     async def apply_result(
         self,

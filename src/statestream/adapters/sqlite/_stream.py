@@ -28,7 +28,7 @@ class SqliteStreamer:
     and since writes to the file are serialised, a row is visible before any row with a higher
     ID can be.
 
-    Each row stores ``key_hash`` (crc32 of the key, as :func:`~statestream._record.shard_of`):
+    Each row stores ``key_hash`` (crc32 of the key, as :func:`~statestream._core.records.shard_of`):
     a receiver with ``shards > 1`` selects its shard's rows in SQL, through the topic index,
     which also holds the hash, so other shards' rows are skipped without being read. It scans
     at most :attr:`scan_window` IDs per read, so that a shard whose events are sparse never
