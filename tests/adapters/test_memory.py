@@ -22,7 +22,7 @@ from statestream._core.protocols import (
     SnapshotStore,
     TimeoutStore,
 )
-from statestream._core.records import Message, OutboxEvent, Record, topic_for
+from statestream._core.records import Message, Order, OutboxEvent, Record, topic_for
 from statestream._core.runstate import RunState
 from statestream.adapters.memory import (
     MemoryRecordStore,
@@ -62,6 +62,8 @@ class TestMemoryTimeoutStore(TimeoutStoreContract):
 
 
 class TestMemoryRoleScheduler(RoleSchedulerContract):
+    lease_ttl = None  # memory leases never expire by time
+
     @pytest.fixture
     def make_schedulers(self) -> SchedulerFactory:
         scheduler = MemoryRoleScheduler()
@@ -145,6 +147,28 @@ async def test_list_rejects_a_negative_window() -> None:
         await store.list(offset=-1)
     with pytest.raises(errors.InvalidInput):
         await store.list(limit=-1)
+    with pytest.raises(errors.InvalidInput):
+        await store.list_parked("wf", limit=-1)
+
+
+async def test_list_after_a_run_of_another_workflow_uses_its_place_in_creation_order() -> None:
+    # Given runs of two workflows created alternately
+    store = MemoryRecordStore()
+    runs = [
+        dataclasses.replace(
+            _record(), workflow_name=f"wf-{i % 2}", foreign_id=f"fid-{i}", run_id=f"run-{i}"
+        )
+        for i in range(6)
+    ]
+    for record in runs:
+        await store.create(record, _event(record))
+
+    # Then a page of one workflow after a run of the other starts where that run was created
+    assert [r.run_id for r in await store.list("wf-0", after="run-1")] == ["run-2", "run-4"]
+    assert [r.run_id for r in await store.list("wf-0", after="run-3", order=Order.DESC)] == [
+        "run-2",
+        "run-0",
+    ]
 
 
 # -- streamer --------------------------------------------------------------------------------
@@ -202,20 +226,70 @@ async def test_ack_after_close_still_commits() -> None:
     assert [e.key for e in await (await streamer.receiver("topic", "name")).recv()] == ["y"]
 
 
-async def test_from_latest_position_is_committed_when_the_receiver_opens() -> None:
-    # Given a from_latest receiver that closes without acknowledging anything
+async def test_pruning_ten_thousand_events_frees_the_topic() -> None:
+    # Given 10k events, a consumer that acknowledged them all, and shard receivers on them
     streamer = MemoryStreamer()
-    await streamer.publish("topic", _messages("old"))
-    for topic in ("topic", "empty"):
-        receiver = await streamer.receiver(topic, "name", from_latest=True)
-        await receiver.close()
+    await streamer.publish("topic", _messages(*(f"run-{i}" for i in range(10_000))))
+    receiver = await streamer.receiver("topic", "name")
+    events = [e for _ in range(100) for e in await receiver.recv(100)]
+    await receiver.ack(events[-1])
+    shard_receivers = [
+        await streamer.receiver("topic", f"s{i}", shard=i, shards=4) for i in range(4)
+    ]
 
-        # When events are published and the receiver opens again
-        await streamer.publish(topic, _messages("missed"))
-        receiver = await streamer.receiver(topic, "name", from_latest=True)
+    # When everything is pruned
+    assert await streamer.prune(["topic"], T0 + timedelta(seconds=1)) == 10_000
 
-        # Then the events published while it was away are not skipped
-        assert [e.key for e in await receiver.recv()] == ["missed"]
+    # Then the topic keeps no event, in its log or in any shard's
+    state = streamer._topics["topic"]
+    logs = [log for shard_logs in state.logs.values() for log in shard_logs]
+    assert len(logs) == 5
+    assert all(len(log) == 0 and log._events == [] for log in logs)
+    # And publishing goes on with the next IDs, for every receiver
+    await streamer.publish("topic", _messages("next"))
+    assert [e.id for e in await receiver.recv()] == [10_001]
+    received = [await r.recv() for r in shard_receivers if len(r._log)]
+    assert [e.id for batch in received for e in batch] == [10_001]
+
+
+async def test_prune_drops_a_prefix_and_compacts_as_it_goes() -> None:
+    streamer = MemoryStreamer()
+    await streamer.publish("topic", _messages(*(f"run-{i}" for i in range(10))))
+    receiver = await streamer.receiver("topic", "name")
+    events = await receiver.recv()
+    log = streamer._topics["topic"].logs[1][0]
+
+    for acked, expected in ((2, 3), (3, 1), (9, 6)):
+        await receiver.ack(events[acked])
+        assert await streamer.prune(["topic"], T0 + timedelta(seconds=1)) == expected
+        assert [e.id for e in log.retained()] == list(range(acked + 2, 11))
+        assert len(log._events) <= 2 * len(log) + 1
+
+    assert await streamer.prune(["topic"], T0 + timedelta(seconds=1)) == 0
+
+
+async def test_an_open_receiver_behind_a_prune_goes_on_from_the_oldest_event_kept() -> None:
+    # Given a receiver with no committed position, which has not read anything yet
+    streamer = MemoryStreamer()
+    await streamer.publish("topic", _messages("a", "b", "c"))
+    behind = await streamer.receiver("topic", "behind")
+
+    # When another consumer's acknowledgement lets prune delete the first two
+    ahead = await streamer.receiver("topic", "ahead")
+    await ahead.ack((await ahead.recv(2))[-1])
+    assert await streamer.prune(["topic"], T0 + timedelta(seconds=1)) == 2
+
+    # Then the receiver behind goes on with what is left (no committed position, no protection)
+    assert [e.key for e in await behind.recv()] == ["c"]
+
+
+async def test_shard_arguments_are_checked() -> None:
+    streamer = MemoryStreamer()
+    for shard, shards in ((0, 0), (-1, 2), (2, 2)):
+        with pytest.raises(errors.InvalidInput):
+            await streamer.receiver("topic", "name", shard=shard, shards=shards)
+    with pytest.raises(errors.InvalidInput):
+        await streamer.prune(["topic"], T0.replace(tzinfo=None))
 
 
 async def test_recv_and_ack_reject_bad_arguments() -> None:
@@ -239,7 +313,7 @@ async def test_timeout_ids_count_from_one_and_use_the_clock() -> None:
 
     first = await store.create("wf", "fid", "run", 1, 1, T0 + timedelta(hours=1))
     clock.advance(5)
-    second = await store.create("wf", "fid", "run", 1, 1, T0 + timedelta(hours=1))
+    second = await store.create("wf", "fid", "run", 1, 2, T0 + timedelta(hours=1))
 
     assert (first.id, second.id) == (1, 2)
     assert (first.created_at, second.created_at) == (T0, T0 + timedelta(seconds=5))
@@ -254,6 +328,42 @@ async def test_unknown_timeout_ids_raise_timeout_not_found() -> None:
             await store.complete(missing)
         with pytest.raises(errors.TimeoutNotFound):
             await store.cancel(missing)
+        with pytest.raises(errors.TimeoutNotFound):
+            await store.claim(missing, T0, T0)
+        with pytest.raises(errors.TimeoutNotFound):
+            await store.defer(missing, T0)
+
+
+async def test_timeout_times_must_be_aware() -> None:
+    store = MemoryTimeoutStore()
+    timeout = await store.create("wf", "fid", "run", 1, 1, T0)
+    naive = T0.replace(tzinfo=None)
+
+    with pytest.raises(errors.InvalidInput):
+        await store.claim(timeout.id, naive, T0)
+    with pytest.raises(errors.InvalidInput):
+        await store.claim(timeout.id, T0, naive)
+    with pytest.raises(errors.InvalidInput):
+        await store.defer(timeout.id, naive)
+    with pytest.raises(errors.InvalidInput):
+        await store.prune("wf", naive)
+    assert (await store.list("wf"))[0].claimed_until is None
+
+
+async def test_finished_timers_are_kept_until_pruned() -> None:
+    # Given a completed and a cancelled timer, created at T0
+    clock = FakeClock(T0)
+    store = MemoryTimeoutStore(clock)
+    done = await store.create("wf", "fid", "run", 1, 1, T0)
+    gone = await store.create("wf", "fid", "run", 2, 2, T0)
+    await store.complete(done.id)
+    await store.cancel(gone.id)
+
+    # Then they are kept (and remembered per visit) until a prune past T0
+    assert await store.prune("wf", T0) == 0
+    assert len(store._finished) == len(store._by_visit) == 2
+    assert await store.prune("wf", T0 + timedelta(microseconds=1)) == 2
+    assert store._finished == store._by_visit == {}
 
 
 # -- role scheduler --------------------------------------------------------------------------

@@ -33,6 +33,8 @@ return the same instance ``n`` times). For example::
 
 
     class TestMemoryRoleScheduler(RoleSchedulerContract):
+        lease_ttl = None  # memory leases never expire by time
+
         @pytest.fixture
         def make_schedulers(self):
             scheduler = MemoryRoleScheduler()
@@ -42,6 +44,10 @@ return the same instance ``n`` times). For example::
 
             return make
 
+``RoleSchedulerContract`` also needs the class attribute ``lease_ttl``: the time to live of the
+leases the factory's schedulers grant (keep it short: the tests of expiry wait for it), or
+``None`` for leases that never expire by time. See the class for what those tests demand.
+
 Every test is an ``async def`` marked ``@pytest.mark.asyncio``, so the suite needs
 `pytest-asyncio <https://pypi.org/project/pytest-asyncio/>`_ and runs in its strict mode as well
 as with ``asyncio_mode = "auto"``. In strict mode, async fixtures must be declared with
@@ -49,8 +55,9 @@ as with ``asyncio_mode = "auto"``. In strict mode, async fixtures must be declar
 
 The tests isolate themselves with unique (UUID) workflow names, foreign IDs, topics, consumer
 names and roles, so a fixture may hand every test the same persistent backend (a database that
-is not emptied between tests). Stores must persist the timestamps they are given; values are
-compared to within a second, so a backend may truncate them to milliseconds.
+is not emptied between tests); ``prune`` is only ever asked about the test's own topics and
+workflows. Stores must persist the timestamps they are given; values are compared to within a
+second, so a backend may truncate them to milliseconds.
 
 Importing this package imports pytest; import it only from tests.
 """

@@ -1,19 +1,23 @@
 """``EventStreamerContract``: the conformance suite for :class:`~statestream.EventStreamer`.
 
 Mirrors luno/workflow's ``adaptertest.RunEventStreamerTest`` (including the ``from_latest`` race of
-luno PR #190) and adds ordering, redelivery, blocking and cancellation cases.
+luno PR #190) and adds ordering, redelivery, blocking and cancellation cases, sharded receivers,
+``is_new``, the position a ``from_latest`` receiver commits when it opens, and ``prune``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from .._core.protocols import EventReceiver, EventStreamer
-from .._core.records import Event, Message
+from .._core.records import Event, Message, shard_of
 from ._util import assert_close, now, unique
 
 __all__ = ["EventStreamerContract"]
@@ -24,16 +28,21 @@ _PROMPT = 1.0
 _QUIET = 0.1
 
 
-def _messages(count: int, start: int = 0) -> list[Message]:
-    at = now()
+def _messages(count: int, start: int = 0, *, at: datetime | None = None) -> list[Message]:
+    """``count`` messages keyed ``run-<start>`` onwards, created ``at`` (default: now)."""
+    return _keyed([f"run-{i}" for i in range(start, start + count)], at=at)
+
+
+def _keyed(keys: Sequence[str], *, at: datetime | None = None) -> list[Message]:
+    created_at = at if at is not None else now()
     return [
         Message(
-            key=f"run-{i}",
+            key=key,
             type=i % 7 + 1,
             headers={"n": str(i), "workflow_name": "contract", "empty": ""},
-            created_at=at,
+            created_at=created_at,
         )
-        for i in range(start, start + count)
+        for i, key in enumerate(keys)
     ]
 
 
@@ -61,11 +70,29 @@ async def _assert_nothing_more(receiver: EventReceiver) -> None:
     pytest.fail(f"unexpected events: {got}")
 
 
+def _is_new(receiver: EventReceiver) -> bool:
+    """``receiver.is_new``, read by name because the ``EventReceiver`` protocol lacks it."""
+    is_new = getattr(receiver, "is_new", None)
+    assert isinstance(is_new, bool), f"{type(receiver).__name__}.is_new is missing or not a bool"
+    return is_new
+
+
 @contextlib.asynccontextmanager
 async def _opened(
-    streamer: EventStreamer, topic: str, name: str, *, from_latest: bool = False
+    streamer: EventStreamer,
+    topic: str,
+    name: str,
+    *,
+    from_latest: bool = False,
+    shard: int = 0,
+    shards: int = 1,
 ) -> AsyncIterator[EventReceiver]:
-    receiver = await streamer.receiver(topic, name, from_latest=from_latest)
+    if shards == 1:  # leave the shard arguments to the tests of shards
+        receiver = await streamer.receiver(topic, name, from_latest=from_latest)
+    else:
+        receiver = await streamer.receiver(
+            topic, name, from_latest=from_latest, shard=shard, shards=shards
+        )
     try:
         yield receiver
     finally:
@@ -277,3 +304,261 @@ class EventStreamerContract:
         assert _keys(events) == [f"run-{i}" for i in range(1000)]
         ids = [e.id for e in events]
         assert ids == sorted(set(ids))
+
+    # -- shards --------------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_shard_receivers_together_receive_every_event_exactly_once(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given 300 events with ASCII and non-ASCII keys, half published before three shard
+        # receivers open and half while they receive
+        topic = unique("topic")
+        keys = [f"{prefix}-{i}" for i in range(100) for prefix in ("run", "ünï", "運行🙂")]
+        await streamer.publish(topic, _keyed(keys[:150]))
+        receivers = [
+            await streamer.receiver(topic, unique("consumer"), shard=shard, shards=3)
+            for shard in range(3)
+        ]
+        try:
+            expected = [[k for k in keys if shard_of(k, 3) == shard] for shard in range(3)]
+            assert all(expected), "the keys should fall into every shard"
+            collecting = [
+                asyncio.create_task(_collect(r, len(e), within=5.0))
+                for r, e in zip(receivers, expected, strict=True)
+            ]
+            for start in range(150, 300, 30):
+                await streamer.publish(topic, _keyed(keys[start : start + 30]))
+            received = await asyncio.gather(*collecting)
+
+            # Then each receives exactly its shard's events, in order, and nothing more
+            for receiver, events, mine in zip(receivers, received, expected, strict=True):
+                assert _keys(events) == mine
+                ids = [e.id for e in events]
+                assert ids == sorted(set(ids)), ids
+                await _assert_nothing_more(receiver)
+            assert Counter(k for events in received for k in _keys(events)) == Counter(keys)
+        finally:
+            for receiver in receivers:
+                await receiver.close()
+
+    @pytest.mark.asyncio
+    async def test_shard_receiver_resumes_after_its_last_ack(self, streamer: EventStreamer) -> None:
+        # Given a shard receiver that acknowledged the fifth event of its shard
+        topic, name = unique("topic"), unique("consumer")
+        await streamer.publish(topic, _messages(60))
+        mine = [f"run-{i}" for i in range(60) if shard_of(f"run-{i}", 2) == 1]
+        async with _opened(streamer, topic, name, shard=1, shards=2) as receiver:
+            events = await _collect(receiver, len(mine))
+            assert _keys(events) == mine
+            await receiver.ack(events[4])
+
+        # When it opens again, then it resumes after that event, still within its shard
+        async with _opened(streamer, topic, name, shard=1, shards=2) as receiver:
+            assert _keys(await _collect(receiver, len(mine) - 5)) == mine[5:]
+            await _assert_nothing_more(receiver)
+
+    # -- is_new and the position from_latest commits ---------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_is_new_until_the_consumer_name_has_a_committed_position(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given a consumer name that never committed anything
+        topic, name = unique("topic"), unique("consumer")
+        await streamer.publish(topic, _messages(2))
+        async with _opened(streamer, topic, name) as receiver:
+            assert _is_new(receiver) is True
+            await _collect(receiver, 2)
+
+        # When it opens again without having acknowledged, then it is still new
+        async with _opened(streamer, topic, name) as receiver:
+            assert _is_new(receiver) is True
+            events = await _collect(receiver, 2)
+            await receiver.ack(events[0])
+
+        # And once it acknowledged an event, it is not
+        async with _opened(streamer, topic, name) as receiver:
+            assert _is_new(receiver) is False
+        async with _opened(streamer, topic, unique("consumer")) as receiver:
+            assert _is_new(receiver) is True
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("history", [0, 2], ids=["empty-topic", "topic-with-history"])
+    async def test_from_latest_commits_its_start_when_it_opens(
+        self, streamer: EventStreamer, history: int
+    ) -> None:
+        # Given a from_latest receiver that closes before it acknowledges anything
+        topic, name = unique("topic"), unique("consumer")
+        if history:
+            await streamer.publish(topic, _messages(history))
+        async with _opened(streamer, topic, name, from_latest=True) as receiver:
+            assert _is_new(receiver) is True
+
+        # When events are published while it is away and it opens again
+        await streamer.publish(topic, _messages(2, start=history))
+        async with _opened(streamer, topic, name, from_latest=True) as receiver:
+            # Then it is not new, and it gets what was published in between
+            assert _is_new(receiver) is False
+            expected = [f"run-{i}" for i in range(history, history + 2)]
+            assert _keys(await _collect(receiver, 2)) == expected
+            await _assert_nothing_more(receiver)
+
+    # -- prune ---------------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_prune_of_topics_without_consumers_deletes_old_events(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given three topics with ten old and five recent events each, and no consumers
+        pruned, other = [unique("topic"), unique("topic")], unique("topic")
+        old, recent = now() - timedelta(hours=2), now()
+        for topic in (*pruned, other):
+            await streamer.publish(topic, _messages(10, at=old))
+            await streamer.publish(topic, _messages(5, start=10, at=recent))
+
+        # When two of them are pruned of what was created more than an hour ago
+        deleted = await streamer.prune(pruned, now() - timedelta(hours=1))
+
+        # Then their old events are gone and the rest is still there
+        assert deleted == 20
+        for topic in pruned:
+            async with _opened(streamer, topic, unique("consumer")) as receiver:
+                assert _keys(await _collect(receiver, 5)) == [f"run-{i}" for i in range(10, 15)]
+                await _assert_nothing_more(receiver)
+        async with _opened(streamer, other, unique("consumer")) as receiver:
+            assert _keys(await _collect(receiver, 15)) == [f"run-{i}" for i in range(15)]
+        assert await streamer.prune(pruned, now() - timedelta(hours=1)) == 0
+        assert await streamer.prune([unique("topic")], now()) == 0
+        assert await streamer.prune([], now()) == 0
+
+    @pytest.mark.asyncio
+    async def test_prune_keeps_every_event_a_consumer_has_not_acknowledged(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given ten old events, acknowledged up to the sixth by one consumer, the third by another
+        topic, fast, slow = unique("topic"), unique("consumer"), unique("consumer")
+        await streamer.publish(topic, _messages(10, at=now() - timedelta(hours=2)))
+        for name, last in ((fast, 5), (slow, 2)):
+            async with _opened(streamer, topic, name) as receiver:
+                events = await _collect(receiver, 10)
+                await receiver.ack(events[last])
+
+        # When everything created before now is pruned
+        # Then only what both acknowledged goes, and the slow consumer resumes where it was
+        assert await streamer.prune([topic], now()) == 3
+        async with _opened(streamer, topic, slow) as receiver:
+            events = await _collect(receiver, 7)
+            assert _keys(events) == [f"run-{i}" for i in range(3, 10)]
+            await receiver.ack(events[-1])
+
+        # And when the slow one has caught up, the fast one's position is what holds the rest
+        assert await streamer.prune([topic], now()) == 3
+        async with _opened(streamer, topic, fast) as receiver:
+            assert _keys(await _collect(receiver, 4)) == [f"run-{i}" for i in range(6, 10)]
+            await _assert_nothing_more(receiver)
+        # And a consumer with no position starts at the oldest event kept
+        async with _opened(streamer, topic, unique("consumer")) as receiver:
+            assert _keys(await _collect(receiver, 4)) == [f"run-{i}" for i in range(6, 10)]
+
+    @pytest.mark.asyncio
+    async def test_prune_keeps_acknowledged_events_created_at_or_after_before(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given three old and two recent events, all acknowledged
+        topic, name = unique("topic"), unique("consumer")
+        cutoff = now() - timedelta(hours=1)
+        await streamer.publish(topic, _messages(3, at=cutoff - timedelta(hours=1)))
+        await streamer.publish(topic, _messages(1, start=3, at=cutoff))
+        await streamer.publish(topic, _messages(1, start=4))
+        async with _opened(streamer, topic, name) as receiver:
+            events = await _collect(receiver, 5)
+            await receiver.ack(events[-1])
+
+        # When pruned of what was created before the cutoff, then the others stay
+        assert await streamer.prune([topic], cutoff) == 3
+        async with _opened(streamer, topic, unique("consumer")) as receiver:
+            assert _keys(await _collect(receiver, 2)) == ["run-3", "run-4"]
+
+    @pytest.mark.asyncio
+    async def test_prune_keeps_what_a_from_latest_consumer_has_not_read(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given a from_latest consumer that opened after five events and closed without an ack
+        topic, name = unique("topic"), unique("consumer")
+        old = now() - timedelta(hours=2)
+        await streamer.publish(topic, _messages(5, at=old))
+        async with _opened(streamer, topic, name, from_latest=True):
+            pass
+        await streamer.publish(topic, _messages(5, start=5, at=old))
+
+        # When the topic is pruned, then only the events before its start position go
+        assert await streamer.prune([topic], now()) == 5
+        async with _opened(streamer, topic, name, from_latest=True) as receiver:
+            assert _keys(await _collect(receiver, 5)) == [f"run-{i}" for i in range(5, 10)]
+
+    @pytest.mark.asyncio
+    async def test_ids_keep_increasing_after_a_prune(self, streamer: EventStreamer) -> None:
+        # Given a topic whose every event was acknowledged and pruned
+        topic, name = unique("topic"), unique("consumer")
+        await streamer.publish(topic, _messages(3, at=now() - timedelta(hours=1)))
+        async with _opened(streamer, topic, name) as receiver:
+            events = await _collect(receiver, 3)
+            await receiver.ack(events[-1])
+        assert await streamer.prune([topic], now()) == 3
+
+        # When another event is published, then it gets a higher ID and the consumer gets it
+        await streamer.publish(topic, _messages(1, start=3))
+        async with _opened(streamer, topic, name) as receiver:
+            [event] = await _collect(receiver, 1)
+            assert event.key == "run-3"
+            assert event.id > events[-1].id
+            await _assert_nothing_more(receiver)
+
+    @pytest.mark.asyncio
+    async def test_prune_racing_consumers_loses_nothing(self, streamer: EventStreamer) -> None:
+        # Given three consumers with committed positions on a topic
+        topic = unique("topic")
+        old = now() - timedelta(hours=1)
+        await streamer.publish(topic, _messages(1, at=old))
+        receivers = []
+        for _ in range(3):
+            receiver = await streamer.receiver(topic, unique("consumer"))
+            receivers.append(receiver)
+            [first] = await _collect(receiver, 1)
+            await receiver.ack(first)
+        pruned: list[int] = []
+
+        async def consume(receiver: EventReceiver) -> list[str]:
+            keys: list[str] = []
+            async with asyncio.timeout(10.0):
+                while len(keys) < 200:
+                    events = await receiver.recv(7)
+                    keys.extend(_keys(events))
+                    await receiver.ack(events[-1])
+            return keys
+
+        async def prune_until(done: asyncio.Future[Any]) -> None:
+            while not done.done():
+                pruned.append(await streamer.prune([topic], now()))
+                await asyncio.sleep(0.001)
+
+        try:
+            # When 200 more are published while they receive and acknowledge in small batches
+            # and the topic is pruned over and over
+            consuming = asyncio.gather(*(consume(r) for r in receivers))
+            pruner = asyncio.create_task(prune_until(consuming))
+            for start in range(1, 201, 20):
+                await streamer.publish(topic, _messages(20, start=start, at=old))
+                await asyncio.sleep(0.001)
+            received = await consuming
+            await pruner
+        finally:
+            for receiver in receivers:
+                await receiver.close()
+
+        # Then every consumer received every event, in order, and everything goes in the end
+        for keys in received:
+            assert keys == [f"run-{i}" for i in range(1, 201)]
+        pruned.append(await streamer.prune([topic], now()))
+        assert sum(pruned) == 201

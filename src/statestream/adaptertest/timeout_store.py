@@ -1,7 +1,8 @@
 """``TimeoutStoreContract``: the conformance suite for :class:`~statestream.TimeoutStore`.
 
-Mirrors luno/workflow's ``adaptertest.RunTimeoutStoreTest`` and adds the exactly-once
-``complete`` that lets several pollers race safely.
+Mirrors luno/workflow's ``adaptertest.RunTimeoutStoreTest`` and adds what lets several pollers
+race safely: one timer per visit of a status, an exactly-once ``claim`` with a lapsing deadline,
+``defer`` for retries, an exactly-once ``complete``, ``cancel_for`` and ``prune``.
 """
 
 from __future__ import annotations
@@ -199,3 +200,239 @@ class TimeoutStoreContract:
         with pytest.raises(errors.InvalidInput):
             await timeout_store.list_due(wf, 1, naive)
         assert await timeout_store.list(wf) == []
+
+    # -- one timer per visit ---------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_create_for_a_visit_that_has_a_timer_returns_it_and_stores_nothing(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given a timer for one visit (run, status, version) of a run
+        wf, run_id = unique("wf"), unique("run")
+        expire_at = now() + timedelta(minutes=5)
+        first = await timeout_store.create(wf, "fid", run_id, 2, 3, expire_at)
+
+        # When the same visit asks for a timer again, with another expiry
+        again = await timeout_store.create(wf, "fid", run_id, 2, 3, expire_at + timedelta(hours=1))
+
+        # Then it gets the first timer, unchanged, and only one is stored
+        assert again.id == first.id
+        assert_close(again.expire_at, expire_at, "expire_at")
+        assert _ids(await timeout_store.list(wf)) == [first.id]
+
+        # And another version or another status of the same run is another visit
+        later_visit = await timeout_store.create(wf, "fid", run_id, 2, 4, expire_at)
+        other_status = await timeout_store.create(wf, "fid", run_id, 5, 3, expire_at)
+        assert len({first.id, later_visit.id, other_status.id}) == 3
+        assert _ids(await timeout_store.list(wf)) == [first.id, later_visit.id, other_status.id]
+
+    @pytest.mark.asyncio
+    async def test_create_does_not_revive_a_completed_or_cancelled_visit(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given a visit whose timer completed and another whose timer was cancelled
+        wf = unique("wf")
+        completed = await self._seed(timeout_store, wf, now())
+        cancelled = await self._seed(timeout_store, wf, now())
+        assert await timeout_store.complete(completed.id) is True
+        await timeout_store.cancel(cancelled.id)
+
+        # When either visit asks for a timer again (a redelivered event)
+        again = [
+            await timeout_store.create(
+                wf, t.foreign_id, t.run_id, t.status, t.run_version, t.expire_at
+            )
+            for t in (completed, cancelled)
+        ]
+
+        # Then each gets its finished timer back and nothing is pending or due
+        assert _ids(again) == [completed.id, cancelled.id]
+        assert again[0].completed is True
+        assert await timeout_store.list(wf) == []
+        assert await timeout_store.list_due(wf, 1, now() + timedelta(hours=1)) == []
+
+    @pytest.mark.asyncio
+    async def test_concurrent_creates_of_one_visit_store_one_timer(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given ten writers that create the timer of the same visit at once
+        wf, run_id = unique("wf"), unique("run")
+        expire_at = now() + timedelta(minutes=1)
+
+        created = await asyncio.gather(
+            *(timeout_store.create(wf, "fid", run_id, 1, 1, expire_at) for _ in range(10))
+        )
+
+        # Then they all get the same timer, and only it is stored
+        assert len(set(_ids(created))) == 1
+        assert _ids(await timeout_store.list(wf)) == [created[0].id]
+
+    # -- claims --------------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_claim_hides_a_due_timer_until_the_claim_lapses(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given a due timer
+        wf = unique("wf")
+        at = now()
+        timeout = await self._seed(timeout_store, wf, at - timedelta(minutes=1))
+        assert timeout.claimed_until is None
+
+        # When a poller claims it for a minute
+        assert await timeout_store.claim(timeout.id, at, at + timedelta(minutes=1)) is True
+
+        # Then it is still pending, carries the claim, and is not due while the claim holds
+        [listed] = await timeout_store.list(wf)
+        assert listed.claimed_until is not None
+        assert_close(listed.claimed_until, at + timedelta(minutes=1), "claimed_until")
+        assert await timeout_store.list_due(wf, 1, at) == []
+        assert await timeout_store.list_due(wf, 1, at + timedelta(seconds=59)) == []
+        in_force = at + timedelta(seconds=30)
+        assert await timeout_store.claim(timeout.id, in_force, in_force + TOLERANCE) is False
+
+        # And once it lapses (the claimant died) the timer is due again and can be claimed again
+        lapsed = at + timedelta(minutes=1)
+        assert _ids(await timeout_store.list_due(wf, 1, lapsed)) == [timeout.id]
+        assert await timeout_store.claim(timeout.id, lapsed, lapsed + timedelta(minutes=1)) is True
+        assert await timeout_store.list_due(wf, 1, lapsed) == []
+
+    @pytest.mark.asyncio
+    async def test_concurrent_claims_admit_exactly_one(self, timeout_store: TimeoutStore) -> None:
+        # Given a due timer and twenty pollers that claim it at once
+        timeout = await self._seed(timeout_store, unique("wf"), now() - timedelta(minutes=1))
+        at = now()
+
+        results = await asyncio.gather(
+            *(timeout_store.claim(timeout.id, at, at + timedelta(minutes=1)) for _ in range(20))
+        )
+
+        # Then exactly one wins
+        assert sorted(results) == [False] * 19 + [True]
+
+    @pytest.mark.asyncio
+    async def test_completed_or_cancelled_timers_cannot_be_claimed(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        wf = unique("wf")
+        at = now()
+        completed = await self._seed(timeout_store, wf, at)
+        cancelled = await self._seed(timeout_store, wf, at)
+        await timeout_store.complete(completed.id)
+        await timeout_store.cancel(cancelled.id)
+
+        for timeout in (completed, cancelled):
+            assert await timeout_store.claim(timeout.id, at, at + timedelta(minutes=1)) is False
+
+    @pytest.mark.asyncio
+    async def test_claimant_completes_the_timer_once(self, timeout_store: TimeoutStore) -> None:
+        # Given a claimed timer
+        wf = unique("wf")
+        at = now()
+        timeout = await self._seed(timeout_store, wf, at)
+        assert await timeout_store.claim(timeout.id, at, at + timedelta(minutes=1)) is True
+
+        # When the claimant completes it, then it is done for good, even after the claim lapses
+        assert await timeout_store.complete(timeout.id) is True
+        assert await timeout_store.complete(timeout.id) is False
+        assert await timeout_store.list(wf) == []
+        assert await timeout_store.list_due(wf, 1, at + timedelta(hours=1)) == []
+
+    @pytest.mark.asyncio
+    async def test_defer_makes_a_timer_due_again_later(self, timeout_store: TimeoutStore) -> None:
+        # Given a claimed timer whose function failed
+        wf = unique("wf")
+        at = now()
+        timeout = await self._seed(timeout_store, wf, at - timedelta(minutes=1))
+        assert await timeout_store.claim(timeout.id, at, at + timedelta(minutes=1)) is True
+
+        # When the claimant defers it by a backoff of ten minutes
+        retry_at = at + timedelta(minutes=10)
+        await timeout_store.defer(timeout.id, retry_at)
+
+        # Then no poller sees it due before then, and every poller does from then on
+        [listed] = await timeout_store.list(wf)
+        assert listed.claimed_until is not None
+        assert_close(listed.claimed_until, retry_at, "claimed_until")
+        assert await timeout_store.list_due(wf, 1, at + timedelta(minutes=5)) == []
+        assert await timeout_store.claim(timeout.id, at + timedelta(minutes=5), retry_at) is False
+        assert _ids(await timeout_store.list_due(wf, 1, retry_at)) == [timeout.id]
+        assert await timeout_store.claim(timeout.id, retry_at, retry_at + TOLERANCE) is True
+
+    @pytest.mark.asyncio
+    async def test_defer_of_a_finished_timer_changes_nothing(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given a timer that was completed (the run moved on while its function ran)
+        wf = unique("wf")
+        timeout = await self._seed(timeout_store, wf, now())
+        await timeout_store.complete(timeout.id)
+
+        # When it is deferred, then it stays finished
+        await timeout_store.defer(timeout.id, now() + timedelta(minutes=1))
+        assert await timeout_store.list(wf) == []
+        assert await timeout_store.list_due(wf, 1, now() + timedelta(hours=1)) == []
+
+    # -- cancel_for / prune --------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_cancel_for_cancels_only_that_runs_timers_at_that_status(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given a run with timers at status 2 from two visits, and others that must stay
+        wf, run_id = unique("wf"), unique("run")
+        at = now()
+        await timeout_store.create(wf, "fid", run_id, 2, 1, at)
+        await timeout_store.create(wf, "fid", run_id, 2, 5, at)
+        claimed = await timeout_store.create(wf, "fid", run_id, 2, 7, at)
+        assert await timeout_store.claim(claimed.id, at, at + timedelta(minutes=1)) is True
+        kept = [
+            await timeout_store.create(wf, "fid", run_id, 3, 1, at),
+            await timeout_store.create(wf, "fid", unique("run"), 2, 1, at),
+        ]
+        elsewhere = await timeout_store.create(unique("wf"), "fid", run_id, 2, 1, at)
+
+        # When the run leaves status 2
+        await timeout_store.cancel_for(wf, run_id, 2)
+
+        # Then its timers at status 2 are cancelled, claimed or not, and nothing else is
+        assert _ids(await timeout_store.list(wf)) == _ids(kept)
+        assert _ids(await timeout_store.list(elsewhere.workflow_name)) == [elsewhere.id]
+        assert _ids(await timeout_store.list_due(wf, 2, at + timedelta(hours=1))) == [kept[1].id]
+        await timeout_store.cancel_for(wf, run_id, 2)
+        await timeout_store.cancel_for(wf, unique("run"), 2)
+
+    @pytest.mark.asyncio
+    async def test_prune_deletes_finished_timers_created_before(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given finished and pending timers of a workflow, and a finished one of another
+        wf, other = unique("wf"), unique("wf")
+        at = now()
+        completed = await self._seed(timeout_store, wf, at)
+        cancelled = await self._seed(timeout_store, wf, at)
+        pending = await self._seed(timeout_store, wf, at)
+        claimed = await self._seed(timeout_store, wf, at)
+        theirs = await self._seed(timeout_store, other, at)
+        await timeout_store.complete(completed.id)
+        await timeout_store.cancel(cancelled.id)
+        await timeout_store.complete(theirs.id)
+        assert await timeout_store.claim(claimed.id, at, at + timedelta(minutes=1)) is True
+
+        # When pruning timers created before long ago, then none go
+        assert await timeout_store.prune(wf, at - timedelta(hours=1)) == 0
+
+        # When pruning timers created before a time after they all were, the finished ones go
+        later = now() + _CLOCK_SKEW
+        assert await timeout_store.prune(wf, later) == 2
+        assert await timeout_store.prune(wf, later) == 0
+
+        # Then the pending ones stay, and a pruned visit may have a timer again
+        assert _ids(await timeout_store.list(wf)) == [pending.id, claimed.id]
+        fresh = await timeout_store.create(
+            wf, completed.foreign_id, completed.run_id, 1, completed.run_version, at
+        )
+        assert fresh.completed is False
+        assert fresh.id in _ids(await timeout_store.list(wf))
+        # And other workflows are left alone
+        assert await timeout_store.prune(other, later) == 1
