@@ -289,6 +289,7 @@ class Builder(Generic[T, StatusT]):
         start_at: StatusT | None = None,
         pause_retry: Seconds | None = 3600.0,
         pause_retry_limit: int = 5,
+        sync_workers: int = 32,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -303,6 +304,10 @@ class Builder(Generic[T, StatusT]):
             pause_retry: resume paused runs automatically after this long (``None`` disables it).
             pause_retry_limit: after this many automatic resumes a run stays paused until it is
                 resumed by hand (so that a run that keeps failing does not cycle for ever).
+            sync_workers: threads for plain ``def`` steps, callbacks, timers and hooks: the
+                workflow's own pool of daemon threads, so that a hung one can neither starve
+                other code's use of the loop's default executor nor keep the process alive
+                after ``stop``.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -331,6 +336,8 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"pause_retry_limit must be an int, got {pause_retry_limit!r}")
         if pause_retry_limit < 1:
             raise ConfigurationError(f"pause_retry_limit must be >= 1, got {pause_retry_limit!r}")
+        if isinstance(sync_workers, bool) or not isinstance(sync_workers, int) or sync_workers < 1:
+            raise ConfigurationError(f"sync_workers must be an int >= 1, got {sync_workers!r}")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -399,4 +406,5 @@ class Builder(Generic[T, StatusT]):
             timeout_store=timeout_store,
             clock=clock or SystemClock(),
             outbox=outbox,
+            sync_workers=sync_workers,
         )

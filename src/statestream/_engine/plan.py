@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -72,7 +73,9 @@ def process_specs(
     if d.pause_retry is not None:
         role = role_name(name, "paused-records-retry-consumer")
         body = pause_retry_body(rt, role, d.defaults)
-        specs.append(("paused-records-retry-consumer", role, body, d.defaults))
+        # It holds each event for pause_retry on purpose: not a lag to alert on.
+        opts = dataclasses.replace(d.defaults, lag=d.pause_retry)
+        specs.append(("paused-records-retry-consumer", role, body, opts))
     specs.extend(extra)
     if outbox:
         role = role_name(name, "outbox-consumer")
