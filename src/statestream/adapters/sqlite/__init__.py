@@ -13,8 +13,10 @@ to one holder, and receivers poll for events other processes publish.
 from __future__ import annotations
 
 from ._db import SCHEMA_VERSION, SqliteDatabase
-from ._store import SqliteRecordStore, SqliteTimeoutStore
-from ._stream import SqliteLease, SqliteReceiver, SqliteRoleScheduler, SqliteStreamer
+from ._roles import SqliteLease, SqliteRoleScheduler
+from ._store import SqliteRecordStore
+from ._stream import SqliteReceiver, SqliteStreamer
+from ._timeouts import SqliteTimeoutStore
 
 __all__ = [
     "SCHEMA_VERSION",

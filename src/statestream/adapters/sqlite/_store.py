@@ -1,4 +1,4 @@
-"""SQLite record store (with its outbox) and timeout store."""
+"""SQLite record store, with its outbox and parked events."""
 
 from __future__ import annotations
 
@@ -6,23 +6,22 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from ..._core.records import Message, Order, OutboxEvent, Record, RecordFilter, TimeoutRecord
+from ..._core.records import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ..._core.runstate import RunState
 from ...errors import (
     ConfigurationError,
     InvalidInput,
     RecordNotFound,
-    TimeoutNotFound,
     VersionConflict,
     WorkflowInProgress,
 )
 from ._db import SqliteDatabase, from_us, to_us
+from ._schema import key_hash
 from ._stream import SqliteStreamer
 
-__all__ = ["SqliteRecordStore", "SqliteTimeoutStore"]
+__all__ = ["SqliteRecordStore"]
 
 _RECORD_COLUMNS = (
     "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
@@ -57,8 +56,8 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
     """Publish directly: the event row is written in the record's own transaction."""
     m = event.message
     conn.execute(
-        "INSERT INTO statestream_events (topic, key, type, headers, data, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, key_hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             event.topic,
             m.key,
@@ -66,6 +65,7 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             json.dumps(dict(m.headers), separators=(",", ":")),
             m.data,
             to_us(m.created_at),
+            key_hash(m.key),
         ),
     )
 
@@ -102,6 +102,9 @@ class SqliteRecordStore:
             streamer does, instead of an outbox row that the relay moves later: one commit per
             state change instead of three, and no relay on the path. The outbox stays empty.
     """
+
+    #: The largest ``offset`` ``list`` accepts; deeper pages use ``after=``.
+    max_offset = 10_000
 
     def __init__(self, db: SqliteDatabase, *, publish_to: SqliteStreamer | None = None) -> None:
         if publish_to is not None and publish_to.db is not db:
@@ -228,9 +231,20 @@ class SqliteRecordStore:
         limit: int = 25,
         order: Order = Order.ASC,
         filter: RecordFilter | None = None,
+        after: str | None = None,
     ) -> builtins.list[Record]:
+        """Runs in creation order (row ID), on the query thread: a page never blocks the loop.
+
+        ``after`` (a run ID) starts the page after that run: one index seek, however deep the
+        page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
+        """
         if offset < 0 or limit < 0:
             raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+        if offset > self.max_offset:
+            raise InvalidInput(
+                f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
+                "by one; page with after= (the run ID of the last run of the previous page)"
+            )
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if workflow_name is not None:
@@ -251,16 +265,26 @@ class SqliteRecordStore:
             if filter.created_before is not None:
                 where.append("created_at < ?")
                 args.append(to_us(filter.created_before))
+        descending = order is Order.DESC
+        if after is not None:
+            where.append("rowid < ?" if descending else "rowid > ?")
         sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY rowid {'DESC' if order is Order.DESC else 'ASC'} LIMIT ? OFFSET ?"
-        args += [limit, offset]
+        sql += f" ORDER BY rowid {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?"
 
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(sql, args).fetchall()
+        def select(conn: sqlite3.Connection) -> builtins.list[Record]:
+            values = args
+            if after is not None:
+                row = conn.execute(
+                    "SELECT rowid FROM statestream_records WHERE run_id = ?", (after,)
+                ).fetchone()
+                if row is None:
+                    raise RecordNotFound(f"no run {after} (the after= of list)")
+                values = [*args, row[0]]
+            return [_record(row) for row in conn.execute(sql, [*values, limit, offset])]
 
-        return [_record(row) for row in await self.db.read(select)]
+        return await self.db.query(select)
 
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         def select(conn: sqlite3.Connection) -> builtins.list[Any]:
@@ -290,125 +314,106 @@ class SqliteRecordStore:
 
         await self.db.write(delete)
 
+    async def park(self, parked: ParkedEvent) -> None:
+        """Store an event a consumer gave up on; an upsert on its ID (every field replaced).
 
-_PENDING, _COMPLETED, _CANCELLED = 0, 1, 2
-_TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state"
+        The error text comes from user code, so a lone surrogate in it is escaped
+        (``\\udc80``) rather than refused: it is for people to read."""
+        e = parked.event
+        values = (
+            parked.id,
+            parked.workflow_name,
+            parked.consumer,
+            e.id,
+            e.topic,
+            e.key,
+            e.type,
+            json.dumps(dict(e.headers), separators=(",", ":")),
+            e.data,
+            to_us(e.created_at),
+            _printable(parked.error),
+            parked.attempts,
+            to_us(parked.parked_at),
+            int(parked.retry_requested),
+        )
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO statestream_parked ({_PARKED_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "workflow_name = excluded.workflow_name, consumer = excluded.consumer, "
+                "event_id = excluded.event_id, topic = excluded.topic, key = excluded.key, "
+                "type = excluded.type, headers = excluded.headers, data = excluded.data, "
+                "created_at = excluded.created_at, error = excluded.error, "
+                "attempts = excluded.attempts, parked_at = excluded.parked_at, "
+                "retry_requested = excluded.retry_requested",
+                values,
+            )
+
+        await self.db.write(upsert)
+
+    async def list_parked(
+        self,
+        workflow_name: str,
+        *,
+        consumer: str | None = None,
+        retry_requested: bool | None = None,
+        limit: int = 100,
+    ) -> builtins.list[ParkedEvent]:
+        """The workflow's parked events, oldest ``parked_at`` first (ties: first parked
+        first), at most ``limit``; on the query thread."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        sql = f"SELECT {_PARKED_COLUMNS} FROM statestream_parked WHERE workflow_name = ?"
+        args: builtins.list[Any] = [workflow_name]
+        if consumer is not None:
+            sql += " AND consumer = ?"
+            args.append(consumer)
+        if retry_requested is not None:
+            sql += " AND retry_requested = ?"
+            args.append(int(retry_requested))
+        sql += " ORDER BY parked_at, rowid LIMIT ?"
+        args.append(limit)
+
+        def select(conn: sqlite3.Connection) -> builtins.list[ParkedEvent]:
+            return [_parked(row) for row in conn.execute(sql, args)]
+
+        return await self.db.query(select)
+
+    async def retry_parked(self, parked_id: str) -> None:
+        def flag(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE statestream_parked SET retry_requested = 1 WHERE id = ?", (parked_id,)
+            )
+            if cursor.rowcount != 1:
+                raise RecordNotFound(f"no parked event with ID {parked_id!r}")
+
+        await self.db.write(flag)
+
+    async def delete_parked(self, parked_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM statestream_parked WHERE id = ?", (parked_id,))
+
+        await self.db.write(delete)
+
+
+_PARKED_COLUMNS = (
+    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
+    "error, attempts, parked_at, retry_requested"
 )
 
 
-def _timeout(row: Sequence[Any]) -> TimeoutRecord:
-    return TimeoutRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8] == _COMPLETED,
+def _parked(row: Sequence[Any]) -> ParkedEvent:
+    event = Event(row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), row[8])
+    return ParkedEvent(
+        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
     )
 
 
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
-
-
-class SqliteTimeoutStore:
-    """Durable timers in the same SQLite file."""
-
-    def __init__(self, db: SqliteDatabase) -> None:
-        self.db = db
-
-    async def create(
-        self,
-        workflow_name: str,
-        foreign_id: str,
-        run_id: str,
-        status: int,
-        run_version: int,
-        expire_at: datetime,
-    ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
-        from ..._core.clock import utcnow
-
-        created = utcnow()
-        values = (
-            workflow_name,
-            foreign_id,
-            run_id,
-            status,
-            run_version,
-            to_us(expire_at),
-            to_us(created),
-        )
-
-        def insert(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO statestream_timeouts (workflow_name, foreign_id, run_id, status, "
-                "run_version, expire_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-            return int(cursor.lastrowid or 0)
-
-        timeout_id = await self.db.write(insert)
-        return TimeoutRecord(
-            timeout_id,
-            workflow_name,
-            foreign_id,
-            run_id,
-            status,
-            run_version,
-            from_us(to_us(expire_at)),
-            from_us(to_us(created)),
-        )
-
-    async def _transition(self, timeout_id: int, state: int) -> bool:
-        def change(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE statestream_timeouts SET state = ? WHERE id = ? AND state = ?",
-                (state, timeout_id, _PENDING),
-            )
-            if cursor.rowcount == 1:
-                return True
-            if conn.execute(
-                "SELECT 1 FROM statestream_timeouts WHERE id = ?", (timeout_id,)
-            ).fetchone():
-                return False
-            raise TimeoutNotFound(f"no timeout {timeout_id}")
-
-        return await self.db.write(change)
-
-    async def complete(self, timeout_id: int) -> bool:
-        return await self._transition(timeout_id, _COMPLETED)
-
-    async def cancel(self, timeout_id: int) -> None:
-        await self._transition(timeout_id, _CANCELLED)
-
-    async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(
-                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
-                "WHERE workflow_name = ? AND state = 0 ORDER BY id",
-                (workflow_name,),
-            ).fetchall()
-
-        return [_timeout(row) for row in await self.db.read(select)]
-
-    async def list_due(
-        self, workflow_name: str, status: int, now: datetime, limit: int = 100
-    ) -> builtins.list[TimeoutRecord]:
-        _aware("now", now)
-        args = (workflow_name, status, to_us(now), limit)
-
-        def select(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(
-                f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
-                "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
-                "ORDER BY expire_at, id LIMIT ?",
-                args,
-            ).fetchall()
-
-        return [_timeout(row) for row in await self.db.read(select)]
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate escaped, so that SQLite can store it as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -1,4 +1,4 @@
-"""SQLite event-table streamer and lease-row role scheduler."""
+"""SQLite event-table streamer."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import contextlib
 import json
 import sqlite3
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
 from ._db import SqliteDatabase, from_us, to_us
+from ._schema import key_hash
 
-__all__ = ["SqliteLease", "SqliteReceiver", "SqliteRoleScheduler", "SqliteStreamer"]
+__all__ = ["SqliteReceiver", "SqliteStreamer"]
 
 
 class SqliteStreamer:
@@ -23,19 +24,33 @@ class SqliteStreamer:
 
     A receiver reads rows after its cursor. It is woken at once when this process publishes to
     its topic, and polls every ``poll_interval`` for events published by other processes. Event
-    IDs are the table's row IDs: they grow across all topics, so within a topic they grow too.
+    IDs are the table's row IDs: they grow across all topics, so within a topic they grow too,
+    and since writes to the file are serialised, a row is visible before any row with a higher
+    ID can be.
+
+    Each row stores ``key_hash`` (crc32 of the key, as :func:`~statestream._record.shard_of`):
+    a receiver with ``shards > 1`` selects its shard's rows in SQL, through the topic index,
+    which also holds the hash, so other shards' rows are skipped without being read. It scans
+    at most :attr:`scan_window` IDs per read, so that a shard whose events are sparse never
+    makes one long read on the event loop, and it commits the position it has scanned past
+    (when it has nothing unacknowledged), so that an idle shard does not hold ``prune`` back.
+
+    ``prune`` deletes what every consumer of a topic has acknowledged; without it the table
+    keeps every event for ever.
     """
+
+    #: Acknowledged positions are written at most this often per receiver (and on close): a
+    #: crash replays at most this much, which the engine's version check makes harmless, and
+    #: the commits (each an fsync with synchronous=FULL) stay off the path of state changes.
+    ack_interval = 0.1
+    #: How many event IDs a sharded receiver's read scans at most.
+    scan_window = 10_000
+    #: Events ``prune`` examines per transaction.
+    prune_chunk = 2_000
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self._wakers: dict[str, asyncio.Event] = {}
-        self._receivers: set[SqliteReceiver] = set()
-
-    def _waker(self, topic: str) -> asyncio.Event:
-        waker = self._wakers.get(topic)
-        if waker is None:
-            waker = self._wakers[topic] = asyncio.Event()
-        return waker
+        self._receivers: dict[str, set[SqliteReceiver]] = {}  # the open ones, by topic
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         if not messages:
@@ -48,14 +63,15 @@ class SqliteStreamer:
                 json.dumps(dict(m.headers), separators=(",", ":")),
                 m.data,
                 to_us(m.created_at),
+                key_hash(m.key),
             )
             for m in messages
         ]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO statestream_events (topic, key, type, headers, data, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, "
+                "key_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -64,91 +80,158 @@ class SqliteStreamer:
 
     def wake(self, topic: str) -> None:
         """Wake this process's receivers of ``topic``: new events were committed."""
-        waker = self._wakers.get(topic)
-        if waker is not None:
-            waker.set()
-
-    #: Acknowledged positions are written at most this often per receiver (and on close): a
-    #: crash replays at most this much, which the engine's version check makes harmless, and
-    #: the commits (each an fsync with synchronous=FULL) stay off the path of state changes.
-    ack_interval = 0.1
+        for receiver in self._receivers.get(topic, ()):
+            receiver._wake.set()
 
     async def receiver(
-        self, topic: str, name: str, *, from_latest: bool = False, poll_interval: float = 0.5
+        self,
+        topic: str,
+        name: str,
+        *,
+        from_latest: bool = False,
+        poll_interval: float = 0.5,
+        shard: int = 0,
+        shards: int = 1,
     ) -> SqliteReceiver:
-        def position(conn: sqlite3.Connection) -> int:
+        """A receiver of ``topic`` under the consumer name ``name``, after its committed
+        position; with none, at the oldest event, or after the latest with ``from_latest``
+        (that start is committed at once, so that reopening before any ack starts there too).
+        With ``shards > 1``, only the events whose key is in ``shard``."""
+        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
+            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
+        if not 0 <= shard < shards:
+            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+
+        def position(conn: sqlite3.Connection) -> tuple[int, bool]:
             row = conn.execute(
                 "SELECT last_id FROM statestream_cursors WHERE topic = ? AND name = ?",
                 (topic, name),
             ).fetchone()
             if row is not None:
-                return int(row[0])
+                return int(row[0]), False
             if not from_latest:
-                return 0
+                return 0, True
             latest = conn.execute(
                 "SELECT MAX(id) FROM statestream_events WHERE topic = ?", (topic,)
             ).fetchone()
             start = int(latest[0] or 0)
-            # Saved at once, so that a receiver reopened before any ack starts here too.
             conn.execute(
                 "INSERT INTO statestream_cursors (topic, name, last_id, updated_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (topic, name) DO NOTHING",
                 (topic, name, start, to_us_now()),
             )
-            return start
+            return start, True
 
-        start = await (self.db.write(position) if from_latest else self.db.read(position))
-        receiver = SqliteReceiver(self, topic, name, start, poll_interval)
-        self._receivers.add(receiver)
+        start, is_new = await (self.db.write(position) if from_latest else self.db.read(position))
+        receiver = SqliteReceiver(
+            self, topic, name, start, poll_interval, shard=shard, shards=shards, is_new=is_new
+        )
+        self._receivers.setdefault(topic, set()).add(receiver)
         return receiver
 
+    def _forget(self, receiver: SqliteReceiver) -> None:
+        receivers = self._receivers.get(receiver.topic)
+        if receivers is not None:
+            receivers.discard(receiver)
+            if not receivers:
+                del self._receivers[receiver.topic]
+
+    async def prune(self, topics: Sequence[str], before: datetime) -> int:
+        """Delete the events of ``topics`` created before ``before`` that every consumer with a
+        committed position on the topic has acknowledged (all of them, for a topic without
+        one); returns how many. A receiver open in this process counts as such a consumer at
+        the position it has acknowledged, even before that position is written.
+
+        Works through each topic's acknowledged events in ID order, :attr:`prune_chunk` per
+        transaction, each bounded by the consumers' positions as they are in that transaction,
+        so that state changes go on in between. The file does not shrink: SQLite reuses the
+        freed pages for new rows (``VACUUM`` gives them back to the file system).
+        """
+        if not isinstance(before, datetime) or before.tzinfo is None:
+            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        at = to_us(before)
+        total = 0
+        for topic in dict.fromkeys(topics):
+            local = min((r._acked for r in self._receivers.get(topic, ())), default=_MAX_ID)
+            total += await self.db.delete_in_chunks(
+                "statestream_events",
+                scope="topic = ? AND id <= ? AND id <= COALESCE((SELECT MIN(last_id) "
+                f"FROM statestream_cursors WHERE topic = ?), {_MAX_ID})",
+                scope_args=(topic, local, topic),
+                condition="created_at < ?",
+                condition_args=(at,),
+                chunk=self.prune_chunk,
+            )
+        return total
+
     async def close(self) -> None:
-        for receiver in list(self._receivers):
-            await receiver.close()
+        for receivers in list(self._receivers.values()):
+            for receiver in list(receivers):
+                await receiver.close()
+
+
+_MAX_ID = 2**63 - 1
 
 
 def to_us_now() -> int:
     return int(time.time() * 1_000_000)
 
 
+_SELECT = "SELECT id, key, type, headers, data, created_at FROM statestream_events"
+
+
 class SqliteReceiver:
-    """Reads one topic under one consumer name; see :class:`SqliteStreamer`."""
+    """Reads one topic (or one shard of it) under one consumer name; see
+    :class:`SqliteStreamer`.
+
+    ``is_new`` is true when the consumer name had no committed position when the receiver
+    opened (it started at the oldest event, or at the latest with ``from_latest``).
+    """
 
     def __init__(
-        self, streamer: SqliteStreamer, topic: str, name: str, position: int, poll: float
+        self,
+        streamer: SqliteStreamer,
+        topic: str,
+        name: str,
+        position: int,
+        poll: float,
+        *,
+        shard: int = 0,
+        shards: int = 1,
+        is_new: bool = False,
     ) -> None:
         self._streamer = streamer
         self._db = streamer.db
         self.topic = topic
         self.name = name
-        self._position = position
+        self.shard = shard
+        self.shards = shards
+        self.is_new = is_new
+        self._position = position  # every event of ours up to here has been returned
+        self._delivered = position  # the last event returned (or the start)
         self._poll = max(0.001, poll)
         self._closed = False
-        self._close_event = asyncio.Event()
-        self._acked = 0  # highest acknowledged id not yet written
-        self._written = 0
+        self._wake = asyncio.Event()  # set by a publish to the topic in this process, and close
+        self._acked = position  # highest acknowledged id, written or not
+        self._written = position
         self._flusher: asyncio.Task[None] | None = None
 
     async def recv(self, limit: int = 100) -> list[Event]:
         if limit < 1:
             raise InvalidInput(f"limit must be >= 1, got {limit}")
-        waker = self._streamer._waker(self.topic)
         while True:
             if self._closed:
                 raise AdapterError(f"receiver {self.name!r} on {self.topic!r} is closed")
-            waker.clear()
-            args = (self.topic, self._position, limit)
-
-            def select(conn: sqlite3.Connection, args: tuple[Any, ...] = args) -> list[Any]:
-                return conn.execute(
-                    "SELECT id, key, type, headers, data, created_at FROM statestream_events "
-                    "WHERE topic = ? AND id > ? ORDER BY id LIMIT ?",
-                    args,
-                ).fetchall()
-
-            rows = await self._db.read(select)
+            self._wake.clear()
+            if self.shards == 1:
+                rows = await self._db.read(self._select_all(limit))
+                more = False
+                if rows:
+                    self._position = rows[-1][0]
+            else:
+                rows, self._position, more = await self._db.read(self._select_shard(limit))
             if rows:
-                self._position = rows[-1][0]
+                self._delivered = rows[-1][0]
                 return [
                     Event(
                         row[0],
@@ -161,27 +244,69 @@ class SqliteReceiver:
                     )
                     for row in rows
                 ]
-            wake = asyncio.ensure_future(waker.wait())
-            closed = asyncio.ensure_future(self._close_event.wait())
-            try:
-                await asyncio.wait(
-                    {wake, closed}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                wake.cancel()
-                closed.cancel()
+            if self._acked >= self._delivered and self._position > self._delivered:
+                # Everything returned is acknowledged, and the IDs scanned since hold nothing
+                # of ours: acknowledge them too, so that this shard does not hold prune back.
+                self._ack_to(self._position)
+            if more:
+                await asyncio.sleep(0)  # the next window at once, letting others run first
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
+
+    def _select_all(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
+        args = (self.topic, self._position, limit)
+
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                f"{_SELECT} WHERE topic = ? AND id > ? ORDER BY id LIMIT ?", args
+            ).fetchall()
+
+        return select
+
+    def _select_shard(
+        self, limit: int
+    ) -> Callable[[sqlite3.Connection], tuple[list[Any], int, bool]]:
+        """Read this shard's events in the next window of IDs: the rows, the position scanned
+        up to, and whether more IDs wait beyond it."""
+        start = self._position
+        window = self._streamer.scan_window
+        topic, shards, shard = self.topic, self.shards, self.shard
+
+        def select(conn: sqlite3.Connection) -> tuple[list[Any], int, bool]:
+            # Every ID up to the table's maximum is committed (writes are serialised, and an ID
+            # is never reused), so the range up to it can be scanned once and for all.
+            top = conn.execute("SELECT MAX(id) FROM statestream_events").fetchone()[0] or 0
+            end = min(start + window, top)
+            if end <= start:
+                return [], start, False
+            rows = conn.execute(
+                f"{_SELECT} WHERE topic = ? AND id > ? AND id <= ? AND key_hash % ? = ? "
+                "ORDER BY id LIMIT ?",
+                (topic, start, end, shards, shard, limit),
+            ).fetchall()
+            if len(rows) == limit:
+                return rows, rows[-1][0], True
+            return rows, end, end < top
+
+        return select
 
     async def ack(self, event: Event) -> None:
         """Acknowledge ``event`` and every earlier one. The position is written within
         ``SqliteStreamer.ack_interval`` (at once when the receiver closes)."""
         if event.topic != self.topic:
             raise InvalidInput(f"event of topic {event.topic!r} acked on {self.topic!r}")
-        if event.id <= self._acked:
-            return
-        self._acked = event.id
+        # Acking the last event returned acks the rest of what was scanned: none of it is ours.
+        self._ack_to(self._position if event.id >= self._delivered else event.id)
         if self._closed:
             await self._flush()
-        elif self._flusher is None or self._flusher.done():
+
+    def _ack_to(self, position: int) -> None:
+        if position <= self._acked:
+            return
+        self._acked = position
+        if not self._closed and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.ensure_future(self._flush_later())
 
     async def _flush_later(self) -> None:
@@ -208,119 +333,11 @@ class SqliteReceiver:
     async def close(self) -> None:
         """Stop receiving; the acknowledged position is written before this returns."""
         self._closed = True
-        self._close_event.set()
-        self._streamer._receivers.discard(self)
+        self._wake.set()
+        self._streamer._forget(self)
         flusher = self._flusher
         if flusher is not None and not flusher.done():
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         await self._flush()
-
-
-class SqliteLease:
-    """A role held through a lease row that the holder renews; lost if renewal fails."""
-
-    def __init__(self, scheduler: SqliteRoleScheduler, role: str, holder: str) -> None:
-        self._scheduler = scheduler
-        self._role = role
-        self.holder = holder
-        self._lost = asyncio.Event()
-        self._released = False
-        self._renewer = asyncio.ensure_future(self._renew())
-
-    @property
-    def role(self) -> str:
-        return self._role
-
-    async def _renew(self) -> None:
-        s = self._scheduler
-        while True:
-            await asyncio.sleep(s.ttl / 3)
-            if self._released:
-                return
-            try:
-                held = await s._extend(self._role, self.holder)
-            except Exception:
-                held = False
-            if not held:
-                self._lost.set()
-                return
-
-    async def lost(self) -> None:
-        await self._lost.wait()
-
-    async def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        self._lost.set()
-        await self._scheduler._release(self._role, self.holder)
-
-
-class SqliteRoleScheduler:
-    """At most one holder per role across every process using the file, through lease rows.
-
-    A holder renews its lease every ``ttl / 3`` seconds; a process that dies loses its roles
-    after at most ``ttl`` seconds, and another process takes them over.
-    """
-
-    def __init__(self, db: SqliteDatabase, *, ttl: float = 10.0, poll_interval: float = 0.5):
-        if ttl <= 0 or poll_interval <= 0:
-            raise InvalidInput("ttl and poll_interval must be > 0")
-        self.db = db
-        self.ttl = ttl
-        self.poll_interval = poll_interval
-        self._released = asyncio.Event()
-
-    async def _try(self, role: str, holder: str) -> bool:
-        def take(conn: sqlite3.Connection) -> bool:
-            now = time.time()
-            cursor = conn.execute(
-                "INSERT INTO statestream_leases (role, holder, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, "
-                "expires_at = excluded.expires_at WHERE statestream_leases.expires_at < ?",
-                (role, holder, now + self.ttl, now),
-            )
-            return cursor.rowcount == 1
-
-        return await self.db.write(take)
-
-    async def _extend(self, role: str, holder: str) -> bool:
-        def extend(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE statestream_leases SET expires_at = ? WHERE role = ? AND holder = ?",
-                (time.time() + self.ttl, role, holder),
-            )
-            return cursor.rowcount == 1
-
-        return await self.db.write(extend)
-
-    async def _release(self, role: str, holder: str) -> None:
-        def release(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM statestream_leases WHERE role = ? AND holder = ?", (role, holder)
-            )
-
-        await asyncio.shield(self.db.write(release))
-        self._released.set()
-        self._released = asyncio.Event()
-
-    async def acquire(self, role: str) -> SqliteLease:
-        holder = uuid.uuid4().hex
-        while True:
-            try:
-                taken = await self._try(role, holder)
-            except BaseException:
-                # Cancelled (or failed) while the attempt was queued: it may still commit, so
-                # remove any row under our holder ID rather than block the role for a ttl.
-                await asyncio.shield(self._release(role, holder))
-                raise
-            if taken:
-                return SqliteLease(self, role, holder)
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)

@@ -1,0 +1,184 @@
+"""The SQLite schema: the tables of the current version, and the migrations from older ones.
+
+A new file gets :data:`SCHEMA` at once. A file of an older version gets each migration in turn,
+from its version to :data:`SCHEMA_VERSION`, in one transaction: it ends with the same tables,
+columns and indexes as a new file (``tests/test_sqlite_schema.py`` compares the two), and keeps
+its data. A file of a newer version is refused before anything changes (``SqliteDatabase``).
+
+History:
+
+1. Records, outbox, events, cursors, timeouts, leases.
+2. ``statestream_events.key_hash`` (crc32 of the key, for sharded receivers, in the topic
+   index); one timer per visit (a unique key on the timeout's run, status and version) and
+   ``claimed_until``; the due-timer index only over pending timers; an index to page the runs
+   of one workflow; ``statestream_parked``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import zlib
+from collections.abc import Callable
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "key_hash", "upgrade"]
+
+log = logging.getLogger("statestream.sqlite")
+
+#: Version of the schema this release writes; stored in ``statestream_meta``.
+SCHEMA_VERSION = 2
+
+
+def key_hash(key: str) -> int:
+    """The stored hash of an event key: crc32 of its UTF-8 bytes, as
+    :func:`statestream._record.shard_of` computes (``key_hash % n`` is the key's shard)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+#: The tables of a new file, at :data:`SCHEMA_VERSION`. Columns added by a migration come last,
+#: in the order the migrations add them, so that a migrated file has the same columns.
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS statestream_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_records (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_state INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        object BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        run_state_reason TEXT NOT NULL DEFAULT '',
+        status_description TEXT NOT NULL DEFAULT '',
+        auto_resumes INTEGER NOT NULL DEFAULT 0,
+        active_key TEXT UNIQUE
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_foreign_id
+        ON statestream_records (workflow_name, foreign_id)""",
+    # (workflow_name, rowid): one workflow's runs in creation order, for keyset paging.
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_workflow
+        ON statestream_records (workflow_name)""",
+    """CREATE TABLE IF NOT EXISTS statestream_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        workflow_name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_outbox_by_workflow
+        ON statestream_outbox (workflow_name, seq)""",
+    """CREATE TABLE IF NOT EXISTS statestream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        key_hash INTEGER NOT NULL DEFAULT 0
+    )""",
+    # key_hash in the index: a sharded receiver skips other shards' rows in the index, without
+    # reading them from the table.
+    """CREATE INDEX IF NOT EXISTS statestream_events_by_topic
+        ON statestream_events (topic, id, key_hash)""",
+    """CREATE TABLE IF NOT EXISTS statestream_cursors (
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_timeouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        run_version INTEGER NOT NULL,
+        expire_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        claimed_until INTEGER
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS statestream_timeouts_visit
+        ON statestream_timeouts (workflow_name, run_id, status, run_version)""",
+    # Pending timers only: completed and cancelled ones stay out of the pollers' index.
+    """CREATE INDEX IF NOT EXISTS statestream_timeouts_due
+        ON statestream_timeouts (workflow_name, status, expire_at) WHERE state = 0""",
+    """CREATE TABLE IF NOT EXISTS statestream_leases (
+        role TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_parked (
+        id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        parked_at INTEGER NOT NULL,
+        retry_requested INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_parked_by_workflow
+        ON statestream_parked (workflow_name, parked_at)""",
+]
+
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    # Events: the key's hash, computed for the rows already there.
+    conn.create_function("statestream_key_hash", 1, key_hash, deterministic=True)
+    conn.execute("ALTER TABLE statestream_events ADD COLUMN key_hash INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE statestream_events SET key_hash = statestream_key_hash(key)")
+    conn.execute("DROP INDEX IF EXISTS statestream_events_by_topic")
+    # Timeouts: version 1 could hold several timers for one visit of a status. Keep one per
+    # visit: a completed one (the visit's timeout has fired), else the first pending one, else
+    # the first cancelled one.
+    conn.execute("ALTER TABLE statestream_timeouts ADD COLUMN claimed_until INTEGER")
+    conn.execute(
+        """DELETE FROM statestream_timeouts WHERE id IN (
+            SELECT id FROM (
+                SELECT id, ROW_NUMBER() OVER (
+                    PARTITION BY workflow_name, run_id, status, run_version
+                    ORDER BY CASE state WHEN 1 THEN 0 WHEN 0 THEN 1 ELSE 2 END, id
+                ) AS n
+                FROM statestream_timeouts
+            ) WHERE n > 1
+        )"""
+    )
+    conn.execute("DROP INDEX IF EXISTS statestream_timeouts_due")
+    # The new indexes and the parked table come from SCHEMA, run after the migrations.
+
+
+#: ``_MIGRATIONS[v]`` brings a file from version ``v`` to ``v + 1``.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+
+
+def upgrade(conn: sqlite3.Connection, found: int) -> None:
+    """Bring a file from version ``found`` (0: a new file) to :data:`SCHEMA_VERSION`, inside
+    the caller's transaction."""
+    if found:
+        for version in range(found, SCHEMA_VERSION):
+            _MIGRATIONS[version](conn)
+            log.info("statestream: SQLite schema version %d migrated to %d", version, version + 1)
+    for statement in SCHEMA:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO statestream_meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(SCHEMA_VERSION),),
+    )

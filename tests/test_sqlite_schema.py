@@ -1,0 +1,326 @@
+"""The SQLite schema's versions: a file written by an older release migrates and keeps its data.
+
+``V1_SCHEMA`` is the DDL of schema version 1, copied here as the release that wrote it had it, so
+that the test keeps building such a file whatever the code's current schema is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statestream.adapters.sqlite import (
+    SCHEMA_VERSION,
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteTimeoutStore,
+    _schema,
+)
+from statestream.cli import main
+
+V1_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS statestream_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_records (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_state INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        object BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        run_state_reason TEXT NOT NULL DEFAULT '',
+        status_description TEXT NOT NULL DEFAULT '',
+        auto_resumes INTEGER NOT NULL DEFAULT 0,
+        active_key TEXT UNIQUE
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_foreign_id
+        ON statestream_records (workflow_name, foreign_id)""",
+    """CREATE TABLE IF NOT EXISTS statestream_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        workflow_name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_outbox_by_workflow
+        ON statestream_outbox (workflow_name, seq)""",
+    """CREATE TABLE IF NOT EXISTS statestream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_events_by_topic
+        ON statestream_events (topic, id)""",
+    """CREATE TABLE IF NOT EXISTS statestream_cursors (
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_timeouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        run_version INTEGER NOT NULL,
+        expire_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_timeouts_due
+        ON statestream_timeouts (workflow_name, status, state, expire_at)""",
+    """CREATE TABLE IF NOT EXISTS statestream_leases (
+        role TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+]
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+US = int(NOW.timestamp()) * 1_000_000
+PENDING, COMPLETED, CANCELLED = 0, 1, 2
+EVENT_KEYS = [f"run-{i}" for i in range(40)] + ["r\u00e9sum\u00e9", "\u65e5\u672c"]
+#: (run_id, state) of version 1 timers of one visit each (status 3, run version 2): several rows
+#: for one visit were possible then. The row the migration keeps is marked.
+TIMERS = [
+    ("lone", PENDING, True),
+    ("fired-twice", PENDING, False),
+    ("fired-twice", COMPLETED, True),  # the visit's timeout fired: this one stays
+    ("pending-twice", PENDING, True),  # the first pending one stays
+    ("pending-twice", PENDING, False),
+    ("cancelled-then-pending", CANCELLED, False),
+    ("cancelled-then-pending", PENDING, True),
+    ("cancelled-twice", CANCELLED, True),
+    ("cancelled-twice", CANCELLED, False),
+]
+
+
+def write_v1_file(path: Path) -> None:
+    """A file as schema version 1 wrote it, with data in every table."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in V1_SCHEMA:
+        conn.execute(statement)
+    conn.execute("INSERT INTO statestream_meta VALUES ('schema_version', '1')")
+    for i in range(3):
+        conn.execute(
+            "INSERT INTO statestream_records (run_id, workflow_name, foreign_id, run_state, "
+            "status, object, created_at, updated_at, version, run_state_reason, active_key) "
+            "VALUES (?, 'wf', ?, 2, 2, ?, ?, ?, 3, 'why', ?)",
+            (f"run-{i}", f"fid-{i}", b'{"n":%d}' % i, US + i, US + 10 + i, f"wf\x00fid-{i}"),
+        )
+    conn.execute(
+        "INSERT INTO statestream_outbox (id, workflow_name, topic, key, type, headers, data, "
+        "created_at) VALUES ('ob-1', 'wf', 'wf-2', 'run-0', 2, '{}', x'', ?)",
+        (US,),
+    )
+    for key in EVENT_KEYS:
+        conn.execute(
+            "INSERT INTO statestream_events (topic, key, type, headers, data, created_at) "
+            "VALUES ('wf-2', ?, 2, '{\"run_id\":\"x\"}', x'00ff', ?)",
+            (key, US),
+        )
+    conn.execute("INSERT INTO statestream_cursors VALUES ('wf-2', 'consumer', 7, ?)", (US,))
+    for run_id, state, _ in TIMERS:
+        conn.execute(
+            "INSERT INTO statestream_timeouts (workflow_name, foreign_id, run_id, status, "
+            "run_version, expire_at, created_at, state) VALUES ('wf', 'fid', ?, 3, 2, ?, ?, ?)",
+            (run_id, US + 60_000_000, US, state),
+        )
+    conn.execute("INSERT INTO statestream_leases VALUES ('role', 'holder', 1.5)")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def rows(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def shape(path: Path) -> dict[str, Any]:
+    """Every table's columns and every index's definition: what must match between a migrated
+    file and a new one."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        result: dict[str, Any] = {}
+        for table in tables:
+            result[table] = conn.execute(f"PRAGMA table_xinfo({table})").fetchall()
+        for name, table, sql in conn.execute(
+            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        ):
+            columns = conn.execute(f"PRAGMA index_xinfo({name})").fetchall()
+            result[f"index {name}"] = (table, " ".join((sql or "").split()), columns)
+        return result
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def v1_file(tmp_path: Path) -> Path:
+    path = tmp_path / "v1.db"
+    write_v1_file(path)
+    return path
+
+
+async def migrate(path: Path) -> None:
+    db = SqliteDatabase(path)
+    try:
+        assert await db.schema_version() == SCHEMA_VERSION
+    finally:
+        await db.close()
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_the_current_version_is_2() -> None:
+    # A bump needs a migration in _schema._MIGRATIONS and a test here that migrates a file of
+    # the version before.
+    assert SCHEMA_VERSION == 2
+    assert sorted(_schema._MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+
+
+async def test_a_migrated_file_has_the_same_schema_as_a_new_one(
+    v1_file: Path, tmp_path: Path
+) -> None:
+    await migrate(v1_file)
+    await migrate(tmp_path / "new.db")
+
+    assert shape(v1_file) == shape(tmp_path / "new.db")
+
+
+async def test_migration_keeps_records_outbox_cursors_and_leases(v1_file: Path) -> None:
+    await migrate(v1_file)
+
+    db = SqliteDatabase(v1_file)
+    try:
+        store = SqliteRecordStore(db)
+        run = await store.lookup("run-1")
+        assert (run.foreign_id, run.version, run.run_state_reason, run.object) == (
+            "fid-1",
+            3,
+            "why",
+            b'{"n":1}',
+        )
+        assert (await store.latest("wf", "fid-2")).run_id == "run-2"
+        assert [r.run_id for r in await store.list("wf")] == ["run-0", "run-1", "run-2"]
+        [outbox] = await store.list_outbox("wf", 10)
+        assert (outbox.id, outbox.topic, outbox.message.key) == ("ob-1", "wf-2", "run-0")
+    finally:
+        await db.close()
+    assert rows(v1_file, "SELECT topic, name, last_id FROM statestream_cursors") == [
+        ("wf-2", "consumer", 7)
+    ]
+    assert rows(v1_file, "SELECT * FROM statestream_leases") == [("role", "holder", 1.5)]
+
+
+async def test_migration_computes_the_key_hash_of_existing_events(v1_file: Path) -> None:
+    await migrate(v1_file)
+
+    found = rows(v1_file, "SELECT key, key_hash, data FROM statestream_events ORDER BY id")
+    assert [key for key, _, _ in found] == EVENT_KEYS
+    for key, stored, data in found:
+        assert stored == zlib.crc32(key.encode("utf-8"))
+        assert data == b"\x00\xff"
+
+
+async def test_migration_keeps_one_timer_per_visit(v1_file: Path) -> None:
+    before = rows(v1_file, "SELECT id FROM statestream_timeouts ORDER BY id")
+
+    await migrate(v1_file)
+
+    kept = [row_id for (row_id,), (_, _, keep) in zip(before, TIMERS, strict=True) if keep]
+    after = rows(v1_file, "SELECT id, claimed_until FROM statestream_timeouts ORDER BY id")
+    assert after == [(row_id, None) for row_id in kept]
+    db = SqliteDatabase(v1_file)
+    try:
+        pending = await SqliteTimeoutStore(db).list("wf")
+        assert sorted(t.run_id for t in pending) == [
+            "cancelled-then-pending",
+            "lone",
+            "pending-twice",
+        ]
+        assert all(t.claimed_until is None for t in pending)
+    finally:
+        await db.close()
+
+
+async def test_a_new_timer_for_a_migrated_visit_returns_the_kept_one(v1_file: Path) -> None:
+    await migrate(v1_file)
+    db = SqliteDatabase(v1_file)
+    try:
+        store = SqliteTimeoutStore(db)
+        [lone] = [t for t in await store.list("wf") if t.run_id == "lone"]
+        again = await store.create("wf", "fid", "lone", 3, 2, NOW + timedelta(hours=1))
+        assert again.id == lone.id
+        assert again.expire_at == lone.expire_at
+    finally:
+        await db.close()
+
+
+async def test_a_failed_migration_leaves_the_file_at_version_1(
+    v1_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = shape(v1_file)
+    original = _schema._MIGRATIONS[1]
+
+    def fails_half_way(conn: sqlite3.Connection) -> None:
+        original(conn)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(_schema._MIGRATIONS, 1, fails_half_way)
+    db = SqliteDatabase(v1_file)
+    try:
+        with pytest.raises(Exception, match="disk I/O error"):
+            await db.schema_version()
+    finally:
+        await db.close()
+
+    assert shape(v1_file) == before
+    assert rows(v1_file, "SELECT value FROM statestream_meta") == [("1",)]
+    assert len(rows(v1_file, "SELECT id FROM statestream_timeouts")) == len(TIMERS)
+
+
+def test_cli_schema_migrate_migrates_a_version_1_file(
+    v1_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", "version", str(v1_file)]) == 0
+    out, _ = capsys.readouterr()
+    assert out == "1\n"
+
+    assert main(["schema", "migrate", str(v1_file)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == f"migrated {v1_file} from statestream schema version 1 to 2"
+    assert rows(v1_file, "SELECT COUNT(*) FROM statestream_records") == [(3,)]
+    assert main(["schema", "version", str(v1_file)]) == 0
+    assert capsys.readouterr()[0] == "2\n"
