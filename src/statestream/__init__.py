@@ -24,6 +24,7 @@ from ._core.records import (
     Message,
     Order,
     OutboxEvent,
+    ParkedEvent,
     Record,
     RecordFilter,
     TimeoutRecord,
@@ -35,7 +36,7 @@ from ._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
 from ._core.runstate import RunState
 from ._definition.options import ProcessOptions
 from ._engine.callbacks import CallbackOutcome, CallbackResult
-from ._engine.dispatch import ProcessState
+from ._engine.dispatch import ProcessInfo, ProcessState
 from ._engine.schedules import CronSpec, Schedule
 from ._engine.source import StreamSource
 from ._engine.timeouts import after, at
@@ -72,7 +73,9 @@ __all__ = [
     "Message",
     "Order",
     "OutboxEvent",
+    "ParkedEvent",
     "Pause",
+    "ProcessInfo",
     "ProcessOptions",
     "ProcessState",
     "Record",

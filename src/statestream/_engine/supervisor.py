@@ -334,11 +334,13 @@ class Supervisor:
                     break
                 proc.state = ProcessState.RUNNING
                 ok = True
+                expired = False
                 try:
-                    await self._hold(proc, lease)
+                    expired = await self._hold(proc, lease)
                 except LeaseExpired as exc:
                     # Not a failure of the process: give the role up and wait for it again.
                     log.warning("statestream: %s: %s; acquiring the role again", proc.role, exc)
+                    expired = True
                 except Exception as exc:
                     ok = False
                     log.exception("statestream: process %s of %s failed", proc.name, self._workflow)
@@ -349,6 +351,10 @@ class Supervisor:
                         ok = False
                 if ok:
                     attempt = 0
+                    if expired:  # a short pause, so that leases born expired cannot spin
+                        await sleep_unless(
+                            self.stopping, backoff(1, proc.error_backoff, proc.max_error_backoff)
+                        )
                     continue
                 attempt += 1
                 proc.state = ProcessState.ERROR
@@ -359,7 +365,8 @@ class Supervisor:
             if self.stopping.is_set() or proc.state is not ProcessState.ERROR:
                 proc.state = ProcessState.SHUTDOWN
 
-    async def _hold(self, proc: Process, lease: Lease) -> None:
+    async def _hold(self, proc: Process, lease: Lease) -> bool:
+        """Run the body while the lease holds; True if its deadline ended it."""
         context = contextvars.copy_context()
         context.run(HELD.set, Held(proc, lease, self))
         if self.executor is not None:
@@ -375,12 +382,13 @@ class Supervisor:
             await asyncio.gather(body, return_exceptions=True)
             raise
         finally:
+            by_deadline = expired.done() and not lost.done()
             lost.cancel()
             expired.cancel()
         if body.done():
             body.result()
-            return
-        if lost.done():
+            return False
+        if not by_deadline:
             log.warning("statestream: lost role %s; stopping its work", proc.role)
         else:
             log.warning(
@@ -396,6 +404,7 @@ class Supervisor:
                 proc.name,
                 exc_info=results[0],
             )
+        return by_deadline
 
 
 async def _run(body: Body, stopping: asyncio.Event) -> None:
