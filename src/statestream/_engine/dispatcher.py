@@ -42,6 +42,8 @@ ErrorPolicy = Callable[[Event, BaseException, int], Awaitable[bool]]
 ACK_ATTEMPTS = 5
 #: At most one "lagging" warning per consumer in this many seconds.
 LAG_LOG_INTERVAL = 60.0
+#: How often a consumer recounts its parked events when it has not parked or retried any.
+COUNT_INTERVAL = 60.0
 
 
 def _cancelling() -> bool:
@@ -100,6 +102,8 @@ class KeyedDispatcher:
         #: then ends (and is restarted under a new lease) instead of keeping a hole in its window.
         self._expired = asyncio.Event()
         self._lag_logged = -math.inf
+        self._parked_dirty = True
+        self._parked_counted = -math.inf
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set, then let in-flight events finish and acknowledge."""
@@ -125,8 +129,8 @@ class KeyedDispatcher:
                 limit = min(self._concurrency - self._active, self._window - len(self._slots))
                 recv = asyncio.ensure_future(self._receiver.recv(limit))
                 await asyncio.wait({recv, stop, *helpers}, return_when=asyncio.FIRST_COMPLETED)
-                if not recv.done() or any(h.done() for h in helpers):
-                    recv.cancel()  # (its events, if any, are delivered again to the next run)
+                if not recv.done():  # stopping, or a helper ended (seen at the latest here)
+                    recv.cancel()
                     await asyncio.gather(recv, return_exceptions=True)
                     _raise_if_ended(helpers)
                     break
@@ -260,6 +264,7 @@ class KeyedDispatcher:
             log.exception("statestream: %s: parking event %s failed; retrying it", role, event.id)
             return False
         held.process.parked += 1
+        self._parked_dirty = True
         log.error(
             "statestream: %s gave up on event %s of run %s after %d attempts and parked it "
             "(%s); retry it with Workflow.retry_parked(%r) or statestream runs retry-parked",
@@ -394,8 +399,7 @@ class KeyedDispatcher:
 
     async def _retry_parked(self, parker: Parker, held: Held) -> None:
         proc = held.process
-        count, requested = await parker.check(proc.role)
-        proc.parked = count
+        requested = await parker.requested(proc.role)  # usually an empty, indexed query
         for entry in requested:
             if self._stopping.is_set() or lease_expired(held.lease):
                 return
@@ -407,9 +411,12 @@ class KeyedDispatcher:
                 await self._retry_one(parker, proc.role, entry)
             finally:
                 self._next_of(key)
-        if requested:
-            count, _ = await parker.check(proc.role)
-            proc.parked = count
+        # The count (for process_info) costs a longer list: only when it may have changed.
+        now = time.monotonic()
+        if requested or self._parked_dirty or now - self._parked_counted >= COUNT_INTERVAL:
+            self._parked_dirty = False
+            self._parked_counted = now
+            proc.parked = await parker.count(proc.role)
 
     async def _retry_one(self, parker: Parker, role: str, entry: ParkedEvent) -> None:
         try:

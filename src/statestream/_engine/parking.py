@@ -24,15 +24,16 @@ __all__ = ["ParkEvent", "Parker", "describe_error", "parked_id"]
 
 log = logging.getLogger("statestream")
 
-#: How many of its own parked entries a consumer lists at each check.
+#: A consumer counts its parked entries up to this many (for ``process_info``).
 LIST_LIMIT = 1000
+#: Entries flagged for a retry that a consumer takes at each check.
 RETRY_BATCH = 100
 
 
 class ParkEvent(Exception):
     """Raised by an error policy: stop retrying this event, park it, and move on.
 
-    ``__cause__`` (or :attr:`error`) is the handler's error that is recorded.
+    :attr:`error` is the handler's error, the one recorded in the parked entry.
     """
 
     def __init__(self, reason: str, error: BaseException | None = None) -> None:
@@ -84,18 +85,18 @@ class Parker:
             )
         )
 
-    async def check(self, consumer: str) -> tuple[int, list[ParkedEvent]]:
-        """How many entries ``consumer`` has parked (up to LIST_LIMIT), and those flagged for a
-        retry (up to RETRY_BATCH), with one store query in the usual case."""
+    async def requested(self, consumer: str) -> list[ParkedEvent]:
+        """The entries of ``consumer`` flagged for a retry (up to RETRY_BATCH), oldest first."""
+        return await self.store.list_parked(
+            self.workflow_name, consumer=consumer, retry_requested=True, limit=RETRY_BATCH
+        )
+
+    async def count(self, consumer: str) -> int:
+        """How many entries ``consumer`` has parked (up to LIST_LIMIT)."""
         entries = await self.store.list_parked(
             self.workflow_name, consumer=consumer, limit=LIST_LIMIT
         )
-        requested = [e for e in entries if e.retry_requested]
-        if len(entries) >= LIST_LIMIT:  # flagged ones may lie beyond the first page
-            requested = await self.store.list_parked(
-                self.workflow_name, consumer=consumer, retry_requested=True, limit=RETRY_BATCH
-            )
-        return len(entries), requested[:RETRY_BATCH]
+        return len(entries)
 
     async def done(self, entry: ParkedEvent) -> None:
         await self.store.delete_parked(entry.id)

@@ -74,8 +74,8 @@ class ProcessInfo:
         errors: failures of the process itself since it started (its body, acquiring or
             releasing its role, acknowledging events); errors of runs are not counted here.
         last_error: the last of those failures, ``""`` if none.
-        parked: events of this consumer parked in the store, as of its last check (up to 1000);
-            see ``Workflow.parked()``.
+        parked: events of this consumer parked in the store (counted up to 1000, after it parks
+            or retries one and every minute while it holds its role); see ``Workflow.parked()``.
     """
 
     state: ProcessState
