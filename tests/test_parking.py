@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import Adapters, Order, Status, build, eventually, order_builder
+from helpers import Adapters, Order, Status, advance_until, build, eventually, order_builder
 from statestream import ProcessState, Record, Run, RunState, Workflow, errors
 from statestream._core.records import OutboxEvent, ParkedEvent
 from statestream.adapters.memory import MemoryRecordStore
+from statestream.testing import FakeClock
 
 HOOK = "completed-run-state-change-hook-consumer"
 
@@ -260,3 +262,34 @@ async def test_parked_events_keep_the_event_as_received() -> None:
     assert entry.id == f"{entry.consumer}:{entry.event.topic}:{entry.event.id}"
     assert entry.event.headers["run_id"] == bad
     assert await wf.parked(consumer="someone-else") == []
+
+
+async def test_a_pause_retry_that_keeps_failing_is_parked_and_other_runs_resume() -> None:
+    # Given two runs that pause on their first visit, and a store that cannot resume one of them
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    store = FlakyStore()
+    store.failing = lambda r: r.foreign_id == "bad" and r.auto_resumes > 0
+
+    async def pay(run: Run[Order, Status]) -> Any:
+        if run.object.attempts == 0:
+            run.object.attempts += 1
+            return run.pause("try again later")
+        return Status.PAID
+
+    b = order_builder(pay)
+    b.defaults(park_after_errors=2, concurrency=1)
+    wf, _ = build(b, Adapters(store=store), clock=clock, pause_retry=60)
+    async with wf:
+        bad = await wf.trigger("bad")
+        good = await wf.trigger("good")
+
+        async def good_done() -> bool:
+            return (await wf.get(good)).run_state is RunState.COMPLETED
+
+        # When the pause retry is due, Then the failing resume is parked and the other run goes on
+        await advance_until(clock, good_done, step=30, what="the good run to be resumed")
+        await parked_count(wf, 1)
+        (entry,) = await wf.parked()
+        assert entry.consumer == "orders-paused-records-retry-consumer"
+        assert entry.event.key == bad
+        assert (await wf.get(bad)).run_state is RunState.PAUSED
