@@ -239,3 +239,28 @@ async def test_the_shard_read_uses_the_topic_index(db: SqliteDatabase, tmp_path:
     details = " ".join(row[-1] for row in plan)
     assert "USING INDEX statestream_events_by_topic (topic=? AND id>? AND id<?)" in details
     assert "TEMP B-TREE" not in details
+
+
+async def test_pruning_keeps_the_file_from_growing(
+    db: SqliteDatabase, streamer: SqliteStreamer, tmp_path: Path
+) -> None:
+    # Given a consumer that keeps up with 5 rounds of 10,000 events, pruned after each round
+    receiver = await streamer.receiver("topic", "consumer")
+    pages: list[int] = []
+    try:
+        for round_ in range(5):
+            keys = [f"r{round_}-{i}" for i in range(10_000)]
+            for start in range(0, 10_000, 1_000):
+                await streamer.publish("topic", messages(keys[start : start + 1_000]))
+            got = 0
+            while got < 10_000:
+                batch = await receiver.recv(1_000)
+                got += len(batch)
+                await receiver.ack(batch[-1])
+            assert await streamer.prune(["topic"], now()) == 10_000
+            pages.append(await db.read(lambda c: c.execute("PRAGMA page_count").fetchone()[0]))
+    finally:
+        await receiver.close()
+
+    # Then the freed pages are reused: the file stays at the size of one round
+    assert max(pages) <= pages[0] * 1.1, pages

@@ -152,12 +152,16 @@ class SqliteStreamer:
         at = to_us(before)
         total = 0
         for topic in dict.fromkeys(topics):
-            local = min((r._acked for r in self._receivers.get(topic, ())), default=_MAX_ID)
+            local = list(self._receivers.get(topic, ()))
+            # This process's receivers write their positions lazily: bring their rows up to
+            # date first, so that a row behind its receiver's acks does not hold prune back.
+            await asyncio.gather(*(r._flush() for r in local))
+            bound = min((r._acked for r in local), default=_MAX_ID)
             total += await self.db.delete_in_chunks(
                 "statestream_events",
                 scope="topic = ? AND id <= ? AND id <= COALESCE((SELECT MIN(last_id) "
                 f"FROM statestream_cursors WHERE topic = ?), {_MAX_ID})",
-                scope_args=(topic, local, topic),
+                scope_args=(topic, bound, topic),
                 condition="created_at < ?",
                 condition_args=(at,),
                 chunk=self.prune_chunk,
