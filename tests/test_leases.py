@@ -81,7 +81,8 @@ PAY_ROLE = "orders-1-consumer-1-of-1"
 
 
 def adapters(scheduler: DeadlineScheduler) -> Adapters:
-    return Adapters(MemoryStreamer(), MemoryRecordStore(), scheduler)  # type: ignore[arg-type]
+    store = MemoryRecordStore(keep_snapshots=True)
+    return Adapters(MemoryStreamer(), store, scheduler)  # type: ignore[arg-type]
 
 
 async def test_a_holder_past_its_deadline_does_not_write_the_step_result() -> None:
