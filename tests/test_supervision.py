@@ -149,6 +149,40 @@ async def test_a_process_whose_task_ended_is_not_reported_running() -> None:
     assert proc.report() is ProcessState.ERROR
 
 
+async def test_a_supervising_task_that_dies_is_reported_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a supervisor whose own loop fails once (a bug, not a failure of the body)
+    class Buggy(Supervisor):
+        crashes = 0
+
+        async def _supervise(self, proc: Process) -> None:
+            if Buggy.crashes == 0:
+                Buggy.crashes += 1
+                raise RuntimeError("supervisor bug")
+            await super()._supervise(proc)
+
+    running = asyncio.Event()
+
+    async def body(stopping: asyncio.Event) -> None:
+        running.set()
+        await stopping.wait()
+
+    sup = Buggy(FaultyScheduler(), "wf")
+    proc = Process("p", "wf-role", body, error_backoff=0.001, max_error_backoff=0.002)
+    sup.start([proc])
+    try:
+        # Then the death is logged and reported, and the process runs after a restart
+        await asyncio.wait_for(running.wait(), 5)
+        assert proc.errors == 1
+        assert proc.last_error == "supervisor: RuntimeError: supervisor bug"
+        assert "supervisor of process p of wf died" in caplog.text
+        assert proc.report() is ProcessState.RUNNING
+    finally:
+        await sup.stop(grace=1)
+    assert proc.report() is ProcessState.SHUTDOWN
+
+
 # ------------------------------------------------------------------ faulty receivers
 
 
