@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -352,6 +353,10 @@ class FakeLease:
     @property
     def role(self) -> str:
         return self._role
+
+    @property
+    def valid_until(self) -> float:
+        return math.inf
 
     async def lost(self) -> None:
         await self.lose.wait()

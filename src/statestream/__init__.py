@@ -26,6 +26,7 @@ from ._core.records import (
     Message,
     Order,
     OutboxEvent,
+    ParkedEvent,
     Record,
     RecordFilter,
     TimeoutRecord,
@@ -37,7 +38,7 @@ from ._core.run import Cancel, Control, Pause, Run, SaveAndRepeat, Skip
 from ._core.runstate import RunState
 from ._definition.options import ProcessOptions
 from ._engine.callbacks import CallbackOutcome, CallbackResult
-from ._engine.dispatch import ProcessState
+from ._engine.dispatch import ProcessInfo, ProcessState
 from ._engine.observe import CompositeObserver, NullObserver
 from ._engine.schedules import CronSpec, Schedule
 from ._engine.source import StreamSource
@@ -78,7 +79,9 @@ __all__ = [
     "Observer",
     "Order",
     "OutboxEvent",
+    "ParkedEvent",
     "Pause",
+    "ProcessInfo",
     "ProcessOptions",
     "ProcessState",
     "Record",

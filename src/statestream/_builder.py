@@ -298,6 +298,7 @@ class Builder(Generic[T, StatusT]):
         timeout_claim: Seconds = 60.0,
         retention: Seconds | None = timedelta(days=7),
         retention_interval: Seconds = 3600.0,
+        sync_workers: int = 32,
     ) -> Workflow[T, StatusT]:
         """Validate the definition and bind it to adapters.
 
@@ -322,6 +323,10 @@ class Builder(Generic[T, StatusT]):
                 timers, are deleted once they are this old (``None`` keeps them for ever).
                 Streamers with their own retention (Kafka) ignore it.
             retention_interval: how often the retention process prunes.
+            sync_workers: threads for plain ``def`` steps, callbacks, timers and hooks: the
+                workflow's own pool of daemon threads, so that a hung one can neither starve
+                other code's use of the loop's default executor nor keep the process alive
+                after ``stop``.
 
         Raises:
             ConfigurationError: the graph or the adapters are not usable.
@@ -357,6 +362,8 @@ class Builder(Generic[T, StatusT]):
         claim = to_seconds(timeout_claim, "timeout_claim")
         keep = None if retention is None else to_seconds(retention, "retention")
         prune_every = to_seconds(retention_interval, "retention_interval")
+        if isinstance(sync_workers, bool) or not isinstance(sync_workers, int) or sync_workers < 1:
+            raise ConfigurationError(f"sync_workers must be an int >= 1, got {sync_workers!r}")
         starting = self._graph.starting_nodes
         if not starting:
             raise ConfigurationError(
@@ -429,4 +436,5 @@ class Builder(Generic[T, StatusT]):
             clock=clock or SystemClock(),
             outbox=outbox,
             observer=observer,
+            sync_workers=sync_workers,
         )

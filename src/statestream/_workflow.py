@@ -19,16 +19,17 @@ from ._core.protocols import (
     RoleScheduler,
     TimeoutStore,
 )
-from ._core.records import Record
+from ._core.records import ParkedEvent, Record
 from ._core.run import Run
 from ._core.runstate import RunState
 from ._core.types import Seconds, StatusT, T, to_seconds
 from ._definition.specs import Definition
 from ._engine.callbacks import CallbackResult, run_callback
-from ._engine.dispatch import Process, ProcessState
+from ._engine.dispatch import Process, ProcessInfo, ProcessState
 from ._engine.plan import ProcessSpec, process_specs
 from ._engine.runtime import H_PAUSED_BY, Runtime
 from ._engine.schedules import Schedule
+from ._engine.usercode import SYNC_EXECUTOR
 from .errors import (
     ConfigurationError,
     InvalidInput,
@@ -65,6 +66,7 @@ class Workflow(Generic[T, StatusT]):
         clock: Clock,
         outbox: bool,
         observer: Observer | None = None,
+        sync_workers: int = 32,
     ) -> None:
         self._def = definition
         self._rt = rt = Runtime(
@@ -75,6 +77,7 @@ class Workflow(Generic[T, StatusT]):
             timeout_store=timeout_store,
             clock=clock,
             observer=observer,
+            sync_workers=sync_workers,
         )
         rt.facade = self
         self.name = definition.name
@@ -112,6 +115,9 @@ class Workflow(Generic[T, StatusT]):
             wake.set()
         await self._supervisor.stop(seconds)
         await self._rt.waiters.close_idle()
+        # A plain def step still running past the grace keeps its (daemon) thread until it
+        # returns; it does not keep the process alive.
+        self._rt.executor.shutdown(wait=False)
         self._started = False
 
     async def __aenter__(self) -> Workflow[T, StatusT]:
@@ -131,9 +137,60 @@ class Workflow(Generic[T, StatusT]):
         return self._started
 
     def states(self) -> dict[str, ProcessState]:
-        """Each background process of this instance and what it is doing."""
-        current = {p.name: p.state for p in self._supervisor.processes}
+        """Each background process of this instance and what it is doing.
+
+        ``RUNNING`` while it holds its role and works (``LAGGING`` when its oldest unfinished
+        event is older than its ``lag_alert``), ``IDLE`` while another process holds the role,
+        ``ERROR`` while it restarts after a failure, ``SHUTDOWN`` once stopped.
+        """
+        current = {p.name: p.report() for p in self._supervisor.processes}
         return {name: current.get(name, ProcessState.UNKNOWN) for name, *_ in self._specs()}
+
+    def process_info(self) -> dict[str, ProcessInfo]:
+        """Each background process of this instance with its state, lag, errors and parked
+        events (see :class:`ProcessInfo`)."""
+        current = {p.name: p for p in self._supervisor.processes}
+        out: dict[str, ProcessInfo] = {}
+        for name, role, *_ in self._specs():
+            proc = current.get(name)
+            out[name] = (
+                proc.info()
+                if proc is not None
+                else ProcessInfo(ProcessState.UNKNOWN, role, 0.0, 0, "", 0)
+            )
+        return out
+
+    async def parked(self, *, consumer: str | None = None, limit: int = 100) -> list[ParkedEvent]:
+        """Events that a consumer of this workflow gave up on after repeated errors, oldest first.
+
+        A consumer that cannot handle an event (a hook, connector handler, data deleter or pause
+        retry failing ``park_after_errors`` times, or a step whose auto-pause failed) parks it and
+        moves on. :meth:`retry_parked` asks for one to be handled again.
+
+        Args:
+            consumer: only those of this consumer (its role name, :attr:`ProcessInfo.role`).
+            limit: at most this many.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"limit must be an int >= 1, got {limit!r}")
+        if consumer is not None:
+            self._check_id(consumer, "consumer")
+        return await self.store.list_parked(self.name, consumer=consumer, limit=limit)
+
+    async def retry_parked(self, parked_id: str) -> None:
+        """Ask for a parked event to be handled again.
+
+        The consumer that parked it, in whichever process holds its role, handles it within a
+        few seconds (at once when that is this process): the entry is deleted if it succeeds and
+        parked again, with the new error, if it fails. The handler runs at least once more; a
+        step whose run has moved on since is not called.
+
+        Raises:
+            RecordNotFound: no parked event with this ID.
+        """
+        await self.store.retry_parked(self._check_id(parked_id, "parked_id"))
+        if self._started:
+            self._supervisor.wake_parked()
 
     def mermaid(self, direction: str = "LR") -> str:
         """The workflow's graph as a Mermaid state diagram (fenced for Markdown)."""
@@ -156,17 +213,16 @@ class Workflow(Generic[T, StatusT]):
         return process_specs(self._rt, outbox=self._outbox_enabled, extra=extra)
 
     def _processes(self) -> list[Process]:
-        return [
-            Process(name, role, body, opts.error_backoff, opts.max_error_backoff)
-            for name, role, body, opts in self._specs()
-        ]
+        return [self._process(spec) for spec in self._specs()]
+
+    @staticmethod
+    def _process(spec: ProcessSpec) -> Process:
+        name, role, body, opts = spec
+        return Process(name, role, body, opts.error_backoff, opts.max_error_backoff, opts)
 
     def _add_process(self, spec: ProcessSpec) -> None:
         if self._started:
-            name, role, body, opts = spec
-            self._supervisor.add(
-                Process(name, role, body, opts.error_backoff, opts.max_error_backoff)
-            )
+            self._supervisor.add(self._process(spec))
 
     # ------------------------------------------------------------------ public API
 
@@ -401,14 +457,20 @@ class Workflow(Generic[T, StatusT]):
             InvalidInput: the payload does not decode; nothing is written.
             RecordNotFound: no run of ``foreign_id``.
             VersionConflict: the run changed meanwhile and is still at ``status``; retry.
+            UserCodeError: the callback function raised CancelledError, GeneratorExit,
+                KeyboardInterrupt or SystemExit (wrapped); nothing is written.
             Exception: whatever the callback function raised; nothing is written.
         """
 
         self._check_id(foreign_id, "foreign_id")
         checked = self._check_status(status, "status")
-        return await self._rt.observed_callback(
-            foreign_id, int(checked), run_callback(self._rt, foreign_id, checked, payload)
-        )
+        token = SYNC_EXECUTOR.set(self._rt.executor)  # a plain def callback runs on our pool
+        try:
+            return await self._rt.observed_callback(
+                foreign_id, int(checked), run_callback(self._rt, foreign_id, checked, payload)
+            )
+        finally:
+            SYNC_EXECUTOR.reset(token)
 
     def schedule(
         self,

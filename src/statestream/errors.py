@@ -15,6 +15,8 @@ Every exception the library raises on purpose is a subclass of :class:`WorkflowE
      +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
      +-- RunStopped                  wait_for(): the run stopped or finished elsewhere
      +-- TimeoutNotFound
+ +-- UserCodeError               user code raised CancelledError, GeneratorExit, KeyboardInterrupt
+ |                               or SystemExit: an error of that run, not the worker's end
      +-- AdapterError                a backend failed; adapters raise this or a subclass
           +-- AdapterConnectionError
           +-- CodecError             stored bytes could not be decoded
@@ -38,6 +40,7 @@ __all__ = [
     "StaleRead",
     "TimeoutNotFound",
     "UnknownStatus",
+    "UserCodeError",
     "VersionConflict",
     "WaitTimeout",
     "WorkflowError",
@@ -109,6 +112,20 @@ class RunStopped(WorkflowError):
 
 class TimeoutNotFound(WorkflowError, LookupError):
     """No timeout with that ID."""
+
+
+class UserCodeError(WorkflowError):
+    """A step, callback, timer, hook or connector handler raised a ``BaseException`` that is not
+    an ``Exception`` (``asyncio.CancelledError`` not caused by the engine's own stop,
+    ``GeneratorExit``, ``KeyboardInterrupt``, ``SystemExit``).
+
+    It counts as an error of that run, like any exception the function raised, so user code
+    cannot stop the worker. The original is ``__cause__`` and :attr:`original`.
+    """
+
+    def __init__(self, message: str, original: BaseException) -> None:
+        super().__init__(message)
+        self.original = original
 
 
 class AdapterError(WorkflowError):

@@ -36,9 +36,14 @@ class ProcessOptions:
             same run, with jitter, up to ``max_error_backoff``.
         max_error_backoff: the cap on that delay.
         pause_after_errors: pause a run after this many consecutive errors in this process
-            (0 never pauses it).
+            (0 never pauses it). A step whose auto-pause itself fails parks the event.
+        park_after_errors: for consumers that do not pause runs (hooks, connectors, the data
+            deleter, pause retry): after this many failed attempts at one event, park it (see
+            ``Workflow.parked()``) and move on; 0 retries it for ever, holding back the
+            consumer's position.
         lag: only handle events at least this old.
-        lag_alert: lag above which the process reports itself as lagging.
+        lag_alert: lag (beyond ``lag``) above which the process logs a warning and reports
+            itself as ``ProcessState.LAGGING``; 0 turns the alert off.
     """
 
     parallel_count: int = 1
@@ -47,12 +52,13 @@ class ProcessOptions:
     error_backoff: float = 1.0
     max_error_backoff: float = 60.0
     pause_after_errors: int = 10
+    park_after_errors: int = 10
     lag: float = 0.0
     lag_alert: float = 1800.0
 
 
 _COUNTS = {"parallel_count", "concurrency"}
-_DURATIONS = {"polling_frequency", "error_backoff", "max_error_backoff", "lag_alert"}
+_DURATIONS = {"polling_frequency", "error_backoff", "max_error_backoff"}
 
 
 def validate_overrides(options: Mapping[str, Any], kind: type[Any], where: str) -> dict[str, Any]:
@@ -76,12 +82,12 @@ def validate_overrides(options: Mapping[str, Any], kind: type[Any], where: str) 
         if name in _COUNTS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
-        elif name == "pause_after_errors":
+        elif name in ("pause_after_errors", "park_after_errors"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"{name} must be an int >= 0 (0 = never), got {value!r}")
         elif name in _DURATIONS:
             value = to_seconds(value, name)
-        elif name == "lag":
+        elif name in ("lag", "lag_alert"):
             value = to_seconds(value, name, allow_zero=True)
         else:
             raise ConfigurationError(f"unknown option {name!r}")
@@ -117,6 +123,7 @@ class ConnectorOptions(TypedDict, total=False):
     max_error_backoff: Seconds
     lag: Seconds
     lag_alert: Seconds
+    park_after_errors: int
 
 
 class StepOptions(ConnectorOptions, total=False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -73,7 +74,9 @@ def process_specs(
     if d.pause_retry is not None:
         role = role_name(name, "paused-records-retry-consumer")
         body = pause_retry_body(rt, role, d.defaults)
-        specs.append(("paused-records-retry-consumer", role, body, d.defaults))
+        # It holds each event for pause_retry on purpose: not a lag to alert on.
+        opts = dataclasses.replace(d.defaults, lag=d.pause_retry)
+        specs.append(("paused-records-retry-consumer", role, body, opts))
     if d.retention is not None:
         role = role_name(name, "retention")
         body = functools.partial(retention_body, rt)

@@ -25,7 +25,7 @@ from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
 from .catchup import CatchingUp, CatchUp
-from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher
+from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent
 from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
 from .usercode import call_user
 
@@ -107,16 +107,24 @@ def _created_since(
     return fresh
 
 
-def _retry_forever(what: str) -> ErrorPolicy:
+def _retry_forever(what: str, opts: ProcessOptions) -> ErrorPolicy:
+    """The error policy of consumers that do not pause runs (hooks, connectors, the data
+    deleter, pause retry): retry with backoff (the dispatcher backs off per run), and after
+    ``opts.park_after_errors`` attempts park the event and move on (0: retry for ever)."""
+    limit = opts.park_after_errors
+
     async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
         log.warning(
-            "statestream: %s failed for %s (attempt %d): %r",
+            "statestream: %s failed for %s (attempt %d%s): %r",
             what,
             event.key,
             attempt,
+            f" of {limit}" if limit else "",
             exc,
             exc_info=attempt == 1,
         )
+        if limit and attempt >= limit:
+            raise ParkEvent(f"{what} failed {attempt} times", exc)
         return False
 
     return on_error
@@ -184,7 +192,7 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
     return consumer_body(
         open_receiver,
         handle,
-        _retry_forever(f"{hook.run_state.label} hook"),
+        _retry_forever(f"{hook.run_state.label} hook", hook.options),
         hook.options,
         accept=accept,
         new_since=rt.clock.now(),  # built when the workflow starts
@@ -217,7 +225,7 @@ def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Bod
 
     pick_up = CatchUp(rt, topic, role, run_states=(RunState.REQUESTED_DATA_DELETED,))
     return consumer_body(
-        open_receiver, handle, _retry_forever("data deletion"), opts, catch_up=pick_up
+        open_receiver, handle, _retry_forever("data deletion", opts), opts, catch_up=pick_up
     )
 
 
@@ -260,7 +268,9 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
             poll_interval=opts.polling_frequency,
         )
 
-    return consumer_body(open_receiver, handle, _retry_forever("pause retry"), opts, accept=accept)
+    return consumer_body(
+        open_receiver, handle, _retry_forever("pause retry", opts), opts, accept=accept
+    )
 
 
 def connector_body(
@@ -271,7 +281,7 @@ def connector_body(
     async def handle(event: Event) -> None:
         if opts.lag:
             await rt.wait_lag(event, opts.lag)
-        await spec.fn(rt.facade, event)
+        await call_user(spec.fn, True, rt.facade, event)
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return spec.source.receiver(role)
@@ -279,7 +289,7 @@ def connector_body(
     return consumer_body(
         open_receiver,
         handle,
-        _retry_forever(f"connector {spec.name}"),
+        _retry_forever(f"connector {spec.name}", opts),
         opts,
         shard=shard,
         shards=shards,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -42,10 +44,13 @@ from ..errors import (
     VersionConflict,
 )
 from . import observe
-from .dispatch import Abandon, Supervisor
+from .lease import HELD, Abandon, LeaseExpired
+from .parking import Parker
+from .supervisor import Supervisor
+from .usercode import DaemonExecutor, call_user_sync
 from .waiters import Waiters
 
-__all__ = ["H_PAUSED_BY", "H_RUN_STATE", "H_VERSION", "Runtime"]
+__all__ = ["H_PAUSED_BY", "H_RUN_STATE", "H_VERSION", "ErrorCounts", "Runtime"]
 
 log = logging.getLogger("statestream")
 
@@ -62,6 +67,68 @@ _ELSEWHERE = "record status not in expected state"
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
+def _check_lease() -> None:
+    """Refuse a write under a role whose lease is past its deadline (see :mod:`.lease`)."""
+    held = HELD.get()
+    if held is not None and time.monotonic() >= held.lease.valid_until:
+        raise LeaseExpired(
+            f"the lease of role {held.lease.role} passed its deadline; the write was not made"
+        )
+
+
+class ErrorCounts:
+    """Consecutive errors per (process, run), for the auto-pause threshold.
+
+    A count is cleared when this process writes the run (any write: it moved on), reset when
+    the run is seen at another version than at its last error (it moved on elsewhere), and the
+    table is bounded: past ``limit`` runs, the one that failed least recently is forgotten.
+    """
+
+    __slots__ = ("_runs", "limit")
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        #: run ID -> process -> (count, version of the run at the last error, or -1)
+        self._runs: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def __len__(self) -> int:
+        return sum(len(per) for per in self._runs.values())
+
+    def get(self, process: str, run_id: str) -> int:
+        per = self._runs.get(run_id)
+        return per[process][0] if per is not None and process in per else 0
+
+    def add(self, process: str, run_id: str, version: int = -1) -> int:
+        """Count one more error; returns the count."""
+        runs = self._runs
+        per = runs.get(run_id)
+        if per is None:
+            per = runs[run_id] = {}
+            if len(runs) > self.limit:
+                runs.popitem(last=False)
+        else:
+            runs.move_to_end(run_id)
+        count, seen = per.get(process, (0, -1))
+        if version != -1 and seen != -1 and seen != version:
+            count = 0
+        count += 1
+        per[process] = (count, version if version != -1 else seen)
+        return count
+
+    def clear(self, process: str, run_id: str) -> None:
+        per = self._runs.get(run_id)
+        if per is not None:
+            per.pop(process, None)
+            if not per:
+                del self._runs[run_id]
+
+    def clear_run(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+
 class Runtime(Generic[T, StatusT]):
     """The shared state and the write path of one workflow in this process."""
 
@@ -75,6 +142,7 @@ class Runtime(Generic[T, StatusT]):
         timeout_store: TimeoutStore | None,
         clock: Clock,
         observer: Observer | None = None,
+        sync_workers: int = 32,
     ) -> None:
         self.d = definition
         self.name = definition.name
@@ -85,7 +153,12 @@ class Runtime(Generic[T, StatusT]):
         self.clock = clock
         self.codec = definition.codec
         self.statuses = definition.statuses
-        self.supervisor = Supervisor(scheduler, definition.name)
+        #: Where plain ``def`` user functions run (daemon threads: see usercode).
+        self.executor = DaemonExecutor(sync_workers, f"statestream-{definition.name}")
+        self.parker = Parker(store, clock, definition.name)
+        self.supervisor = Supervisor(
+            scheduler, definition.name, clock=clock, parker=self.parker, executor=self.executor
+        )
         #: the configured observer, guarded; None without one (every hook checks just that)
         self.observer = observe.guard(observer)
         if self.observer is not None:
@@ -99,7 +172,7 @@ class Runtime(Generic[T, StatusT]):
         self.waiters = Waiters(
             streamer, definition.name, frozenset(definition.graph.terminal_nodes)
         )
-        self.errors: dict[tuple[str, str], int] = {}
+        self.errors = ErrorCounts()
         #: Called with every record this process writes (``statestream.testing`` keeps history
         #: with them, so its helpers need no store that keeps every version).
         self.listeners: list[Callable[[Record], None]] = []
@@ -213,8 +286,11 @@ class Runtime(Generic[T, StatusT]):
         return OutboxEvent(new_id(), record.workflow_name, topic, message)
 
     def written(self, record: Record) -> None:
-        """This process wrote ``record``: wake the relay and the run's waiters."""
+        """This process wrote ``record``: wake the relay and the run's waiters, and forget the
+        run's error counts (it moved on)."""
         self.outbox_wake.set()
+        if self.errors:
+            self.errors.clear_run(record.run_id)
         if self.listeners:
             for listener in self.listeners:
                 listener(record)
@@ -246,6 +322,7 @@ class Runtime(Generic[T, StatusT]):
             version=1,
             status_description=status.name,
         )
+        _check_lease()
         await self.store.create(record, self.event_for(record))
         self.written(record)
         if self.observer is not None:
@@ -255,7 +332,11 @@ class Runtime(Generic[T, StatusT]):
     async def update(
         self, current: Record, *, headers: dict[str, str] | None = None, **changes: Any
     ) -> Record:
-        """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict."""
+        """Compare-and-set write of ``current`` with ``changes``; raises VersionConflict.
+
+        Inside a background process whose lease is past its deadline nothing is written and
+        :class:`LeaseExpired` is raised (another process may hold the role by now).
+        """
         status = changes.get("status", current.status)
         state = changes.get("run_state", current.run_state)
         reason = changes.get("run_state_reason", current.run_state_reason)
@@ -283,7 +364,9 @@ class Runtime(Generic[T, StatusT]):
             status_description=self._names.get(status) or str(status),
             auto_resumes=resumes,
         )
-        await self.store.update(record, self.event_for(record, headers))
+        event = self.event_for(record, headers)
+        _check_lease()
+        await self.store.update(record, event)
         self.written(record)
         if self._timed and current.status in self._timed:
             await self._left_timeout_status(current, record)
@@ -361,14 +444,15 @@ class Runtime(Generic[T, StatusT]):
 
     def scrubbed_object(self, record: Record) -> bytes:
         if self.d.delete_fn is not None:
-            return self.codec.encode(self.d.delete_fn(self.codec.decode(record.object)))
+            obj = self.codec.decode(record.object)
+            return self.codec.encode(call_user_sync(self.d.delete_fn, obj))
         return self.codec.encode(self.d.object_type())
 
     # ------------------------------------------------------------------ errors
 
     def clear_errors(self, process: str, run_id: str) -> None:
         if self.errors:
-            self.errors.pop((process, run_id), None)
+            self.errors.clear(process, run_id)
 
     async def failed(
         self,
@@ -383,14 +467,18 @@ class Runtime(Generic[T, StatusT]):
     ) -> bool:
         """Count an error of ``process`` for a run; pause the run at the limit.
 
-        Returns True when the run was paused (or has moved on), so the work item is done.
+        Returns True when the run was paused (or has moved on), so the work item is done, and
+        False to retry it. Raises what pausing raised when the pause itself fails (a consumer
+        then parks the event rather than retry it for ever).
         """
         if isinstance(exc, VersionConflict):
             log.info("statestream: run %s changed while %s ran; result discarded", run_id, what)
             return True
-        key = (process, run_id)
-        count = self.errors.get(key, 0) + 1
-        self.errors[key] = count
+        if isinstance(exc, Abandon):
+            log.info("statestream: %s for run %s abandoned: %s", what, run_id, exc)
+            return False
+        version = int(event.headers.get(H_VERSION, -1)) if event is not None else -1
+        count = self.errors.add(process, run_id, version)
         limit = opts.pause_after_errors
         log.warning(
             "statestream: %s of %s failed for run %s (error %d%s): %r",
@@ -404,7 +492,6 @@ class Runtime(Generic[T, StatusT]):
         )
         if not limit or count < limit:
             return False
-        del self.errors[key]
         if event is not None:
             record = await self.fresh_record(event)
         else:
@@ -415,13 +502,15 @@ class Runtime(Generic[T, StatusT]):
                 or (status is not None and record.status != status)
             ):
                 record = None  # it moved on: there is nothing of this work left to pause
-        if record is None:
-            return True
-        reason = _AUTO_PAUSE_REASON.format(n=count, what=what, err=f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
-            await self.update(
-                record, run_state=RunState.PAUSED, run_state_reason=scrub_text(reason)[:2000]
+        if record is not None:
+            reason = _AUTO_PAUSE_REASON.format(
+                n=count, what=what, err=f"{type(exc).__name__}: {exc}"
             )
+            with contextlib.suppress(VersionConflict):  # someone else moved the run on meanwhile
+                await self.update(
+                    record, run_state=RunState.PAUSED, run_state_reason=scrub_text(reason)[:2000]
+                )
+        self.errors.clear(process, run_id)  # only once paused: a failed pause is tried again
         return True
 
     # ------------------------------------------------------------------ time

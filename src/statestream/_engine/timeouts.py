@@ -178,7 +178,7 @@ def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: st
                 if await rt.failed(what, role, timeout.run_id, exc, opts, status=timeout.status):
                     await store.cancel(timeout.id)  # paused, or the run moved on
                     return
-                attempt = rt.errors.get((role, timeout.run_id), 1)
+                attempt = max(1, rt.errors.get(role, timeout.run_id))
                 delay = backoff(attempt, opts.error_backoff, opts.max_error_backoff)
                 await store.defer(timeout.id, rt.clock.now() + timedelta(seconds=delay))
             except Exception:

@@ -8,6 +8,8 @@ Commands (``statestream COMMAND --help`` for each)::
     statestream runs show TARGET RUN_ID [--json]
     statestream runs pause|cancel|delete TARGET RUN_ID [--reason TEXT] [--json]
     statestream runs resume TARGET RUN_ID [--json]
+    statestream runs parked TARGET [--consumer NAME] [--limit N] [--json]
+    statestream runs retry-parked TARGET PARKED_ID [--json]
     statestream graph TARGET [--direction LR|RL|TB|BT]
     statestream schema create|migrate PATH [--allow-foreign]
     statestream schema version PATH
@@ -57,6 +59,8 @@ from .commands import (
     cmd_graph,
     cmd_runs_control,
     cmd_runs_list,
+    cmd_runs_parked,
+    cmd_runs_retry_parked,
     cmd_runs_show,
     cmd_schema,
     cmd_worker,
@@ -120,6 +124,13 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -282,6 +293,39 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--reason", default="", metavar="TEXT", help="why (stored)")
         sub.add_argument("--json", action="store_true", help="print the run as JSON")
         sub.set_defaults(action=action)
+
+    parked = add(
+        run_commands,
+        "parked",
+        "list events that a consumer gave up on after repeated errors (oldest first)",
+        cmd_runs_parked,
+        [target],
+        description=(
+            "List the parked events of a workflow: events a hook, connector, data deleter or\n"
+            "pause retry kept failing on (park_after_errors times), or a step whose automatic\n"
+            "pause failed. The consumer moved past them; 'retry-parked' handles one again."
+        ),
+    )
+    parked.add_argument("--consumer", metavar="NAME", help="only those of this consumer (role)")
+    parked.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="at most N events (100)"
+    )
+    parked.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    retry = add(
+        run_commands,
+        "retry-parked",
+        "ask for a parked event to be handled again",
+        cmd_runs_retry_parked,
+        [target],
+        description=(
+            "Flag a parked event for a retry. The consumer that parked it, in the worker that\n"
+            "holds its role, handles it again within a few seconds: the entry is deleted if\n"
+            "that succeeds and parked again, with the new error, if it fails."
+        ),
+    )
+    retry.add_argument("parked_id", metavar="PARKED_ID", help="the ID 'runs parked' shows")
+    retry.add_argument("--json", action="store_true", help="print the result as JSON")
 
     # graph
     graph = add(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._core.records import Order, Record, RecordFilter
+from .._core.records import Order, ParkedEvent, Record, RecordFilter
 from .._core.run import Run
 from .._core.runstate import RunState
 from ..errors import AdapterError, RecordNotFound
@@ -44,6 +44,8 @@ __all__ = [
     "cmd_demo",
     "cmd_graph",
     "cmd_runs_control",
+    "cmd_runs_parked",
+    "cmd_runs_retry_parked",
     "cmd_runs_list",
     "cmd_runs_show",
     "cmd_schema",
@@ -192,6 +194,68 @@ async def cmd_runs_control(args: argparse.Namespace) -> int:
     state = style(run.run_state.label, state_colour(run.run_state))
     echo(
         f"run {run.run_id} ({run.foreign_id}): {state} at {run.status.name}, version {run.version}"
+    )
+    return EXIT_OK
+
+
+def _parked_dict(entry: ParkedEvent) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "workflow_name": entry.workflow_name,
+        "consumer": entry.consumer,
+        "run_id": entry.event.key,
+        "topic": entry.event.topic,
+        "event_id": entry.event.id,
+        "status": entry.event.type,
+        "attempts": entry.attempts,
+        "error": entry.error,
+        "parked_at": entry.parked_at.isoformat(),
+        "retry_requested": entry.retry_requested,
+    }
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= width else first[: width - 3] + "..."
+
+
+async def cmd_runs_parked(args: argparse.Namespace) -> int:
+    wf = await _workflow(args)
+    entries = await wf.parked(consumer=args.consumer, limit=args.limit)
+    if args.json:
+        for entry in entries:
+            echo(dumps(_parked_dict(entry)))
+        return EXIT_OK
+    if not entries:
+        echo(f"no parked events in workflow {wf.name!r}")
+        return EXIT_OK
+    headers = ("PARKED ID", "RUN ID", "ATTEMPTS", "PARKED", "RETRY", "ERROR")
+    rows = [
+        (
+            e.id,
+            e.event.key,
+            str(e.attempts),
+            format_time(e.parked_at),
+            "requested" if e.retry_requested else "",
+            _one_line(e.error),
+        )
+        for e in entries
+    ]
+    colours = [("", "", "", "dim", "yellow", "red") for _ in entries]
+    for line in table(headers, rows, colours):
+        echo(line)
+    return EXIT_OK
+
+
+async def cmd_runs_retry_parked(args: argparse.Namespace) -> int:
+    wf = await _workflow(args)
+    await wf.retry_parked(args.parked_id)
+    if args.json:
+        echo(dumps({"id": args.parked_id, "retry_requested": True}))
+        return EXIT_OK
+    echo(
+        f"retry of parked event {args.parked_id} requested: its consumer handles it again "
+        "within a few seconds while a worker runs"
     )
     return EXIT_OK
 
