@@ -35,7 +35,8 @@ class Adapters:
     """One set of memory adapters; two workflows sharing one simulate two processes."""
 
     streamer: MemoryStreamer = field(default_factory=MemoryStreamer)
-    store: MemoryRecordStore = field(default_factory=MemoryRecordStore)
+    # The tests read runs' histories (store.snapshots), which the store keeps only when asked.
+    store: MemoryRecordStore = field(default_factory=lambda: MemoryRecordStore(keep_snapshots=True))
     scheduler: MemoryRoleScheduler = field(default_factory=MemoryRoleScheduler)
 
 

@@ -89,7 +89,7 @@ def builder(*callbacks: tuple[S, Any, tuple[S, ...], type[Any]]) -> Builder[Doc,
 
 
 def build(b: Builder[Doc, S] | None = None) -> tuple[Workflow[Doc, S], MemoryRecordStore]:
-    store = MemoryRecordStore()
+    store = MemoryRecordStore(keep_snapshots=True)
     wf = (b or builder()).build(
         MemoryStreamer(), store, MemoryRoleScheduler(), clock=FakeClock(), pause_retry=None
     )

@@ -61,7 +61,7 @@ def builder(object_type: type[Any] = Customer, scrub: Any = None) -> Builder[Any
 
 
 def build(b: Builder[Any, S]) -> tuple[Workflow[Any, S], MemoryRecordStore]:
-    store = MemoryRecordStore()
+    store = MemoryRecordStore(keep_snapshots=True)
     wf = b.build(
         MemoryStreamer(), store, MemoryRoleScheduler(), clock=FakeClock(), pause_retry=None
     )

@@ -48,7 +48,7 @@ def builder(step: Any, **options: Any) -> Builder[Task, S]:
 
 
 def build(b: Builder[Task, S], **kwargs: Any) -> tuple[Workflow[Task, S], MemoryRecordStore]:
-    store = MemoryRecordStore()
+    store = MemoryRecordStore(keep_snapshots=True)
     clock = kwargs.pop("clock")
     wf = b.build(MemoryStreamer(), store, MemoryRoleScheduler(), clock=clock, **kwargs)
     return wf, store

@@ -103,7 +103,7 @@ class Env:
 
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     streamer: MemoryStreamer = field(default_factory=MemoryStreamer)
-    store: MemoryRecordStore = field(default_factory=MemoryRecordStore)
+    store: MemoryRecordStore = field(default_factory=lambda: MemoryRecordStore(keep_snapshots=True))
     scheduler: MemoryRoleScheduler = field(default_factory=MemoryRoleScheduler)
     timeouts: MemoryTimeoutStore = field(init=False)
 

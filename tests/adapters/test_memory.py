@@ -107,7 +107,7 @@ def _event(record: Record) -> OutboxEvent:
 
 
 async def test_snapshots_keep_every_version_in_order() -> None:
-    store = MemoryRecordStore()
+    store = MemoryRecordStore(keep_snapshots=True)
     versions = [_record(RunState.RUNNING, version=v) for v in (1, 2, 3)]
     await store.create(versions[0], _event(versions[0]))
     for record in versions[1:]:
@@ -119,8 +119,8 @@ async def test_snapshots_keep_every_version_in_order() -> None:
     assert store.snapshots("missing") == []
 
 
-async def test_snapshots_can_be_turned_off() -> None:
-    store = MemoryRecordStore(keep_snapshots=False)
+async def test_snapshots_are_off_by_default() -> None:
+    store = MemoryRecordStore()
     first, second = _record(version=1), _record(version=2)
     await store.create(first, _event(first))
     await store.update(second, _event(second))

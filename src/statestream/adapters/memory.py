@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import operator
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -85,7 +86,7 @@ class MemoryRecordStore:
     >>> store = MemoryRecordStore()
     """
 
-    def __init__(self, clock: Clock | None = None, keep_snapshots: bool = True) -> None:
+    def __init__(self, clock: Clock | None = None, keep_snapshots: bool = False) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._keep_snapshots = keep_snapshots
         self._records: dict[str, Record] = {}
@@ -313,8 +314,7 @@ class MemoryRecordStore:
 # --------------------------------------------------------------------------------------------
 
 
-def _event_id(event: Event) -> int:
-    return event.id
+_event_id = operator.attrgetter("id")
 
 
 class _Log:
