@@ -22,6 +22,7 @@ import pytest
 
 from statestream import Message, Order, OutboxEvent, Record, RecordFilter, RunState
 from statestream.adapters.sqlite import (
+    SCHEMA_VERSION,
     SqliteDatabase,
     SqliteRecordStore,
     SqliteStreamer,
@@ -302,3 +303,22 @@ async def test_a_lone_surrogate_in_a_header_round_trips(db: SqliteDatabase) -> N
     assert event.headers == {"h": "x\ud800y"}
     await receiver.close()
     await streamer.close()
+
+
+# ----------------------------------------------------------------- opening a new file at once
+
+
+async def test_processes_opening_a_new_file_at_the_same_time_all_succeed(
+    tmp_path: Path,
+) -> None:
+    # Switching a new file to WAL can answer SQLITE_BUSY at once, without waiting for the busy
+    # timeout, while another connection is switching it: the open must retry, not fail.
+    for trial in range(40):
+        path = tmp_path / f"new-{trial}.db"
+        dbs = [SqliteDatabase(path, synchronous="NORMAL") for _ in range(3)]
+        try:
+            versions = await asyncio.gather(*(db.schema_version() for db in dbs))
+            assert versions == [SCHEMA_VERSION] * 3
+        finally:
+            for db in dbs:
+                await db.close()

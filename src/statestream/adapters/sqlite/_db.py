@@ -21,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -323,7 +324,7 @@ class SqliteDatabase:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             current = self._check(conn)  # before anything changes the file
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 log.warning("statestream: %s could not switch to WAL (mode %s)", where, mode)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -336,6 +337,22 @@ class SqliteDatabase:
             conn.close()
             raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock.
+
+        On a new file, the switch answers SQLITE_BUSY at once, without the busy handler, while
+        another connection (another process opening the file at the same moment) is switching
+        it or creating the schema; it is retried for up to ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.005)
 
     def _check(self, conn: sqlite3.Connection) -> int:
         """The file's statestream schema version (0 for a new file); refuses a file that is not
