@@ -356,7 +356,9 @@ async def test_a_timer_is_cancelled_when_its_run_leaves_the_status(env: Env, lea
 
 
 class FailingCancel(MemoryTimeoutStore):
-    async def cancel_for(self, workflow_name: str, run_id: str, status: int) -> None:
+    async def cancel_for(
+        self, workflow_name: str, run_id: str, status: int, below_version: int
+    ) -> None:
         raise errors.AdapterError("timeout store down")
 
 

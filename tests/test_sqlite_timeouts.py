@@ -143,8 +143,8 @@ async def test_cancel_for_cancels_the_runs_pending_timers_at_that_status_only(
     other_run = await store.create("wf", "fid", "run-2", 1, 1, at)
     other_wf = await store.create("wf-2", "fid", "run", 1, 1, at)
 
-    await store.cancel_for("wf", "run", 1)
-    await store.cancel_for("wf", "run", 1)  # idempotent
+    await store.cancel_for("wf", "run", 1, 100)
+    await store.cancel_for("wf", "run", 1, 100)  # idempotent
 
     assert {t.id for t in await store.list("wf")} == {other_status.id, other_run.id}
     assert [t.id for t in await store.list("wf-2")] == [other_wf.id]

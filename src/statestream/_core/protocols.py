@@ -225,8 +225,9 @@ class TimeoutStore(Protocol):
     * ``list_due(now)`` returns pending timers with ``expire_at <= now`` that are not claimed
       (``claimed_until`` unset or ``<= now``).
     * ``complete`` returns ``True`` only for the one call that completed a pending timeout.
-    * ``cancel_for(workflow_name, run_id, status)`` cancels that run's pending timers at
-      ``status`` (the run left the status).
+    * ``cancel_for(workflow_name, run_id, status, below_version)`` cancels that run's pending
+      timers at ``status`` whose ``run_version`` is below ``below_version`` (the run left the
+      status at that version; a later visit's timer, made meanwhile, is kept).
     * ``prune(workflow_name, before)`` deletes completed and cancelled timers created before
       ``before`` and returns how many.
     """
@@ -249,7 +250,9 @@ class TimeoutStore(Protocol):
 
     async def cancel(self, timeout_id: int) -> None: ...
 
-    async def cancel_for(self, workflow_name: str, run_id: str, status: int) -> None: ...
+    async def cancel_for(
+        self, workflow_name: str, run_id: str, status: int, below_version: int
+    ) -> None: ...
 
     async def prune(self, workflow_name: str, before: datetime) -> int: ...
 

@@ -388,7 +388,9 @@ class Runtime(Generic[T, StatusT]):
             return  # still on a visit here (a new one after save-and-repeat; its timer follows)
         assert self.timeout_store is not None
         try:
-            await self.timeout_store.cancel_for(self.name, current.run_id, current.status)
+            await self.timeout_store.cancel_for(
+                self.name, current.run_id, current.status, record.version
+            )
         except Exception:
             log.warning(
                 "statestream: cancelling the timers of run %s at %s failed; the poller cancels "

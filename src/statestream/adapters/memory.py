@@ -745,12 +745,17 @@ class MemoryTimeoutStore:
         else:
             self._finished[timeout_id] = timeout
 
-    async def cancel_for(self, workflow_name: str, run_id: str, status: int) -> None:
-        """Cancel every pending timeout of the run at ``status``, whatever its version."""
+    async def cancel_for(
+        self, workflow_name: str, run_id: str, status: int, below_version: int
+    ) -> None:
+        """Cancel the run's pending timeouts at ``status`` of visits before ``below_version``."""
         for timeout in [
             t
             for t in self._pending.values()
-            if t.run_id == run_id and t.status == status and t.workflow_name == workflow_name
+            if t.run_id == run_id
+            and t.status == status
+            and t.workflow_name == workflow_name
+            and t.run_version < below_version
         ]:
             self._finished[timeout.id] = self._pending.pop(timeout.id)
 

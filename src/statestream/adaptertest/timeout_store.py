@@ -391,16 +391,20 @@ class TimeoutStoreContract:
             await timeout_store.create(wf, "fid", unique("run"), 2, 1, at),
         ]
         elsewhere = await timeout_store.create(unique("wf"), "fid", run_id, 2, 1, at)
+        # (a later visit's timer, made while the leaving write's cancel was on its way)
+        later = await timeout_store.create(wf, "fid", run_id, 2, 9, at)
 
-        # When the run leaves status 2
-        await timeout_store.cancel_for(wf, run_id, 2)
+        # When the run leaves status 2 at version 8
+        await timeout_store.cancel_for(wf, run_id, 2, 8)
 
-        # Then its timers at status 2 are cancelled, claimed or not, and nothing else is
-        assert _ids(await timeout_store.list(wf)) == _ids(kept)
+        # Then its timers at status 2 of earlier visits are cancelled, claimed or not, and
+        # nothing else is
+        assert sorted(_ids(await timeout_store.list(wf))) == sorted(_ids([*kept, later]))
         assert _ids(await timeout_store.list(elsewhere.workflow_name)) == [elsewhere.id]
-        assert _ids(await timeout_store.list_due(wf, 2, at + timedelta(hours=1))) == [kept[1].id]
-        await timeout_store.cancel_for(wf, run_id, 2)
-        await timeout_store.cancel_for(wf, unique("run"), 2)
+        due = _ids(await timeout_store.list_due(wf, 2, at + timedelta(hours=1)))
+        assert sorted(due) == sorted([kept[1].id, later.id])
+        await timeout_store.cancel_for(wf, run_id, 2, 8)
+        await timeout_store.cancel_for(wf, unique("run"), 2, 8)
 
     @pytest.mark.asyncio
     async def test_prune_deletes_finished_timers_created_before(

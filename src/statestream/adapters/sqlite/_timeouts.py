@@ -163,13 +163,15 @@ class SqliteTimeoutStore:
             (_CANCELLED, timeout_id),
         )
 
-    async def cancel_for(self, workflow_name: str, run_id: str, status: int) -> None:
-        args = (_CANCELLED, workflow_name, run_id, status)
+    async def cancel_for(
+        self, workflow_name: str, run_id: str, status: int, below_version: int
+    ) -> None:
+        args = (_CANCELLED, workflow_name, run_id, status, below_version)
 
         def cancel(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE statestream_timeouts SET state = ? WHERE workflow_name = ? "
-                "AND run_id = ? AND status = ? AND state = 0",
+                "AND run_id = ? AND status = ? AND run_version < ? AND state = 0",
                 args,
             )
 
