@@ -15,8 +15,8 @@ Every exception the library raises on purpose is a subclass of :class:`WorkflowE
      +-- WaitTimeout                 wait_for() ran out of time (also a TimeoutError)
      +-- RunStopped                  wait_for(): the run stopped or finished elsewhere
      +-- TimeoutNotFound
- +-- UserCodeError               user code raised CancelledError, GeneratorExit, KeyboardInterrupt
- |                               or SystemExit: an error of that run, not the worker's end
+     +-- UserCodeError               user code raised CancelledError, GeneratorExit,
+     |                               KeyboardInterrupt or SystemExit: an error of that run
      +-- AdapterError                a backend failed; adapters raise this or a subclass
           +-- AdapterConnectionError
           +-- CodecError             stored bytes could not be decoded
