@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from statestream import Builder, Run, Workflow
-from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
+from statestream.adapters.memory import (
+    MemoryRecordStore,
+    MemoryRoleScheduler,
+    MemoryStreamer,
+    MemoryTimeoutStore,
+)
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+    SqliteTimeoutStore,
+)
 from statestream.testing import FakeClock
 
 
@@ -38,6 +54,58 @@ class Adapters:
     # The tests read runs' histories (store.snapshots), which the store keeps only when asked.
     store: MemoryRecordStore = field(default_factory=lambda: MemoryRecordStore(keep_snapshots=True))
     scheduler: MemoryRoleScheduler = field(default_factory=MemoryRoleScheduler)
+
+
+@dataclass
+class ClockedAdapters:
+    """One memory or SQLite adapter set on one fake clock; workflows built on it share it (one
+    per process). ``new_scheduler()`` gives roles held apart from the set's own scheduler (two
+    processes that both believe they hold a role)."""
+
+    streamer: Any
+    store: Any
+    timeouts: Any
+    scheduler: Any
+    clock: FakeClock
+    new_scheduler: Callable[[], Any] = MemoryRoleScheduler
+
+
+E = TypeVar("E", bound=ClockedAdapters)
+
+
+@contextlib.asynccontextmanager
+async def clocked_adapters(
+    kind: str,
+    cls: type[E],
+    *,
+    memory_timeouts: Callable[[FakeClock], Any] = MemoryTimeoutStore,
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+) -> AsyncIterator[E]:
+    """A ``kind`` ("memory" or "sqlite", on a temporary file) adapter set as ``cls``."""
+    clock = FakeClock(start)
+    if kind == "memory":
+        yield cls(
+            MemoryStreamer(),
+            MemoryRecordStore(clock),
+            memory_timeouts(clock),
+            MemoryRoleScheduler(),
+            clock,
+        )
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        db = SqliteDatabase(Path(tmp) / "adapters.db", synchronous="NORMAL")
+        streamer = SqliteStreamer(db)
+        try:
+            yield cls(
+                streamer,
+                SqliteRecordStore(db),
+                SqliteTimeoutStore(db),
+                SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
+                clock,
+            )
+        finally:
+            await streamer.close()
+            await db.close()
 
 
 async def pay(run: Run[Order, Status]) -> Status:

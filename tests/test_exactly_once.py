@@ -8,31 +8,21 @@ it is set, and timers of runs that left their status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import advance_until, eventually, settle
+from helpers import ClockedAdapters, advance_until, clocked_adapters, eventually, settle
 from statestream import Builder, Message, Run, RunState, Workflow, after, at, errors
 from statestream.adapters.memory import (
     MemoryRecordStore,
     MemoryRoleScheduler,
     MemoryStreamer,
     MemoryTimeoutStore,
-)
-from statestream.adapters.sqlite import (
-    SqliteDatabase,
-    SqliteRecordStore,
-    SqliteRoleScheduler,
-    SqliteStreamer,
-    SqliteTimeoutStore,
 )
 from statestream.testing import FakeClock, await_timeout, fast_forward
 
@@ -89,17 +79,7 @@ def builder(
     return b
 
 
-@dataclass
-class Env:
-    """One adapter set on one fake clock; workflows built on it share it (one per process)."""
-
-    streamer: Any
-    store: Any
-    timeouts: Any
-    scheduler: Any
-    clock: FakeClock
-    new_scheduler: Any
-
+class Env(ClockedAdapters):
     def build(self, b: Builder[Doc, S], *, own_roles: bool = False, **kw: Any) -> Workflow[Doc, S]:
         scheduler = self.new_scheduler() if own_roles else self.scheduler
         kw.setdefault("pause_retry", None)
@@ -113,47 +93,9 @@ class Env:
         )
 
 
-@contextlib.asynccontextmanager
-async def memory_env() -> AsyncIterator[Env]:
-    clock = FakeClock(T0)
-    yield Env(
-        MemoryStreamer(),
-        MemoryRecordStore(clock),
-        MemoryTimeoutStore(clock),
-        MemoryRoleScheduler(),
-        clock,
-        MemoryRoleScheduler,
-    )
-
-
-@contextlib.asynccontextmanager
-async def sqlite_env() -> AsyncIterator[Env]:
-    clock = FakeClock(T0)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = SqliteDatabase(Path(tmp) / "once.db", synchronous="NORMAL")
-        streamer = SqliteStreamer(db)
-        try:
-            yield Env(
-                streamer,
-                SqliteRecordStore(db),
-                SqliteTimeoutStore(db),
-                SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
-                clock,
-                # Roles held apart from the file's leases: two processes that both believe
-                # they hold a role (one of them stalled past its lease, say).
-                MemoryRoleScheduler,
-            )
-        finally:
-            await streamer.close()
-            await db.close()
-
-
-ENVS = {"memory": memory_env, "sqlite": sqlite_env}
-
-
-@pytest.fixture(params=sorted(ENVS))
+@pytest.fixture(params=["memory", "sqlite"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    async with ENVS[request.param]() as e:
+    async with clocked_adapters(request.param, Env) as e:
         yield e
 
 

@@ -7,30 +7,24 @@ move a FakeClock past the period instead of waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import Order, Status, advance_until, eventually, settle
+from helpers import (
+    ClockedAdapters,
+    Order,
+    Status,
+    advance_until,
+    clocked_adapters,
+    eventually,
+    settle,
+)
 from statestream import Builder, Event, Run, Workflow, after, errors
 from statestream.adapters.memory import (
-    MemoryRecordStore,
-    MemoryRoleScheduler,
-    MemoryStreamer,
     MemoryTimeoutStore,
-)
-from statestream.adapters.sqlite import (
-    SqliteDatabase,
-    SqliteRecordStore,
-    SqliteRoleScheduler,
-    SqliteStreamer,
-    SqliteTimeoutStore,
 )
 from statestream.testing import FakeClock
 
@@ -49,52 +43,13 @@ class CountingTimeouts(MemoryTimeoutStore):
         return n
 
 
-@dataclass
-class Env:
-    streamer: Any
-    store: Any
-    scheduler: Any
-    timeouts: Any
-    clock: FakeClock
+class Env(ClockedAdapters):
+    timeouts: CountingTimeouts
 
 
-@contextlib.asynccontextmanager
-async def memory_env() -> AsyncIterator[Env]:
-    clock = FakeClock(T0)
-    yield Env(
-        MemoryStreamer(),
-        MemoryRecordStore(clock),
-        MemoryRoleScheduler(),
-        CountingTimeouts(clock),
-        clock,
-    )
-
-
-@contextlib.asynccontextmanager
-async def sqlite_env() -> AsyncIterator[Env]:
-    clock = FakeClock(T0)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = SqliteDatabase(Path(tmp) / "retention.db", synchronous="NORMAL")
-        streamer = SqliteStreamer(db)
-        try:
-            yield Env(
-                streamer,
-                SqliteRecordStore(db),
-                SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
-                SqliteTimeoutStore(db),
-                clock,
-            )
-        finally:
-            await streamer.close()
-            await db.close()
-
-
-ENVS = {"memory": memory_env, "sqlite": sqlite_env}
-
-
-@pytest.fixture(params=sorted(ENVS))
+@pytest.fixture(params=["memory", "sqlite"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    async with ENVS[request.param]() as e:
+    async with clocked_adapters(request.param, Env, memory_timeouts=CountingTimeouts) as e:
         yield e
 
 
@@ -203,7 +158,7 @@ async def test_retention_keeps_an_event_a_consumer_has_not_acknowledged(env: Env
 
 
 async def test_finished_timers_are_pruned_after_the_retention_period() -> None:
-    async with memory_env() as env:
+    async with clocked_adapters("memory", Env, memory_timeouts=CountingTimeouts) as env:
 
         async def refund(run: Run[Order, Status], now: datetime) -> Status:
             return Status.REFUNDED
@@ -234,7 +189,7 @@ async def _has_timers(timeouts: MemoryTimeoutStore) -> bool:
 
 
 async def test_retention_none_runs_no_retention_process() -> None:
-    async with memory_env() as env:
+    async with clocked_adapters("memory", Env, memory_timeouts=CountingTimeouts) as env:
         assert "retention" in build(env, builder()).states()
         assert "retention" not in build(env, builder(), retention=None).states()
 
@@ -255,7 +210,7 @@ async def test_retention_none_runs_no_retention_process() -> None:
 async def test_bad_retention_and_claim_options_are_refused_at_build(
     options: dict[str, Any],
 ) -> None:
-    async with memory_env() as env:
+    async with clocked_adapters("memory", Env, memory_timeouts=CountingTimeouts) as env:
         with pytest.raises(errors.ConfigurationError):
             build(env, builder(), **options)
 
@@ -266,7 +221,7 @@ async def test_bad_retention_and_claim_options_are_refused_at_build(
     "way to retire a consumer name (see the engine-a report)",
 )
 async def test_retention_keeps_working_after_a_parallel_count_change() -> None:
-    async with memory_env() as env:
+    async with clocked_adapters("memory", Env, memory_timeouts=CountingTimeouts) as env:
         # Given completed runs under ship on one shard, then more under three shards
         for n, prefix in ((1, "a"), (3, "b")):
             wf = build(env, builder(parallel_count=n))
