@@ -85,7 +85,7 @@ async def clocked_adapters(
     clock = FakeClock(start)
     if kind == "memory":
         yield cls(
-            MemoryStreamer(),
+            MemoryStreamer(clock),
             MemoryRecordStore(clock),
             memory_timeouts(clock),
             MemoryRoleScheduler(),

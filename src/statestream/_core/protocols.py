@@ -13,7 +13,7 @@ adapter usable and must not lose data that was acknowledged as written.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
@@ -193,6 +193,19 @@ class EventStreamer(Protocol):
     ) -> EventReceiver: ...
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int: ...
+
+    async def forget(
+        self, topic: str, keep: Collection[str], before: datetime
+    ) -> builtins.list[str]:
+        """Delete the committed positions on ``topic`` of consumer names not in ``keep`` that
+        were last committed before ``before``, and return those names.
+
+        A name the engine no longer uses (the shards of an old ``parallel_count``, a removed
+        hook) would otherwise hold back :meth:`prune` for ever. Positions committed since
+        ``before`` are kept, so a process of the previous release still running during a deploy
+        keeps its place. A backend without committed positions of its own returns ``[]``.
+        """
+        ...
 
     async def close(self) -> None: ...
 

@@ -163,12 +163,14 @@ def step_body(
             shards=shards,
         )
 
+    rt.reads(topic, role)
     pick_up = CatchUp(rt, topic, role, statuses=(int(spec.status),), shard=shard, shards=shards)
     return consumer_body(open_receiver, handle, on_error, opts, catch_up=pick_up)
 
 
 def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) -> Body:
     wanted = str(int(hook.run_state))
+    rt.reads(run_state_change_topic(rt.name), role)
 
     def accept(event: Event) -> bool:
         return event.headers.get(H_RUN_STATE) == wanted
@@ -201,6 +203,7 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
 
 def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Body:
     """Scrubs the object of runs whose data deletion was requested, then marks them deleted."""
+    rt.reads(delete_topic(rt.name), role)
 
     async def handle(event: Event) -> None:
         record = await rt.fresh_record(event, allow_stopped=True)
@@ -234,6 +237,7 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
     delay = rt.d.pause_retry or 0.0
     limit = rt.d.pause_retry_limit
     wanted = str(int(RunState.PAUSED))
+    rt.reads(run_state_change_topic(rt.name), role)
 
     def accept(event: Event) -> bool:
         # Not a pause, or an operator's pause (that one stays until resumed by hand).

@@ -1,10 +1,13 @@
 """Retention: the process that keeps the stream and the timeout store bounded.
 
-Every ``retention_interval`` it asks the streamer to delete this workflow's events older than
-``retention`` that every consumer has acknowledged (``EventStreamer.prune``), and the timeout
-store to delete completed and cancelled timers older than that (``TimeoutStore.prune``). Runs
-themselves are never deleted: they are the history users query. It runs under one role per
-workflow, so one process in the cluster prunes.
+Every ``retention_interval`` it first forgets the committed positions of consumer names this
+release no longer uses on the workflow's topics (the shards of an old ``parallel_count``, a
+removed hook), once they are older than ``retention`` (``EventStreamer.forget``), so that they
+do not hold pruning back for ever. Then it asks the streamer to delete this workflow's events
+older than ``retention`` that every consumer has acknowledged (``EventStreamer.prune``), and the
+timeout store to delete completed and cancelled timers older than that (``TimeoutStore.prune``).
+Runs themselves are never deleted: they are the history users query. It runs under one role
+per workflow, so one process in the cluster prunes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ async def retention_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None
     topics = workflow_topics(rt)
     while not stopping.is_set():
         before = rt.clock.now() - window
+        for topic in topics:
+            gone = await rt.streamer.forget(topic, rt.consumers.get(topic, ()), before)
+            if gone:
+                log.info(
+                    "statestream: forgot the positions of %s on %s, unused since before %s",
+                    ", ".join(sorted(gone)),
+                    topic,
+                    before.isoformat(),
+                )
         events = await rt.streamer.prune(topics, before)
         timers = 0
         if rt.timeout_store is not None:

@@ -173,6 +173,8 @@ class Runtime(Generic[T, StatusT]):
             streamer, definition.name, frozenset(definition.graph.terminal_nodes)
         )
         self.errors = ErrorCounts()
+        #: topic -> the consumer names this release reads it under (retention forgets others)
+        self.consumers: dict[str, set[str]] = {}
         #: Called with every record this process writes (``statestream.testing`` keeps history
         #: with them, so its helpers need no store that keeps every version).
         self.listeners: list[Callable[[Record], None]] = []
@@ -185,6 +187,11 @@ class Runtime(Generic[T, StatusT]):
         self.firing: set[str] = set()
 
     # ------------------------------------------------------------------ reading
+
+    def reads(self, topic: str, name: str) -> str:
+        """Note that this release consumes ``topic`` as ``name`` (retention keeps its position)."""
+        self.consumers.setdefault(topic, set()).add(name)
+        return topic
 
     def describe(self, status: int) -> str:
         member = self.statuses.get(status)

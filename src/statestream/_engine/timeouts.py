@@ -76,6 +76,7 @@ def inserter_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: 
     """Consumes the status topic and creates a timer for each run that arrives there."""
     opts = spec.options
     store = _timeouts(rt)
+    rt.reads(status_topic(rt.name, int(spec.status)), role)
 
     async def handle(event: Event) -> None:
         record = await rt.fresh_record(event)

@@ -21,7 +21,7 @@ import math
 import operator
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -387,6 +387,8 @@ class _Topic:
     logs: dict[int, list[_Log]] = field(default_factory=lambda: {1: [_Log()]})
     # Committed positions by consumer name: the ID of the last acknowledged event.
     cursors: dict[str, int] = field(default_factory=dict)
+    # When each position was last committed (on the streamer's clock).
+    committed_at: dict[str, datetime] = field(default_factory=dict)
 
     def log(self, shard: int, shards: int) -> _Log:
         """The log of one shard, indexed from the retained events the first time it is asked."""
@@ -423,6 +425,8 @@ class MemoryReceiver:
         self.is_new = is_new
         # The ID of the last event returned (or of the committed position at open).
         self._position = position
+        # The ID of the last event acknowledged (or the committed position at open).
+        self._acked = position
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
 
@@ -443,6 +447,7 @@ class MemoryReceiver:
             if batch:
                 self._position = batch[-1].id
                 return batch
+            self._commit_passed()
             waiter = asyncio.get_running_loop().create_future()
             log.waiters.add(waiter)
             self._waiter = waiter
@@ -467,6 +472,20 @@ class MemoryReceiver:
             )
         if not self._ephemeral:
             self._streamer._commit(self.topic, self.name, event.id)
+            if event.id > self._acked:
+                self._acked = event.id
+            self._commit_passed()
+
+    def _commit_passed(self) -> None:
+        """A shard's receiver that has acknowledged all it returned, with nothing more of its
+        shard to read, has passed every event of the topic so far: commit that, so that the
+        other shards' events do not stay unacknowledged under its name (and hold back prune)."""
+        if self._ephemeral or self._acked < self._position or self._log.after(self._position, 1):
+            return
+        last = self._streamer._topic(self.topic).last_id
+        if last > self._acked:
+            self._streamer._commit(self.topic, self.name, last)
+            self._acked = self._position = last
 
     async def close(self) -> None:
         """Stop receiving; a ``recv`` in progress or called later raises ``AdapterError``."""
@@ -494,7 +513,9 @@ class MemoryStreamer:
     >>> streamer = MemoryStreamer()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        #: Stamps committed positions, for :meth:`forget` (the workflow's clock in tests).
+        self.clock: Clock = clock or SystemClock()
         self._topics: dict[str, _Topic] = {}
         # Weak, so that a receiver nobody closed does not live as long as the streamer.
         self._receivers: weakref.WeakSet[MemoryReceiver] = weakref.WeakSet()
@@ -506,9 +527,11 @@ class MemoryStreamer:
         return state
 
     def _commit(self, topic: str, name: str, event_id: int) -> None:
-        cursors = self._topic(topic).cursors
+        state = self._topic(topic)
+        cursors = state.cursors
         if event_id > cursors.get(name, 0):
             cursors[name] = event_id
+        state.committed_at[name] = self.clock.now()
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Append the messages to the topic in order and wake the receivers they concern."""
@@ -570,10 +593,30 @@ class MemoryStreamer:
             position = state.last_id if from_latest else 0
             if from_latest:
                 state.cursors[name] = position
+                state.committed_at[name] = self.clock.now()
         log = state.log(shard, shards)
         receiver = MemoryReceiver(self, topic, name, log, position, is_new)
         self._receivers.add(receiver)
         return receiver
+
+    async def forget(
+        self, topic: str, keep: Collection[str], before: datetime
+    ) -> builtins.list[str]:
+        """Delete the positions on ``topic`` of names not in ``keep`` committed before
+        ``before``; returns the names (see :meth:`EventStreamer.forget`)."""
+        _require_aware("before", before)
+        state = self._topics.get(topic)
+        if state is None:
+            return []
+        gone = [
+            name
+            for name in state.cursors
+            if name not in keep and state.committed_at.get(name, before) < before
+        ]
+        for name in gone:
+            del state.cursors[name]
+            state.committed_at.pop(name, None)
+        return gone
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int:
         """Delete old events that every consumer with a committed position has acknowledged.
@@ -595,6 +638,9 @@ class MemoryStreamer:
             state = self._topics.get(topic)
             if state is None:
                 continue
+            for receiver in list(self._receivers):
+                if receiver.topic == topic and not receiver._closed:
+                    receiver._commit_passed()  # an idle shard has passed the others' events
             acked = min(state.cursors.values(), default=state.last_id)
             through = state.logs[1][0].prunable_through(acked, before)
             if not through:

@@ -462,6 +462,38 @@ class EventStreamerContract:
             assert _keys(await _collect(receiver, 4)) == [f"run-{i}" for i in range(6, 10)]
 
     @pytest.mark.asyncio
+    async def test_forget_drops_unused_stale_positions_so_that_prune_goes_on(
+        self, streamer: EventStreamer
+    ) -> None:
+        # Given old events acknowledged in full by a current consumer, and only in part by a
+        # consumer name no longer in use (an old shard) and by a kept one
+        topic = unique("topic")
+        current, unused, kept = unique("consumer"), unique("consumer"), unique("consumer")
+        await streamer.publish(topic, _messages(6, at=now() - timedelta(hours=2)))
+        for name, last in ((current, 5), (unused, 1), (kept, 3)):
+            async with _opened(streamer, topic, name) as receiver:
+                events = await _collect(receiver, 6)
+                await receiver.ack(events[last])
+        assert await streamer.prune([topic], now()) == 2
+
+        # When positions committed before an hour ago are forgotten: none of them is that old
+        assert await streamer.forget(topic, [current, kept], now() - timedelta(hours=1)) == []
+        assert await streamer.prune([topic], now()) == 0
+
+        # When positions committed before a moment from now are forgotten, but for the names
+        # in use
+        await asyncio.sleep(0.01)
+        gone = await streamer.forget(topic, [current, kept], now() + timedelta(seconds=1))
+
+        # Then only the unused name went, and prune goes on up to the kept consumer's position
+        assert gone == [unused]
+        assert await streamer.prune([topic], now()) == 2
+        async with _opened(streamer, topic, kept) as receiver:
+            assert _keys(await _collect(receiver, 2)) == ["run-4", "run-5"]
+        assert await streamer.forget(topic, [current, kept], now() + timedelta(seconds=1)) == []
+        assert await streamer.forget(unique("topic"), [], now()) == []
+
+    @pytest.mark.asyncio
     async def test_prune_keeps_acknowledged_events_created_at_or_after_before(
         self, streamer: EventStreamer
     ) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -185,6 +185,29 @@ class SqliteStreamer:
                 chunk=self.prune_chunk,
             )
         return total
+
+    async def forget(self, topic: str, keep: Collection[str], before: datetime) -> list[str]:
+        """Delete the positions on ``topic`` of names not in ``keep`` committed before
+        ``before`` (wall-clock time of the commit); returns the names. Receivers open in this
+        process are kept whatever their name."""
+        if not isinstance(before, datetime) or before.tzinfo is None:
+            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        kept = set(keep) | {r.name for r in self._receivers.get(topic, ())}
+        at = to_us(before)
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM statestream_cursors WHERE topic = ? AND updated_at < ?",
+                (topic, at),
+            ).fetchall()
+            gone = [str(name) for (name,) in rows if name not in kept]
+            conn.executemany(
+                "DELETE FROM statestream_cursors WHERE topic = ? AND name = ? AND updated_at < ?",
+                [(topic, name, at) for name in gone],
+            )
+            return gone
+
+        return await self.db.write(delete)
 
     async def close(self) -> None:
         for receivers in list(self._receivers.values()):
