@@ -204,9 +204,10 @@ async def test_a_large_list_does_not_block_the_event_loop(db: SqliteDatabase) ->
     async with _Ticker() as ticker:
         rows = await store.list("wf", limit=100_000)
 
-    # Then the loop kept ticking meanwhile
+    # Then the loop kept ticking meanwhile (about 30 ms at worst on an idle machine; the bound
+    # leaves room for a loaded CI host, and the old code, reading on the loop, blocked ~480 ms)
     assert len(rows) == 100_000
-    assert ticker.max_gap < 0.1, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
+    assert ticker.max_gap < 0.25, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
 
 
 async def test_a_filter_that_scans_every_row_does_not_block_the_event_loop(
@@ -220,7 +221,7 @@ async def test_a_filter_that_scans_every_row_does_not_block_the_event_loop(
         for _ in range(5):
             assert await store.list(filter=nothing, offset=10_000) == []
 
-    assert ticker.max_gap < 0.1, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
+    assert ticker.max_gap < 0.25, f"the event loop was blocked for {ticker.max_gap * 1000:.0f} ms"
 
 
 async def test_offset_is_bounded_and_the_error_names_after(db: SqliteDatabase) -> None:
