@@ -84,6 +84,27 @@ def _answer(op: _Op) -> None:
         op.loop.call_soon_threadsafe(_resolve, op)
 
 
+def _answer_all(batch: list[_Op]) -> None:
+    """Hand a batch's results over with one wake-up per caller loop, not one per operation:
+    each ``call_soon_threadsafe`` writes to the loop's self-pipe (a system call on both sides)."""
+    ops = [op for op in batch if not op.answered]
+    if not ops:
+        return
+    for op in ops:
+        op.answered = True
+    loop = ops[0].loop
+    if all(op.loop is loop for op in ops):
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve_all, ops)
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+    for op in ops:
+        by_loop.setdefault(op.loop, []).append(op)
+    for each, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            each.call_soon_threadsafe(_resolve_all, mine)
+
+
 def _resolve(op: _Op) -> None:
     if op.future.done():
         return
@@ -91,6 +112,11 @@ def _resolve(op: _Op) -> None:
         op.future.set_exception(op.error)
     else:
         op.future.set_result(op.result)
+
+
+def _resolve_all(ops: list[_Op]) -> None:
+    for op in ops:
+        _resolve(op)
 
 
 class _QueryThread:
@@ -499,8 +525,7 @@ class SqliteDatabase:
                     log.exception("statestream: rollback failed on %s", self.path)
             for op in batch:
                 op.error = error  # nothing of the batch was committed; reads may have seen it
-        for op in batch:
-            _answer(op)
+        _answer_all(batch)
 
 
 def _unencodable(exc: UnicodeEncodeError) -> InvalidInput:
