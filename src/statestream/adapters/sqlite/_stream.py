@@ -236,6 +236,8 @@ class SqliteReceiver:
         self._poll = max(0.001, poll)
         self._closed = False
         self._wake = asyncio.Event()  # set by a publish to the topic in this process, and close
+        #: the last read returned fewer rows than asked and nothing waits beyond its window
+        self._drained = False
         self._acked = position  # highest acknowledged id, written or not
         self._written = position
         self._flusher: asyncio.Task[None] | None = None
@@ -246,6 +248,15 @@ class SqliteReceiver:
         while True:
             if self._closed:
                 raise AdapterError(f"receiver {self.name!r} on {self.topic!r} is closed")
+            if self._drained:
+                # The last read returned everything there was: unless this process published
+                # since, read again only after the poll interval, as after an empty read.
+                self._drained = False
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll):
+                            await self._wake.wait()
+                    continue
             self._wake.clear()
             if self.shards == 1:
                 rows = await self._db.read(self._select_all(limit))
@@ -256,6 +267,7 @@ class SqliteReceiver:
                 rows, self._position, more = await self._db.read(self._select_shard(limit))
             if rows:
                 self._delivered = rows[-1][0]
+                self._drained = not more and len(rows) < limit
                 return [
                     Event(
                         row[0],
