@@ -81,6 +81,48 @@ async def test_every_receiver_of_a_topic_is_woken_by_a_publish(
             await r.close()
 
 
+async def test_after_a_read_that_returned_everything_the_next_waits_before_reading(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a receiver that has just read all there was (fewer events than its limit)
+    streamer = SqliteStreamer(db)
+    receiver = await streamer.receiver("topic", "consumer", poll_interval=0.05)
+    reads = 0
+    read = db.read
+
+    async def counting(fn: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(fn)
+
+    db.read = counting  # type: ignore[method-assign]
+    try:
+        await streamer.publish("topic", messages(["a"]))
+        assert len(await receiver.recv(10)) == 1
+        assert reads == 1
+
+        # When the next recv waits and this process publishes
+        waiting = asyncio.ensure_future(receiver.recv(10))
+        await asyncio.sleep(0.01)
+        await streamer.publish("topic", messages(["b"]))
+        got = await asyncio.wait_for(waiting, 5)
+
+        # Then it read once, after the wake, not once before it (that read found nothing)
+        assert [e.key for e in got] == ["b"]
+        assert reads == 2
+
+        # And another process's event still arrives, after the poll interval
+        other_db = SqliteDatabase(tmp_path / "events.db", synchronous="NORMAL")
+        other = SqliteStreamer(other_db)
+        await other.publish("topic", messages(["c"]))
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [e.key for e in got] == ["c"]
+        await other_db.close()
+    finally:
+        await receiver.close()
+        await streamer.close()
+
+
 async def test_publish_and_the_stores_own_insert_fill_the_key_hash(
     db: SqliteDatabase, streamer: SqliteStreamer
 ) -> None:
