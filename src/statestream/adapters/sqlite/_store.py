@@ -113,6 +113,9 @@ class SqliteRecordStore:
             )
         self.db = db
         self._streamer = publish_to
+        #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
+        #: by every write (it still polls, for rows another configuration left).
+        self.publishes_in_transaction = publish_to is not None
         self._emit = _insert_outbox if publish_to is None else _insert_event
 
     def _published(self, event: OutboxEvent) -> None:
