@@ -123,6 +123,60 @@ async def test_after_a_read_that_returned_everything_the_next_waits_before_readi
         await streamer.close()
 
 
+def _outbox_event(topic: str, key: str, version: int = 1) -> OutboxEvent:
+    return OutboxEvent(
+        f"o-{key}-{version}", "wf", topic, Message(key, 1, {"v": str(version)}, now())
+    )
+
+
+def _run(key: str, version: int = 1) -> Record:
+    at = now()
+    return Record("wf", f"f-{key}", key, RunState.RUNNING, 1, b"{}", at, at, version)
+
+
+async def test_events_the_store_writes_in_this_process_are_handed_over_without_a_read(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a receiver, and a store that publishes straight into the events table
+    streamer = SqliteStreamer(db)
+    store = SqliteRecordStore(db, publish_to=streamer)
+    receiver = await streamer.receiver("topic", "consumer", poll_interval=0.05)
+    reads = 0
+    read = db.read
+
+    async def counting(fn: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(fn)
+
+    db.read = counting  # type: ignore[method-assign]
+    try:
+        # When this process writes runs
+        for key in ("a", "b"):
+            await store.create(_run(key), _outbox_event("topic", key))
+
+        # Then the receiver gets their events in order without reading the table
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [(e.key, e.headers["v"]) for e in got] == [("a", "1"), ("b", "1")]
+        assert got[0].id < got[1].id
+        assert reads == 0
+
+        # When another process's event lands between two of ours
+        other_db = SqliteDatabase(tmp_path / "events.db", synchronous="NORMAL")
+        await SqliteStreamer(other_db).publish("topic", messages(["other"]))
+        await other_db.close()
+        await store.create(_run("c"), _outbox_event("topic", "c"))
+
+        # Then the handed event does not follow: the receiver reads, and misses nothing
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [e.key for e in got] == ["other", "c"]
+        assert reads == 1
+        await receiver.ack(got[-1])
+    finally:
+        await receiver.close()
+        await streamer.close()
+
+
 async def test_publish_and_the_stores_own_insert_fill_the_key_hash(
     db: SqliteDatabase, streamer: SqliteStreamer
 ) -> None:
