@@ -322,3 +322,30 @@ async def test_processes_opening_a_new_file_at_the_same_time_all_succeed(
         finally:
             for db in dbs:
                 await db.close()
+
+
+async def test_a_failing_write_alone_in_its_transaction_leaves_nothing(
+    db: SqliteDatabase,
+) -> None:
+    # Given a write that changes a row, then fails, with nothing else queued
+    await db.write(
+        lambda conn: conn.execute("INSERT INTO statestream_meta (key, value) VALUES ('x', '1')")
+    )
+
+    def change_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE statestream_meta SET value = '2' WHERE key = 'x'")
+        raise ValueError("boom")
+
+    # When it runs, its error is raised and its change rolled back (no savepoint needed)
+    with pytest.raises(ValueError, match="boom"):
+        await db.write(change_then_fail)
+
+    def value(conn: sqlite3.Connection) -> str:
+        return str(conn.execute("SELECT value FROM statestream_meta WHERE key = 'x'").fetchone()[0])
+
+    assert await db.read(value) == "1"
+    # And the next write commits as usual
+    await db.write(
+        lambda conn: conn.execute("UPDATE statestream_meta SET value = '3' WHERE key = 'x'")
+    )
+    assert await db.read(value) == "3"

@@ -52,14 +52,22 @@ def _active_key(record: Record) -> str | None:
     return f"{record.workflow_name}\x00{record.foreign_id}"
 
 
-def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[int, int]:
-    """Publish directly: the event row is written in the record's own transaction.
+def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
+    """Publish directly: the event row is written in the record's own transaction."""
+    _insert_event_row(conn, event)
 
-    Returns the row's ID and the ID of the topic's event before it (0: none), read in the same
-    transaction with the writer's warm cache, so that this process's receivers can take the
-    event without reading the table back (see :meth:`SqliteStreamer.hand`)."""
-    m = event.message
+
+def _insert_event_handed(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[int, int]:
+    """:func:`_insert_event`, returning the row's ID and the ID of the topic's event before it
+    (0: none), read in the same transaction with the writer's warm cache, so that this
+    process's receivers can take the event without reading the table back (see
+    :meth:`SqliteStreamer.hand`)."""
     prev = conn.execute(_PREVIOUS, (event.topic,)).fetchone()[0] or 0
+    return _insert_event_row(conn, event), int(prev)
+
+
+def _insert_event_row(conn: sqlite3.Connection, event: OutboxEvent) -> int:
+    m = event.message
     cursor = conn.execute(
         "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, key_hash) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -73,7 +81,7 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[int, in
             key_hash(m.key),
         ),
     )
-    return int(cursor.lastrowid or 0), int(prev)
+    return int(cursor.lastrowid or 0)
 
 
 _PREVIOUS = "SELECT MAX(id) FROM statestream_events WHERE topic = ?"
@@ -125,13 +133,25 @@ class SqliteRecordStore:
         #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
         #: by every write (it still polls, for rows another configuration left).
         self.publishes_in_transaction = publish_to is not None
-        self._emit: Callable[[sqlite3.Connection, OutboxEvent], tuple[int, int] | None] = (
-            _insert_outbox if publish_to is None else _insert_event
-        )
+
+    def _emitter(
+        self, topic: str
+    ) -> Callable[[sqlite3.Connection, OutboxEvent], tuple[int, int] | None]:
+        """How a write emits its event: to the outbox, or into the events table, reading the
+        topic's previous event ID only when a receiver of this process may take it."""
+        streamer = self._streamer
+        if streamer is None:
+            return _insert_outbox
+        return _insert_event_handed if streamer.receiving(topic) else _insert_event
 
     def _published(self, event: OutboxEvent, ids: tuple[int, int] | None) -> None:
-        if self._streamer is not None and ids is not None:
-            self._streamer.hand(event.topic, ids[0], ids[1], event.message)
+        streamer = self._streamer
+        if streamer is None:
+            return
+        if ids is not None:
+            streamer.hand(event.topic, ids[0], ids[1], event.message)
+        else:
+            streamer.wake(event.topic)  # a receiver opened meanwhile reads it
 
     async def create(self, record: Record, event: OutboxEvent) -> None:
         values = (
@@ -169,7 +189,7 @@ class SqliteRecordStore:
                 ) from exc
             return emit(conn, event)
 
-        emit = self._emit
+        emit = self._emitter(event.topic)
         self._published(event, await self.db.write(create))
 
     async def update(self, record: Record, event: OutboxEvent) -> None:
@@ -208,7 +228,7 @@ class SqliteRecordStore:
                 raise VersionConflict(record.run_id, record.version - 1, row[0])
             return emit(conn, event)
 
-        emit = self._emit
+        emit = self._emitter(event.topic)
         self._published(event, await self.db.write(update))
 
     async def lookup(self, run_id: str) -> Record:

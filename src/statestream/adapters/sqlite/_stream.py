@@ -84,6 +84,10 @@ class SqliteStreamer:
             receiver._stale = True
             receiver._wake.set()
 
+    def receiving(self, topic: str) -> bool:
+        """Whether a receiver of ``topic`` is open in this process."""
+        return topic in self._receivers
+
     def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
         """Hand this process's receivers of ``topic`` an event it has just committed as row
         ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
