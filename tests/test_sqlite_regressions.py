@@ -14,7 +14,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -349,3 +350,49 @@ async def test_a_failing_write_alone_in_its_transaction_leaves_nothing(
         lambda conn: conn.execute("UPDATE statestream_meta SET value = '3' WHERE key = 'x'")
     )
     assert await db.read(value) == "3"
+
+
+async def test_a_failing_rerunnable_write_in_a_batch_undoes_only_itself(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a batch of rerunnable writes (run without savepoints), one of which fails
+    from statestream.adapters.sqlite._db import _Op
+
+    await db.schema_version()  # the file and its schema exist
+    loop = asyncio.get_running_loop()
+    runs: Counter[str] = Counter()
+
+    def put(key: str, fail: bool = False) -> Callable[[sqlite3.Connection], str]:
+        def fn(conn: sqlite3.Connection) -> str:
+            runs[key] += 1
+            conn.execute("INSERT INTO statestream_meta (key, value) VALUES (?, 'v')", (key,))
+            if fail:
+                raise ValueError(f"{key} failed")
+            return key
+
+        return fn
+
+    batch = [
+        _Op(put(key, fail=key == "b"), True, loop, loop.create_future(), rerunnable=True)
+        for key in ("a", "b", "c")
+    ]
+    conn = sqlite3.connect(str(tmp_path / "regressions.db"), isolation_level=None)
+    try:
+        # When the batch runs
+        db._execute(conn, batch)
+        results = await asyncio.gather(*(op.future for op in batch), return_exceptions=True)
+    finally:
+        conn.close()
+
+    # Then the others committed with their results, the failing one raised and left nothing
+    assert results[0] == "a"
+    assert isinstance(results[1], ValueError)
+    assert results[2] == "c"
+
+    def keys(c: sqlite3.Connection) -> set[str]:
+        return {row[0] for row in c.execute("SELECT key FROM statestream_meta")}
+
+    assert {"a", "c"} <= await db.read(keys)
+    assert "b" not in await db.read(keys)
+    # (the batch ran once optimistically, then again with savepoints)
+    assert runs == {"a": 2, "b": 2, "c": 1}
