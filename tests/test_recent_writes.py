@@ -47,6 +47,8 @@ def _event_at(record: Record) -> Event:
 class CountingStore:
     """Counts lookups and outbox lists, delegating everything to the wrapped store."""
 
+    local_lookups = False  # counts lookups as a store with I/O would be read
+
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls: Counter[str] = Counter()
@@ -112,7 +114,7 @@ async def test_consumers_of_this_process_need_no_lookup_for_its_own_writes() -> 
 
 
 async def test_the_cache_falls_back_to_the_store_on_a_version_mismatch() -> None:
-    wf, adapters = build(order_builder())
+    wf, adapters = build(order_builder(), Adapters(store=CountingStore(MemoryRecordStore())))  # type: ignore[arg-type]
     rt = wf._rt
     run_id = await wf.trigger("order-1")  # not started: nothing consumes it
     v1 = await adapters.store.lookup(run_id)
@@ -186,3 +188,10 @@ async def test_a_store_publishing_in_transaction_still_gets_leftover_outbox_rows
         await wf.wait_for("order-1", run_id, Status.SHIPPED, timeout=5)
     assert not await direct.inner.list_outbox("orders", 10)
     await streamer.close()
+
+
+def test_no_cache_is_kept_for_a_store_whose_lookups_are_local() -> None:
+    wf, _ = build(order_builder())  # MemoryRecordStore: local_lookups
+    rt = wf._rt
+    rt.recent.put(_record(1))
+    assert len(rt.recent) == 0

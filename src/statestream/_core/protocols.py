@@ -74,6 +74,10 @@ class RecordStore(Protocol):
     may set ``publishes_in_transaction = True``. The engine then does not wake its outbox relay
     on every write; the relay still polls at its ``polling_frequency``, so outbox rows left by
     another configuration are still published.
+
+    Likewise, a store whose ``lookup`` is a read of this process's memory may set
+    ``local_lookups = True``: the engine then keeps no cache of the records it wrote to spare
+    lookups (which would cost more than it saves).
     """
 
     async def create(self, record: Record, event: OutboxEvent) -> None: ...

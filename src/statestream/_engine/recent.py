@@ -61,7 +61,9 @@ class RecentWrites:
         return len(self._records)
 
     def put(self, record: Record) -> None:
-        """Remember ``record``, whose write has just committed."""
+        """Remember ``record``, whose write has just committed (nothing with ``limit`` 0)."""
+        if not self.limit:
+            return
         records = self._records
         records[record.run_id] = (record, time.monotonic())
         if len(records) > self.limit:

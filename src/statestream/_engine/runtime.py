@@ -169,8 +169,9 @@ class Runtime(Generic[T, StatusT]):
         self.outbox_wake = asyncio.Event()
         #: the store puts each write's event in the streamer itself: the outbox stays empty
         self.publishes_in_transaction = bool(getattr(store, "publishes_in_transaction", False))
-        #: the records this process wrote last, answering its consumers' lookups
-        self.recent = RecentWrites()
+        #: the records this process wrote last, answering its consumers' lookups (none for a
+        #: store whose lookups are reads of this process's memory)
+        self.recent = RecentWrites(limit=0 if getattr(store, "local_lookups", False) else 10_000)
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         #: the pending ``wait_for`` calls of this workflow in this process
