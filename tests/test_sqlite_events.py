@@ -81,6 +81,102 @@ async def test_every_receiver_of_a_topic_is_woken_by_a_publish(
             await r.close()
 
 
+async def test_after_a_read_that_returned_everything_the_next_waits_before_reading(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a receiver that has just read all there was (fewer events than its limit)
+    streamer = SqliteStreamer(db)
+    receiver = await streamer.receiver("topic", "consumer", poll_interval=0.05)
+    reads = 0
+    read = db.read
+
+    async def counting(fn: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(fn)
+
+    db.read = counting  # type: ignore[method-assign]
+    try:
+        await streamer.publish("topic", messages(["a"]))
+        assert len(await receiver.recv(10)) == 1
+        assert reads == 1
+
+        # When the next recv waits and this process publishes
+        waiting = asyncio.ensure_future(receiver.recv(10))
+        await asyncio.sleep(0.01)
+        await streamer.publish("topic", messages(["b"]))
+        got = await asyncio.wait_for(waiting, 5)
+
+        # Then it read once, after the wake, not once before it (that read found nothing)
+        assert [e.key for e in got] == ["b"]
+        assert reads == 2
+
+        # And another process's event still arrives, after the poll interval
+        other_db = SqliteDatabase(tmp_path / "events.db", synchronous="NORMAL")
+        other = SqliteStreamer(other_db)
+        await other.publish("topic", messages(["c"]))
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [e.key for e in got] == ["c"]
+        await other_db.close()
+    finally:
+        await receiver.close()
+        await streamer.close()
+
+
+def _outbox_event(topic: str, key: str, version: int = 1) -> OutboxEvent:
+    return OutboxEvent(
+        f"o-{key}-{version}", "wf", topic, Message(key, 1, {"v": str(version)}, now())
+    )
+
+
+def _run(key: str, version: int = 1) -> Record:
+    at = now()
+    return Record("wf", f"f-{key}", key, RunState.RUNNING, 1, b"{}", at, at, version)
+
+
+async def test_events_the_store_writes_in_this_process_are_handed_over_without_a_read(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a receiver, and a store that publishes straight into the events table
+    streamer = SqliteStreamer(db)
+    store = SqliteRecordStore(db, publish_to=streamer)
+    receiver = await streamer.receiver("topic", "consumer", poll_interval=0.05)
+    reads = 0
+    read = db.read
+
+    async def counting(fn: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(fn)
+
+    db.read = counting  # type: ignore[method-assign]
+    try:
+        # When this process writes runs
+        for key in ("a", "b"):
+            await store.create(_run(key), _outbox_event("topic", key))
+
+        # Then the receiver gets their events in order without reading the table
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [(e.key, e.headers["v"]) for e in got] == [("a", "1"), ("b", "1")]
+        assert got[0].id < got[1].id
+        assert reads == 0
+
+        # When another process's event lands between two of ours
+        other_db = SqliteDatabase(tmp_path / "events.db", synchronous="NORMAL")
+        await SqliteStreamer(other_db).publish("topic", messages(["other"]))
+        await other_db.close()
+        await store.create(_run("c"), _outbox_event("topic", "c"))
+
+        # Then the handed event does not follow: the receiver reads, and misses nothing
+        got = await asyncio.wait_for(receiver.recv(10), 5)
+        assert [e.key for e in got] == ["other", "c"]
+        assert reads == 1
+        await receiver.ack(got[-1])
+    finally:
+        await receiver.close()
+        await streamer.close()
+
+
 async def test_publish_and_the_stores_own_insert_fill_the_key_hash(
     db: SqliteDatabase, streamer: SqliteStreamer
 ) -> None:

@@ -14,7 +14,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -323,3 +324,76 @@ async def test_processes_opening_a_new_file_at_the_same_time_all_succeed(
         finally:
             for db in dbs:
                 await db.close()
+
+
+async def test_a_failing_write_alone_in_its_transaction_leaves_nothing(
+    db: SqliteDatabase,
+) -> None:
+    # Given a write that changes a row, then fails, with nothing else queued
+    await db.write(
+        lambda conn: conn.execute("INSERT INTO statestream_meta (key, value) VALUES ('x', '1')")
+    )
+
+    def change_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE statestream_meta SET value = '2' WHERE key = 'x'")
+        raise ValueError("boom")
+
+    # When it runs, its error is raised and its change rolled back (no savepoint needed)
+    with pytest.raises(ValueError, match="boom"):
+        await db.write(change_then_fail)
+
+    def value(conn: sqlite3.Connection) -> str:
+        return str(conn.execute("SELECT value FROM statestream_meta WHERE key = 'x'").fetchone()[0])
+
+    assert await db.read(value) == "1"
+    # And the next write commits as usual
+    await db.write(
+        lambda conn: conn.execute("UPDATE statestream_meta SET value = '3' WHERE key = 'x'")
+    )
+    assert await db.read(value) == "3"
+
+
+async def test_a_failing_rerunnable_write_in_a_batch_undoes_only_itself(
+    db: SqliteDatabase, tmp_path: Path
+) -> None:
+    # Given a batch of rerunnable writes (run without savepoints), one of which fails
+    from statestream.adapters.sqlite._db import _Op
+
+    await db.schema_version()  # the file and its schema exist
+    loop = asyncio.get_running_loop()
+    runs: Counter[str] = Counter()
+
+    def put(key: str, fail: bool = False) -> Callable[[sqlite3.Connection], str]:
+        def fn(conn: sqlite3.Connection) -> str:
+            runs[key] += 1
+            conn.execute("INSERT INTO statestream_meta (key, value) VALUES (?, 'v')", (key,))
+            if fail:
+                raise ValueError(f"{key} failed")
+            return key
+
+        return fn
+
+    batch = [
+        _Op(put(key, fail=key == "b"), True, loop, loop.create_future(), rerunnable=True)
+        for key in ("a", "b", "c")
+    ]
+    conn = sqlite3.connect(str(tmp_path / "regressions.db"), isolation_level=None)
+    try:
+        # When the batch runs
+        db._execute(conn, batch)
+        results = await asyncio.gather(*(op.future for op in batch), return_exceptions=True)
+    finally:
+        conn.close()
+
+    # Then the others committed with their results, the failing one raised and left nothing
+    assert results[0] == "a"
+    assert isinstance(results[1], ValueError)
+    assert results[2] == "c"
+
+    def keys(c: sqlite3.Connection) -> set[str]:
+        return {row[0] for row in c.execute("SELECT key FROM statestream_meta")}
+
+    assert {"a", "c"} <= await db.read(keys)
+    assert "b" not in await db.read(keys)
+    # (the batch ran once optimistically, then again with savepoints)
+    assert runs == {"a": 2, "b": 2, "c": 1}

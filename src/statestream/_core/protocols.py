@@ -68,6 +68,16 @@ class RecordStore(Protocol):
     * Parked events (events a consumer gave up on) are kept until deleted: ``park`` is an upsert
       on :attr:`ParkedEvent.id`; ``retry_parked`` sets ``retry_requested`` (``RecordNotFound``
       for an unknown ID); ``list_parked`` filters by consumer and flag, oldest first.
+
+    Optional attribute (not part of the structural check): a store whose writes put their
+    event straight into the streamer in the write's own transaction, leaving the outbox empty,
+    may set ``publishes_in_transaction = True``. The engine then does not wake its outbox relay
+    on every write; the relay still polls at its ``polling_frequency``, so outbox rows left by
+    another configuration are still published.
+
+    Likewise, a store whose ``lookup`` is a read of this process's memory may set
+    ``local_lookups = True``: the engine then keeps no cache of the records it wrote to spare
+    lookups (which would cost more than it saves).
     """
 
     async def create(self, record: Record, event: OutboxEvent) -> None: ...

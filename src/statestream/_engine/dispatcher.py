@@ -119,26 +119,20 @@ class KeyedDispatcher:
         ]
         if held is not None:
             helpers.append(asyncio.create_task(self._housekeeping(held), name="housekeeping"))
-        recv: asyncio.Future[list[Event]] | None = None
+        # One task receives for as long as the consumer runs (not one task and one
+        # asyncio.wait per batch: with one event at a time that was a fifth of the loop).
+        recv: asyncio.Future[None] | None = None
         failure: BaseException | None = None
         try:
-            while not stopping.is_set():
-                if not self._space.is_set():
-                    space = asyncio.ensure_future(self._space.wait())
-                    await asyncio.wait({space, stop, *helpers}, return_when=asyncio.FIRST_COMPLETED)
-                    space.cancel()
-                    _raise_if_ended(helpers)
-                    continue
-                limit = min(self._concurrency - self._active, self._window - len(self._slots))
-                recv = asyncio.ensure_future(self._receiver.recv(limit))
+            if not stopping.is_set():
+                recv = asyncio.ensure_future(self._receive(stopping))
                 await asyncio.wait({recv, stop, *helpers}, return_when=asyncio.FIRST_COMPLETED)
-                if not recv.done():  # stopping, or a helper ended (seen at the latest here)
+                if not recv.done():  # stopping, or a helper ended
                     recv.cancel()
                     await asyncio.gather(recv, return_exceptions=True)
                     _raise_if_ended(helpers)
-                    break
-                for event in recv.result():
-                    self._submit(event)
+                else:
+                    recv.result()  # the receiver failed: raise it
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         except BaseException as exc:
@@ -161,6 +155,18 @@ class KeyedDispatcher:
                 if failure is None:
                     raise
                 log.error("statestream: acknowledging events failed", exc_info=exc)
+
+    async def _receive(self, stopping: asyncio.Event) -> None:
+        """Receive and submit events until stopping (cancelled by :meth:`run` otherwise)."""
+        space = self._space
+        receiver = self._receiver
+        while not stopping.is_set():
+            if not space.is_set():
+                await space.wait()
+                continue
+            limit = min(self._concurrency - self._active, self._window - len(self._slots))
+            for event in await receiver.recv(limit):
+                self._submit(event)
 
     # ------------------------------------------------------------------ events
 

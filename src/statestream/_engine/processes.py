@@ -26,7 +26,7 @@ from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
 from .catchup import CatchingUp, CatchUp
 from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent
-from .runtime import H_PAUSED_BY, H_RUN_STATE, Runtime
+from .runtime import H_PAUSED_BY, H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
 if TYPE_CHECKING:
@@ -176,10 +176,13 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
         return event.headers.get(H_RUN_STATE) == wanted
 
     async def handle(event: Event) -> None:
-        try:
-            record = await rt.store.lookup(event.key)
-        except RecordNotFound:
-            return
+        # The record this process wrote, when it is that version or newer (see recent.py).
+        record = rt.recent.get(event.key, int(event.headers.get(H_VERSION, 0)))
+        if record is None:
+            try:
+                record = await rt.store.lookup(event.key)
+            except RecordNotFound:
+                return
         await call_user(hook.fn, hook.is_async, rt.to_run(record))
 
     def open_receiver() -> Awaitable[EventReceiver]:

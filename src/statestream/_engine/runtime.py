@@ -46,6 +46,7 @@ from ..errors import (
 from . import observe
 from .lease import HELD, Abandon, LeaseExpired
 from .parking import Parker
+from .recent import RecentWrites
 from .supervisor import Supervisor
 from .usercode import DaemonExecutor, call_user_sync
 from .waiters import Waiters
@@ -166,6 +167,11 @@ class Runtime(Generic[T, StatusT]):
         #: What connector handlers receive as their first argument (the public Workflow).
         self.facade: Any = None
         self.outbox_wake = asyncio.Event()
+        #: the store puts each write's event in the streamer itself: the outbox stays empty
+        self.publishes_in_transaction = bool(getattr(store, "publishes_in_transaction", False))
+        #: the records this process wrote last, answering its consumers' lookups (none for a
+        #: store whose lookups are reads of this process's memory)
+        self.recent = RecentWrites(limit=0 if getattr(store, "local_lookups", False) else 10_000)
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         #: the pending ``wait_for`` calls of this workflow in this process
@@ -217,14 +223,17 @@ class Runtime(Generic[T, StatusT]):
 
     async def fresh_record(self, event: Event, *, allow_stopped: bool = False) -> Record | None:
         """The record an event is about, if the event is still current (reference §3)."""
-        try:
-            record = await self.store.lookup(event.key)
-        except RecordNotFound:
-            log.debug("statestream: skipping event for unknown run %s", event.key)
-            if self.observer is not None:
-                self.skipped(event, "record not found")
-            return None
         version = int(event.headers.get(H_VERSION, 0))
+        # Mostly the record this process has just written: no store read (see recent.py).
+        record = self.recent.get(event.key, version)
+        if record is None:
+            try:
+                record = await self.store.lookup(event.key)
+            except RecordNotFound:
+                log.debug("statestream: skipping event for unknown run %s", event.key)
+                if self.observer is not None:
+                    self.skipped(event, "record not found")
+                return None
         if record.version > version:
             if self.observer is not None:
                 self.skipped(event, "event record version lower than latest record version")
@@ -293,9 +302,12 @@ class Runtime(Generic[T, StatusT]):
         return OutboxEvent(new_id(), record.workflow_name, topic, message)
 
     def written(self, record: Record) -> None:
-        """This process wrote ``record``: wake the relay and the run's waiters, and forget the
-        run's error counts (it moved on)."""
-        self.outbox_wake.set()
+        """This process wrote ``record``: remember it, wake the relay (unless the store
+        publishes in the write's transaction) and the run's waiters, and forget the run's error
+        counts (it moved on)."""
+        self.recent.put(record)
+        if not self.publishes_in_transaction:
+            self.outbox_wake.set()
         if self.errors:
             self.errors.clear_run(record.run_id)
         if self.listeners:

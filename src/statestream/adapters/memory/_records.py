@@ -42,6 +42,10 @@ class MemoryRecordStore:
     >>> store = MemoryRecordStore()
     """
 
+    #: A lookup is a dict read in this process: the engine keeps no copies of the records it
+    #: wrote to spare it (see ``RecordStore``).
+    local_lookups = True
+
     def __init__(self, clock: Clock | None = None, keep_snapshots: bool = False) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._keep_snapshots = keep_snapshots

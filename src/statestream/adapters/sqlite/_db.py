@@ -29,7 +29,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from ...errors import AdapterConnectionError, AdapterError, InvalidInput
+from ...errors import AdapterConnectionError, AdapterError
+from ._errors import stopped_error as _stopped_error
+from ._errors import translate as _translate
 from ._schema import SCHEMA_VERSION, upgrade
 
 __all__ = ["SCHEMA_VERSION", "SqliteDatabase", "from_us", "to_us"]
@@ -60,6 +62,7 @@ class _Op:
     write: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    rerunnable: bool = False
     result: Any = None
     error: BaseException | None = None
     answered: bool = False
@@ -84,6 +87,27 @@ def _answer(op: _Op) -> None:
         op.loop.call_soon_threadsafe(_resolve, op)
 
 
+def _answer_all(batch: list[_Op]) -> None:
+    """Hand a batch's results over with one wake-up per caller loop, not one per operation:
+    each ``call_soon_threadsafe`` writes to the loop's self-pipe (a system call on both sides)."""
+    ops = [op for op in batch if not op.answered]
+    if not ops:
+        return
+    for op in ops:
+        op.answered = True
+    loop = ops[0].loop
+    if all(op.loop is loop for op in ops):
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve_all, ops)
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+    for op in ops:
+        by_loop.setdefault(op.loop, []).append(op)
+    for each, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            each.call_soon_threadsafe(_resolve_all, mine)
+
+
 def _resolve(op: _Op) -> None:
     if op.future.done():
         return
@@ -91,6 +115,11 @@ def _resolve(op: _Op) -> None:
         op.future.set_exception(op.error)
     else:
         op.future.set_result(op.result)
+
+
+def _resolve_all(ops: list[_Op]) -> None:
+    for op in ops:
+        _resolve(op)
 
 
 class _QueryThread:
@@ -211,11 +240,16 @@ class SqliteDatabase:
             raise _translate(exc, self.path) from exc
         return conn
 
-    async def write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+    async def write(self, fn: Callable[[sqlite3.Connection], R], *, rerunnable: bool = False) -> R:
         """Run ``fn(connection)`` inside a transaction; its changes are committed (possibly
         together with other writes) before this returns. If ``fn`` raises, its changes are
-        rolled back and the exception is raised here."""
-        return await self._submit(fn, write=True)
+        rolled back and the exception is raised here.
+
+        ``rerunnable``: ``fn`` acts only through the connection, so it may be run a second
+        time after its first run was rolled back. A batch of such writes runs without a
+        savepoint per write; if one fails, the batch is rolled back and run again with them.
+        """
+        return await self._submit(fn, write=True, rerunnable=rerunnable)
 
     async def delete_in_chunks(
         self,
@@ -288,9 +322,11 @@ class SqliteDatabase:
 
     # -------------------------------------------------------------- thread
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], R], *, write: bool) -> R:
+    async def _submit(
+        self, fn: Callable[[sqlite3.Connection], R], *, write: bool, rerunnable: bool = False
+    ) -> R:
         loop = asyncio.get_running_loop()
-        op = _Op(fn, write, loop, loop.create_future())
+        op = _Op(fn, write, loop, loop.create_future(), rerunnable)
         # Under the lock, a queued operation always has a live thread that will answer it: a
         # thread that fails to open, or stops, drops its claim under the same lock.
         with self._lock:
@@ -461,6 +497,58 @@ class SqliteDatabase:
                 item.error = error()
                 _answer(item)
 
+    def _write_alone(self, conn: sqlite3.Connection, op: _Op) -> bool:
+        """Run a write that is alone in its transaction: no savepoint, since rolling the
+        transaction back undoes exactly it (two statements fewer per write when idle).
+        Returns whether the transaction is still open (to commit)."""
+        try:
+            op.result = op.fn(conn)
+        except Exception as exc:
+            op.error = _translate(exc, self.path)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return False
+        return True
+
+    def _run_optimistic(self, conn: sqlite3.Connection, batch: list[_Op]) -> bool:
+        """Run a batch of rerunnable operations without savepoints; True if all succeeded.
+        On a failure, the transaction is rolled back and begun again, every result is
+        dropped, and the caller runs the batch with savepoints (:meth:`_run_batch`)."""
+        if not all(op.rerunnable or not op.write for op in batch):
+            return False
+        try:
+            for op in batch:
+                op.result = op.fn(conn)
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                op.result = None
+            return False
+        return True
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Run the batch's operations in the open transaction (if any), each write inside its
+        own savepoint, so that one failing does not undo the others."""
+        for op in batch:
+            if op.write:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.fn(conn)
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole batch back (a full disk, say)
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    op.error = _translate(exc, self.path)
+            else:
+                try:
+                    op.result = op.fn(conn)
+                except Exception as exc:
+                    op.error = _translate(exc, self.path)
+
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         writes = [op for op in batch if op.write]
         in_tx = False
@@ -468,23 +556,10 @@ class SqliteDatabase:
             if writes:
                 conn.execute("BEGIN IMMEDIATE")
                 in_tx = True
-            for op in batch:
-                if op.write:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        op.result = op.fn(conn)
-                        conn.execute("RELEASE op")
-                    except Exception as exc:
-                        if not conn.in_transaction:
-                            raise  # SQLite rolled the whole batch back (a full disk, say)
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        op.error = _translate(exc, self.path)
-                else:
-                    try:
-                        op.result = op.fn(conn)
-                    except Exception as exc:
-                        op.error = _translate(exc, self.path)
+            if len(batch) == 1 and in_tx:
+                in_tx = self._write_alone(conn, batch[0])
+            elif not (in_tx and self._run_optimistic(conn, batch)):
+                self._run_batch(conn, batch)
             if in_tx:
                 conn.execute("COMMIT")
                 in_tx = False
@@ -499,57 +574,4 @@ class SqliteDatabase:
                     log.exception("statestream: rollback failed on %s", self.path)
             for op in batch:
                 op.error = error  # nothing of the batch was committed; reads may have seen it
-        for op in batch:
-            _answer(op)
-
-
-def _unencodable(exc: UnicodeEncodeError) -> InvalidInput:
-    """SQLite stores text as UTF-8, which has no lone surrogates (``"\\ud800"``): such a value
-    is refused with a message that shows it, rather than stored altered."""
-    text = exc.object if isinstance(exc.object, str) else str(exc.object)
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    error = InvalidInput(
-        f"the text {shown!r} contains a lone surrogate ({text[exc.start : exc.start + 1]!r} at "
-        f"index {exc.start}), which is not valid Unicode: SQLite keeps text as UTF-8, which "
-        "cannot encode it; pass valid text"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _stopped_error(path: Path, cause: BaseException) -> AdapterError:
-    """What a caller gets once the database thread stopped on an unexpected error."""
-    error = AdapterError(
-        f"the SQLite thread for {path} stopped on an unexpected error ({cause!r}) before "
-        "confirming this operation, whose write (if any) was rolled back; close() the "
-        "SqliteDatabase to open the file again"
-    )
-    error.__cause__ = cause
-    return error
-
-
-def _translate(exc: BaseException, path: Path) -> BaseException:
-    """Driver errors become AdapterErrors that name the file and what to do; a text value the
-    driver cannot encode becomes InvalidInput; others pass."""
-    if isinstance(exc, UnicodeEncodeError):
-        return _unencodable(exc)
-    if not isinstance(exc, sqlite3.Error):
-        return exc
-    text = str(exc)
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
-        hint = "it is not an SQLite database (or is encrypted): choose another path"
-    elif "malformed" in text or "corrupt" in text:
-        hint = "the file is corrupted: restore it from a backup, or run sqlite3's .recover"
-    elif "locked" in text or "busy" in text:
-        hint = "another process holds the write lock longer than busy_timeout: retry later"
-    elif "disk is full" in text or "database or disk is full" in text:
-        hint = "the disk is full: free space; the transaction was rolled back"
-    elif "readonly" in text or "read-only" in text:
-        hint = "the file or its directory is read-only: fix permissions"
-    elif "unable to open" in text:
-        hint = "check that the path exists and is writable"
-    else:
-        hint = "see the SQLite error above"
-    error = AdapterError(f"SQLite error on {path}: {text} ({hint})")
-    error.__cause__ = exc
-    return error
+        _answer_all(batch)

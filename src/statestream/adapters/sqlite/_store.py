@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..._core.records import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
@@ -54,8 +54,21 @@ def _active_key(record: Record) -> str | None:
 
 def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
     """Publish directly: the event row is written in the record's own transaction."""
+    _insert_event_row(conn, event)
+
+
+def _insert_event_handed(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[int, int]:
+    """:func:`_insert_event`, returning the row's ID and the ID of the topic's event before it
+    (0: none), read in the same transaction with the writer's warm cache, so that this
+    process's receivers can take the event without reading the table back (see
+    :meth:`SqliteStreamer.hand`)."""
+    prev = conn.execute(_PREVIOUS, (event.topic,)).fetchone()[0] or 0
+    return _insert_event_row(conn, event), int(prev)
+
+
+def _insert_event_row(conn: sqlite3.Connection, event: OutboxEvent) -> int:
     m = event.message
-    conn.execute(
+    cursor = conn.execute(
         "INSERT INTO statestream_events (topic, key, type, headers, data, created_at, key_hash) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -68,6 +81,10 @@ def _insert_event(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             key_hash(m.key),
         ),
     )
+    return int(cursor.lastrowid or 0)
+
+
+_PREVIOUS = "SELECT MAX(id) FROM statestream_events WHERE topic = ?"
 
 
 def _insert_outbox(conn: sqlite3.Connection, event: OutboxEvent) -> None:
@@ -113,11 +130,28 @@ class SqliteRecordStore:
             )
         self.db = db
         self._streamer = publish_to
-        self._emit = _insert_outbox if publish_to is None else _insert_event
+        #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
+        #: by every write (it still polls, for rows another configuration left).
+        self.publishes_in_transaction = publish_to is not None
 
-    def _published(self, event: OutboxEvent) -> None:
-        if self._streamer is not None:
-            self._streamer.wake(event.topic)
+    def _emitter(
+        self, topic: str
+    ) -> Callable[[sqlite3.Connection, OutboxEvent], tuple[int, int] | None]:
+        """How a write emits its event: to the outbox, or into the events table, reading the
+        topic's previous event ID only when a receiver of this process may take it."""
+        streamer = self._streamer
+        if streamer is None:
+            return _insert_outbox
+        return _insert_event_handed if streamer.receiving(topic) else _insert_event
+
+    def _published(self, event: OutboxEvent, ids: tuple[int, int] | None) -> None:
+        streamer = self._streamer
+        if streamer is None:
+            return
+        if ids is not None:
+            streamer.hand(event.topic, ids[0], ids[1], event.message)
+        else:
+            streamer.wake(event.topic)  # a receiver opened meanwhile reads it
 
     async def create(self, record: Record, event: OutboxEvent) -> None:
         values = (
@@ -136,7 +170,7 @@ class SqliteRecordStore:
             _active_key(record),
         )
 
-        def create(conn: sqlite3.Connection) -> None:
+        def create(conn: sqlite3.Connection) -> tuple[int, int] | None:
             try:
                 conn.execute(
                     f"INSERT INTO statestream_records ({_RECORD_COLUMNS}, active_key) "
@@ -153,11 +187,10 @@ class SqliteRecordStore:
                     f"{record.foreign_id!r} has an unfinished run in workflow "
                     f"{record.workflow_name!r}"
                 ) from exc
-            emit(conn, event)
+            return emit(conn, event)
 
-        emit = self._emit
-        await self.db.write(create)
-        self._published(event)
+        emit = self._emitter(event.topic)
+        self._published(event, await self.db.write(create, rerunnable=True))
 
     async def update(self, record: Record, event: OutboxEvent) -> None:
         values = (
@@ -174,7 +207,7 @@ class SqliteRecordStore:
             record.version - 1,
         )
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: sqlite3.Connection) -> tuple[int, int] | None:
             try:
                 cursor = conn.execute(
                     "UPDATE statestream_records SET run_state = ?, status = ?, object = ?, "
@@ -193,11 +226,10 @@ class SqliteRecordStore:
                 if row is None:
                     raise RecordNotFound(f"no run {record.run_id}")
                 raise VersionConflict(record.run_id, record.version - 1, row[0])
-            emit(conn, event)
+            return emit(conn, event)
 
-        emit = self._emit
-        await self.db.write(update)
-        self._published(event)
+        emit = self._emitter(event.topic)
+        self._published(event, await self.db.write(update, rerunnable=True))
 
     async def lookup(self, run_id: str) -> Record:
         def lookup(conn: sqlite3.Connection) -> Any:

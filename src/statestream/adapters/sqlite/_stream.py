@@ -81,7 +81,34 @@ class SqliteStreamer:
     def wake(self, topic: str) -> None:
         """Wake this process's receivers of ``topic``: new events were committed."""
         for receiver in self._receivers.get(topic, ()):
+            receiver._stale = True
             receiver._wake.set()
+
+    def receiving(self, topic: str) -> bool:
+        """Whether a receiver of ``topic`` is open in this process."""
+        return topic in self._receivers
+
+    def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
+        """Hand this process's receivers of ``topic`` an event it has just committed as row
+        ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
+
+        A receiver whose position is ``previous`` (or that holds the events up to it) takes it
+        without reading the table back: no other event of the topic lies between, since IDs
+        are assigned in commit order. Any other receiver is only woken, and reads."""
+        receivers = self._receivers.get(topic)
+        if not receivers:
+            return
+        event = Event(
+            event_id,
+            topic,
+            message.key,
+            message.type,
+            message.headers,
+            message.created_at,
+            message.data,
+        )
+        for receiver in receivers:
+            receiver._hand(event, previous)
 
     async def receiver(
         self,
@@ -233,6 +260,9 @@ class SqliteReceiver:
     opened (it started at the oldest event, or at the latest with ``from_latest``).
     """
 
+    #: At most this many handed events are held; past it the receiver reads the table.
+    hand_limit = 1_000
+
     def __init__(
         self,
         streamer: SqliteStreamer,
@@ -259,6 +289,12 @@ class SqliteReceiver:
         self._poll = max(0.001, poll)
         self._closed = False
         self._wake = asyncio.Event()  # set by a publish to the topic in this process, and close
+        #: the last read returned fewer rows than asked and nothing waits beyond its window
+        self._drained = False
+        #: events handed over by this process's writes, in ID order, following the position
+        self._handed: list[Event] = []
+        #: the table may hold events of ours that are not handed: read it before waiting
+        self._stale = False
         self._acked = position  # highest acknowledged id, written or not
         self._written = position
         self._flusher: asyncio.Task[None] | None = None
@@ -269,7 +305,28 @@ class SqliteReceiver:
         while True:
             if self._closed:
                 raise AdapterError(f"receiver {self.name!r} on {self.topic!r} is closed")
+            handed = self._handed
+            if handed:
+                if len(handed) <= limit:
+                    events, self._handed = handed, []
+                else:
+                    events, self._handed = handed[:limit], handed[limit:]
+                self._position = self._delivered = events[-1].id
+                self._drained = not self._handed
+                if self._drained and not self._stale:
+                    self._wake.clear()  # what woke it is returned here: nothing to read
+                return events
+            if self._drained:
+                # The last read returned everything there was: unless this process published
+                # since, read again only after the poll interval, as after an empty read.
+                self._drained = False
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll):
+                            await self._wake.wait()
+                    continue
             self._wake.clear()
+            self._stale = False
             if self.shards == 1:
                 rows = await self._db.read(self._select_all(limit))
                 more = False
@@ -279,6 +336,7 @@ class SqliteReceiver:
                 rows, self._position, more = await self._db.read(self._select_shard(limit))
             if rows:
                 self._delivered = rows[-1][0]
+                self._drained = not more and len(rows) < limit
                 return [
                     Event(
                         row[0],
@@ -301,6 +359,22 @@ class SqliteReceiver:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
                     await self._wake.wait()
+
+    def _hand(self, event: Event, previous: int) -> None:
+        """Take ``event`` (see :meth:`SqliteStreamer.hand`) if it follows what this receiver
+        has read or holds; otherwise drop what it holds and read the table next time."""
+        if self._closed:
+            return
+        handed = self._handed
+        last = handed[-1].id if handed else self._position
+        if event.id <= last:
+            return  # already read (its commit came before this receiver's last read)
+        if self.shards == 1 and previous == last and len(handed) < self.hand_limit:
+            handed.append(event)
+        else:
+            handed.clear()
+            self._stale = True
+        self._wake.set()
 
     def _select_all(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
         args = (self.topic, self._position, limit)
