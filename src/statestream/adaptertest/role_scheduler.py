@@ -140,9 +140,10 @@ class RoleSchedulerContract:
             lease = holders[0].result()
             assert lease.role == role
 
-            # And when it lets go, exactly one other takes over
-            await lease.release()
+            # And when it lets go, exactly one other takes over (the waiters are listed before
+            # the release: one may win while release() is still returning)
             waiting = [t for t in tasks if not t.done()]
+            await lease.release()
             done, _ = await asyncio.wait(
                 waiting, timeout=_PROMPT, return_when=asyncio.FIRST_COMPLETED
             )
