@@ -95,6 +95,12 @@ class ErrorCounts:
     def __bool__(self) -> bool:
         return bool(self._runs)
 
+    @property
+    def runs(self) -> OrderedDict[str, dict[str, tuple[int, int]]]:
+        """The table itself, empty when no count is held: the write path tests it (a C-level
+        truth test) and keeps the reference, instead of calling :meth:`__bool__` per write."""
+        return self._runs
+
     def __len__(self) -> int:
         return sum(len(per) for per in self._runs.values())
 
@@ -179,6 +185,7 @@ class Runtime(Generic[T, StatusT]):
             streamer, definition.name, frozenset(definition.graph.terminal_nodes)
         )
         self.errors = ErrorCounts()
+        self._error_runs = self.errors.runs
         #: topic -> the consumer names this release reads it under (retention forgets others)
         self.consumers: dict[str, set[str]] = {}
         #: Called with every record this process writes (``statestream.testing`` keeps history
@@ -308,7 +315,7 @@ class Runtime(Generic[T, StatusT]):
         self.recent.put(record)
         if not self.publishes_in_transaction:
             self.outbox_wake.set()
-        if self.errors:
+        if self._error_runs:
             self.errors.clear_run(record.run_id)
         if self.listeners:
             for listener in self.listeners:
@@ -472,7 +479,7 @@ class Runtime(Generic[T, StatusT]):
     # ------------------------------------------------------------------ errors
 
     def clear_errors(self, process: str, run_id: str) -> None:
-        if self.errors:
+        if self._error_runs:
             self.errors.clear(process, run_id)
 
     async def failed(
