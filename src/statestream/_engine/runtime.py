@@ -176,8 +176,11 @@ class Runtime(Generic[T, StatusT]):
         #: the store puts each write's event in the streamer itself: the outbox stays empty
         self.publishes_in_transaction = bool(getattr(store, "publishes_in_transaction", False))
         #: the records this process wrote last, answering its consumers' lookups (none for a
-        #: store whose lookups are reads of this process's memory)
-        self.recent = RecentWrites(limit=0 if getattr(store, "local_lookups", False) else 10_000)
+        #: store whose lookups are reads of this process's memory: None, two calls less per
+        #: transition)
+        self.recent: RecentWrites | None = (
+            None if getattr(store, "local_lookups", False) else RecentWrites(limit=10_000)
+        )
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         #: the pending ``wait_for`` calls of this workflow in this process
@@ -232,7 +235,8 @@ class Runtime(Generic[T, StatusT]):
         """The record an event is about, if the event is still current (reference §3)."""
         version = int(event.headers.get(H_VERSION, 0))
         # Mostly the record this process has just written: no store read (see recent.py).
-        record = self.recent.get(event.key, version)
+        recent = self.recent
+        record = recent.get(event.key, version) if recent is not None else None
         if record is None:
             try:
                 record = await self.store.lookup(event.key)
@@ -312,7 +316,8 @@ class Runtime(Generic[T, StatusT]):
         """This process wrote ``record``: remember it, wake the relay (unless the store
         publishes in the write's transaction) and the run's waiters, and forget the run's error
         counts (it moved on)."""
-        self.recent.put(record)
+        if self.recent is not None:
+            self.recent.put(record)
         if not self.publishes_in_transaction:
             self.outbox_wake.set()
         if self._error_runs:
