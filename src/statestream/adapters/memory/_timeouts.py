@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins  # the stores' ``list`` methods shadow ``list`` in their class bodies
-import dataclasses
 import heapq
 from datetime import datetime
 
@@ -16,6 +15,22 @@ from ..._core.records import (
 from ._util import _check_window, _require_aware
 
 __all__ = ["MemoryTimeoutStore"]
+
+
+def _changed(t: TimeoutRecord, completed: bool, claimed_until: datetime | None) -> TimeoutRecord:
+    # The constructor directly: dataclasses.replace costs three times as much (two per firing).
+    return TimeoutRecord(
+        t.id,
+        t.workflow_name,
+        t.foreign_id,
+        t.run_id,
+        t.status,
+        t.run_version,
+        t.expire_at,
+        t.created_at,
+        completed,
+        claimed_until,
+    )
 
 
 class MemoryTimeoutStore:
@@ -127,7 +142,7 @@ class MemoryTimeoutStore:
             return False
         if timeout.claimed_until is not None and timeout.claimed_until > now:
             return False
-        self._pending[timeout_id] = dataclasses.replace(timeout, claimed_until=until)
+        self._pending[timeout_id] = _changed(timeout, timeout.completed, until)
         return True
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
@@ -142,7 +157,7 @@ class MemoryTimeoutStore:
         if timeout is None:
             self._check_known(timeout_id)
             return
-        self._pending[timeout_id] = dataclasses.replace(timeout, claimed_until=until)
+        self._pending[timeout_id] = _changed(timeout, timeout.completed, until)
 
     async def complete(self, timeout_id: int) -> bool:
         """Complete a pending timeout, claimed or not.
@@ -159,7 +174,7 @@ class MemoryTimeoutStore:
             self._check_known(timeout_id)
             return False
         self._unindex(timeout)
-        self._finished[timeout_id] = dataclasses.replace(timeout, completed=True)
+        self._finished[timeout_id] = _changed(timeout, True, timeout.claimed_until)
         return True
 
     async def cancel(self, timeout_id: int) -> None:
