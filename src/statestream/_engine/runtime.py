@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .._codec import check_instance, check_text, scrub_text
 from .._core.ids import new_id
@@ -44,7 +44,7 @@ from ..errors import (
     VersionConflict,
 )
 from . import observe
-from .lease import HELD, Abandon, LeaseExpired
+from .lease import HELD, Abandon, Held, LeaseExpired
 from .parking import Parker
 from .recent import RecentWrites
 from .supervisor import Supervisor
@@ -68,13 +68,15 @@ _ELSEWHERE = "record status not in expected state"
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
-def _check_lease() -> None:
-    """Refuse a write under a role whose lease is past its deadline (see :mod:`.lease`)."""
-    held = HELD.get()
-    if held is not None and time.monotonic() >= held.lease.valid_until:
-        raise LeaseExpired(
-            f"the lease of role {held.lease.role} passed its deadline; the write was not made"
-        )
+def _lease_expired(held: Held) -> NoReturn:
+    """Refuse a write under a role whose lease is past its deadline (see :mod:`.lease`).
+
+    The write path tests the deadline inline (a call less per write) and calls this only
+    when it has passed.
+    """
+    raise LeaseExpired(
+        f"the lease of role {held.lease.role} passed its deadline; the write was not made"
+    )
 
 
 class ErrorCounts:
@@ -353,7 +355,9 @@ class Runtime(Generic[T, StatusT]):
             version=1,
             status_description=status.name,
         )
-        _check_lease()
+        held = HELD.get()
+        if held is not None and time.monotonic() >= held.lease.valid_until:
+            _lease_expired(held)
         await self.store.create(record, self.event_for(record))
         self.written(record)
         if self.observer is not None:
@@ -396,7 +400,9 @@ class Runtime(Generic[T, StatusT]):
             auto_resumes=resumes,
         )
         event = self.event_for(record, headers)
-        _check_lease()
+        held = HELD.get()
+        if held is not None and time.monotonic() >= held.lease.valid_until:
+            _lease_expired(held)
         await self.store.update(record, event)
         self.written(record)
         if self._timed and current.status in self._timed:
