@@ -366,6 +366,37 @@ async def test_finished_timers_are_kept_until_pruned() -> None:
     assert store._finished == store._by_visit == {}
 
 
+async def test_due_timers_come_in_order_among_many_cancelled_and_claimed() -> None:
+    # Given 300 timers of two statuses, expiring in reverse order of creation, of which the runs
+    # leave most (their timers cancelled long before they expire), and one claimed
+    store = MemoryTimeoutStore(FakeClock(T0))
+    made = [
+        await store.create(
+            "wf", f"fid-{i}", f"run-{i}", 1 + i % 2, 1, T0 + timedelta(seconds=300 - i)
+        )
+        for i in range(300)
+    ]
+    for t in made[:250]:
+        await store.cancel_for("wf", t.run_id, t.status, 2)
+    await store.cancel_for("wf", made[260].run_id, made[260].status + 1, 2)  # other status: kept
+    late = T0 + timedelta(days=1)
+    assert await store.claim(made[299].id, late, late + timedelta(seconds=1))
+
+    # Then list_due skips the cancelled and the claimed ones, by (expire_at, id), up to limit
+    due = await store.list_due("wf", 1, late, limit=10)
+    expected = sorted(
+        (t for t in made[250:299] if t.status == 1), key=lambda t: (t.expire_at, t.id)
+    )
+    assert [t.id for t in due] == [t.id for t in expected[:10]]
+    assert len(await store.list_due("wf", 1, late)) == len(expected)
+    assert [t.id for t in await store.list("wf")] == [t.id for t in made[250:]]
+    # And cancelling or completing what is left empties the indexes
+    for t in made[250:]:
+        await store.complete(t.id)
+    assert await store.list_due("wf", 1, late) == await store.list_due("wf", 2, late) == []
+    assert store._by_run == {}
+
+
 # -- role scheduler --------------------------------------------------------------------------
 
 

@@ -20,12 +20,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from time import monotonic
 from typing import Any
 
 from .._core.protocols import EventReceiver
 from .._core.records import Event, ParkedEvent, shard_of
 from . import observe
-from .lease import HELD, Abandon, Held, LeaseExpired, lease_expired
+from .lease import HELD, Abandon, Held, LeaseExpired
 from .parking import Parker, ParkEvent, describe_error
 from .supervisor import backoff, sleep_unless
 
@@ -204,7 +205,7 @@ class KeyedDispatcher:
         held = self._held
         attempt = 0
         while True:
-            if held is not None and lease_expired(held.lease):
+            if held is not None and monotonic() >= held.lease.valid_until:
                 self._expired.set()
                 return  # start nothing under an expired lease; the next holder gets it
             try:
@@ -264,7 +265,7 @@ class KeyedDispatcher:
         parker = held.supervisor.parker if held is not None else None
         if held is None or parker is None:
             return False  # nowhere to park it: keep retrying it on its own
-        if lease_expired(held.lease):
+        if monotonic() >= held.lease.valid_until:
             self._expired.set()
             return None
         error = describe_error(exc) + (f" ({note})" if note else "")
@@ -342,7 +343,7 @@ class KeyedDispatcher:
         event = self._done_upto
         if event is not None and event is not self._acked_upto:
             held = self._held
-            if held is not None and lease_expired(held.lease):
+            if held is not None and monotonic() >= held.lease.valid_until:
                 return  # another process may hold the role and be past us by now
             await self._receiver.ack(event)
             self._acked_upto = event
@@ -412,7 +413,7 @@ class KeyedDispatcher:
         proc = held.process
         requested = await parker.requested(proc.role)  # usually an empty, indexed query
         for entry in requested:
-            if self._stopping.is_set() or lease_expired(held.lease):
+            if self._stopping.is_set() or monotonic() >= held.lease.valid_until:
                 return
             key = entry.event.key
             if key in self._busy:

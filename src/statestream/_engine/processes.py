@@ -177,7 +177,12 @@ def hook_body(rt: Runtime[T, StatusT], hook: HookSpec[T, StatusT], role: str) ->
 
     async def handle(event: Event) -> None:
         # The record this process wrote, when it is that version or newer (see recent.py).
-        record = rt.recent.get(event.key, int(event.headers.get(H_VERSION, 0)))
+        recent = rt.recent
+        record = (
+            recent.get(event.key, int(event.headers.get(H_VERSION, 0)))
+            if recent is not None
+            else None
+        )
         if record is None:
             try:
                 record = await rt.store.lookup(event.key)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .._codec import check_instance, check_text, scrub_text
 from .._core.ids import new_id
@@ -44,7 +44,7 @@ from ..errors import (
     VersionConflict,
 )
 from . import observe
-from .lease import HELD, Abandon, LeaseExpired
+from .lease import HELD, Abandon, Held, LeaseExpired
 from .parking import Parker
 from .recent import RecentWrites
 from .supervisor import Supervisor
@@ -68,13 +68,15 @@ _ELSEWHERE = "record status not in expected state"
 _AUTO_PAUSE_REASON = "paused after {n} consecutive errors in {what}: {err}"
 
 
-def _check_lease() -> None:
-    """Refuse a write under a role whose lease is past its deadline (see :mod:`.lease`)."""
-    held = HELD.get()
-    if held is not None and time.monotonic() >= held.lease.valid_until:
-        raise LeaseExpired(
-            f"the lease of role {held.lease.role} passed its deadline; the write was not made"
-        )
+def _lease_expired(held: Held) -> NoReturn:
+    """Refuse a write under a role whose lease is past its deadline (see :mod:`.lease`).
+
+    The write path tests the deadline inline (a call less per write) and calls this only
+    when it has passed.
+    """
+    raise LeaseExpired(
+        f"the lease of role {held.lease.role} passed its deadline; the write was not made"
+    )
 
 
 class ErrorCounts:
@@ -94,6 +96,12 @@ class ErrorCounts:
 
     def __bool__(self) -> bool:
         return bool(self._runs)
+
+    @property
+    def runs(self) -> OrderedDict[str, dict[str, tuple[int, int]]]:
+        """The table itself, empty when no count is held: the write path tests it (a C-level
+        truth test) and keeps the reference, instead of calling :meth:`__bool__` per write."""
+        return self._runs
 
     def __len__(self) -> int:
         return sum(len(per) for per in self._runs.values())
@@ -170,8 +178,11 @@ class Runtime(Generic[T, StatusT]):
         #: the store puts each write's event in the streamer itself: the outbox stays empty
         self.publishes_in_transaction = bool(getattr(store, "publishes_in_transaction", False))
         #: the records this process wrote last, answering its consumers' lookups (none for a
-        #: store whose lookups are reads of this process's memory)
-        self.recent = RecentWrites(limit=0 if getattr(store, "local_lookups", False) else 10_000)
+        #: store whose lookups are reads of this process's memory: None, two calls less per
+        #: transition)
+        self.recent: RecentWrites | None = (
+            None if getattr(store, "local_lookups", False) else RecentWrites(limit=10_000)
+        )
         #: per status with a timeout: set when this process stores a new timer there
         self.timeout_wakes: dict[int, asyncio.Event] = {}
         #: the pending ``wait_for`` calls of this workflow in this process
@@ -179,6 +190,7 @@ class Runtime(Generic[T, StatusT]):
             streamer, definition.name, frozenset(definition.graph.terminal_nodes)
         )
         self.errors = ErrorCounts()
+        self._error_runs = self.errors.runs
         #: topic -> the consumer names this release reads it under (retention forgets others)
         self.consumers: dict[str, set[str]] = {}
         #: Called with every record this process writes (``statestream.testing`` keeps history
@@ -225,7 +237,8 @@ class Runtime(Generic[T, StatusT]):
         """The record an event is about, if the event is still current (reference §3)."""
         version = int(event.headers.get(H_VERSION, 0))
         # Mostly the record this process has just written: no store read (see recent.py).
-        record = self.recent.get(event.key, version)
+        recent = self.recent
+        record = recent.get(event.key, version) if recent is not None else None
         if record is None:
             try:
                 record = await self.store.lookup(event.key)
@@ -305,10 +318,11 @@ class Runtime(Generic[T, StatusT]):
         """This process wrote ``record``: remember it, wake the relay (unless the store
         publishes in the write's transaction) and the run's waiters, and forget the run's error
         counts (it moved on)."""
-        self.recent.put(record)
+        if self.recent is not None:
+            self.recent.put(record)
         if not self.publishes_in_transaction:
             self.outbox_wake.set()
-        if self.errors:
+        if self._error_runs:
             self.errors.clear_run(record.run_id)
         if self.listeners:
             for listener in self.listeners:
@@ -341,7 +355,9 @@ class Runtime(Generic[T, StatusT]):
             version=1,
             status_description=status.name,
         )
-        _check_lease()
+        held = HELD.get()
+        if held is not None and time.monotonic() >= held.lease.valid_until:
+            _lease_expired(held)
         await self.store.create(record, self.event_for(record))
         self.written(record)
         if self.observer is not None:
@@ -384,7 +400,9 @@ class Runtime(Generic[T, StatusT]):
             auto_resumes=resumes,
         )
         event = self.event_for(record, headers)
-        _check_lease()
+        held = HELD.get()
+        if held is not None and time.monotonic() >= held.lease.valid_until:
+            _lease_expired(held)
         await self.store.update(record, event)
         self.written(record)
         if self._timed and current.status in self._timed:
@@ -472,7 +490,7 @@ class Runtime(Generic[T, StatusT]):
     # ------------------------------------------------------------------ errors
 
     def clear_errors(self, process: str, run_id: str) -> None:
-        if self.errors:
+        if self._error_runs:
             self.errors.clear(process, run_id)
 
     async def failed(

@@ -17,6 +17,10 @@ class MemoryLease:
     A memory lease is never lost: :meth:`lost` returns only once the lease is released.
     """
 
+    #: ``math.inf``: a memory lease cannot expire by time. A plain attribute, not a property:
+    #: the engine reads it before every step and write.
+    valid_until: float = math.inf
+
     def __init__(self, scheduler: MemoryRoleScheduler, role: str) -> None:
         self._scheduler = scheduler
         self._role = role
@@ -27,11 +31,6 @@ class MemoryLease:
     def role(self) -> str:
         """The role this lease holds."""
         return self._role
-
-    @property
-    def valid_until(self) -> float:
-        """``math.inf``: a memory lease cannot expire by time."""
-        return math.inf
 
     @property
     def released(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins  # the stores' ``list`` methods shadow ``list`` in their class bodies
-import dataclasses
+import heapq
 from datetime import datetime
 
 from ... import errors
@@ -17,13 +17,30 @@ from ._util import _check_window, _require_aware
 __all__ = ["MemoryTimeoutStore"]
 
 
+def _changed(t: TimeoutRecord, completed: bool, claimed_until: datetime | None) -> TimeoutRecord:
+    # The constructor directly: dataclasses.replace costs three times as much (two per firing).
+    return TimeoutRecord(
+        t.id,
+        t.workflow_name,
+        t.foreign_id,
+        t.run_id,
+        t.status,
+        t.run_version,
+        t.expire_at,
+        t.created_at,
+        completed,
+        claimed_until,
+    )
+
+
 class MemoryTimeoutStore:
     """A :class:`~statestream.TimeoutStore` in dicts.
 
     IDs count from 1 and are never reused. Each visit of a status (``workflow_name, run_id,
     status, run_version``) has at most one timer: completed and cancelled timers are kept, so
     that a redelivered event cannot create the visit's timer again, until :meth:`prune` deletes
-    them.
+    them. Pending timers are indexed by run and, in a heap by ``(expire_at, id)``, by workflow
+    and status, so that :meth:`list_due` and :meth:`cancel_for` do not scan every timer.
 
     Args:
         clock: Sets ``created_at`` of new timeouts; defaults to the system clock.
@@ -37,6 +54,12 @@ class MemoryTimeoutStore:
         # Completed and cancelled timers, until pruned (``completed`` tells them apart).
         self._finished: dict[int, TimeoutRecord] = {}
         self._by_visit: dict[tuple[str, str, int, int], int] = {}
+        # Pending timer IDs by (workflow_name, run_id).
+        self._by_run: dict[tuple[str, str], set[int]] = {}
+        # (expire_at, id) of pending timers by (workflow_name, status); an entry whose timer is
+        # no longer pending is dropped when it is reached, or when the heap is rebuilt.
+        self._due: dict[tuple[str, int], builtins.list[tuple[datetime, int]]] = {}
+        self._due_live: dict[tuple[str, int], int] = {}
         self._last_id = 0
 
     async def create(
@@ -74,7 +97,27 @@ class MemoryTimeoutStore:
         )
         self._pending[timeout.id] = timeout
         self._by_visit[visit] = timeout.id
+        self._by_run.setdefault((workflow_name, run_id), set()).add(timeout.id)
+        key = (workflow_name, status)
+        heapq.heappush(self._due.setdefault(key, []), (expire_at, timeout.id))
+        self._due_live[key] = self._due_live.get(key, 0) + 1
         return timeout
+
+    def _unindex(self, timeout: TimeoutRecord) -> None:
+        """Forget a timer that is no longer pending in the run and due indexes."""
+        run_key = (timeout.workflow_name, timeout.run_id)
+        ids = self._by_run[run_key]
+        ids.discard(timeout.id)
+        if not ids:
+            del self._by_run[run_key]
+        key = (timeout.workflow_name, timeout.status)
+        live = self._due_live[key] - 1
+        self._due_live[key] = live
+        heap = self._due[key]
+        if len(heap) > 64 and len(heap) > 2 * live:
+            # Mostly stale (timers cancelled long before they expire): rebuild, amortised O(1).
+            heap[:] = [e for e in heap if e[1] in self._pending]
+            heapq.heapify(heap)
 
     def _check_known(self, timeout_id: int) -> None:
         if not 1 <= timeout_id <= self._last_id:
@@ -99,7 +142,7 @@ class MemoryTimeoutStore:
             return False
         if timeout.claimed_until is not None and timeout.claimed_until > now:
             return False
-        self._pending[timeout_id] = dataclasses.replace(timeout, claimed_until=until)
+        self._pending[timeout_id] = _changed(timeout, timeout.completed, until)
         return True
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
@@ -114,7 +157,7 @@ class MemoryTimeoutStore:
         if timeout is None:
             self._check_known(timeout_id)
             return
-        self._pending[timeout_id] = dataclasses.replace(timeout, claimed_until=until)
+        self._pending[timeout_id] = _changed(timeout, timeout.completed, until)
 
     async def complete(self, timeout_id: int) -> bool:
         """Complete a pending timeout, claimed or not.
@@ -130,7 +173,8 @@ class MemoryTimeoutStore:
         if timeout is None:
             self._check_known(timeout_id)
             return False
-        self._finished[timeout_id] = dataclasses.replace(timeout, completed=True)
+        self._unindex(timeout)
+        self._finished[timeout_id] = _changed(timeout, True, timeout.claimed_until)
         return True
 
     async def cancel(self, timeout_id: int) -> None:
@@ -143,21 +187,22 @@ class MemoryTimeoutStore:
         if timeout is None:
             self._check_known(timeout_id)
         else:
+            self._unindex(timeout)
             self._finished[timeout_id] = timeout
 
     async def cancel_for(
         self, workflow_name: str, run_id: str, status: int, below_version: int
     ) -> None:
         """Cancel the run's pending timeouts at ``status`` of visits before ``below_version``."""
-        for timeout in [
-            t
-            for t in self._pending.values()
-            if t.run_id == run_id
-            and t.status == status
-            and t.workflow_name == workflow_name
-            and t.run_version < below_version
-        ]:
-            self._finished[timeout.id] = self._pending.pop(timeout.id)
+        ids = self._by_run.get((workflow_name, run_id))
+        if not ids:
+            return
+        for timeout_id in sorted(ids):
+            timeout = self._pending[timeout_id]
+            if timeout.status == status and timeout.run_version < below_version:
+                del self._pending[timeout_id]
+                self._unindex(timeout)
+                self._finished[timeout_id] = timeout
 
     async def prune(self, workflow_name: str, before: datetime) -> int:
         """Delete the workflow's completed and cancelled timeouts created before ``before``.
@@ -196,13 +241,22 @@ class MemoryTimeoutStore:
         """
         _require_aware("now", now)
         _check_window(0, limit)
-        due = [
-            t
-            for t in self._pending.values()
-            if t.workflow_name == workflow_name
-            and t.status == status
-            and t.expire_at <= now
-            and (t.claimed_until is None or t.claimed_until <= now)
-        ]
-        due.sort(key=lambda t: (t.expire_at, t.id))
-        return due[:limit]
+        heap = self._due.get((workflow_name, status))
+        due: builtins.list[TimeoutRecord] = []
+        if not heap:
+            return due
+        # Take entries off the heap in (expire_at, id) order up to the first not yet expired,
+        # then put back those still pending: O((limit + claimed) log n), not a scan.
+        keep: builtins.list[tuple[datetime, int]] = []
+        pending = self._pending
+        while heap and len(due) < limit and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            t = pending.get(entry[1])
+            if t is None:
+                continue  # completed or cancelled
+            keep.append(entry)
+            if t.claimed_until is None or t.claimed_until <= now:
+                due.append(t)
+        for entry in keep:
+            heapq.heappush(heap, entry)
+        return due

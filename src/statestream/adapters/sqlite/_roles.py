@@ -35,7 +35,9 @@ class SqliteLease:
         self._scheduler = scheduler
         self._role = role
         self.holder = holder
-        self._valid_until = valid_until
+        #: The local deadline (see :class:`~statestream.Lease`); a plain attribute, not a
+        #: property, as the engine reads it before every step and write.
+        self.valid_until = valid_until
         self._lost = asyncio.Event()
         self._released = False
         self._renewer = asyncio.ensure_future(self._renew())
@@ -44,10 +46,6 @@ class SqliteLease:
     def role(self) -> str:
         return self._role
 
-    @property
-    def valid_until(self) -> float:
-        return self._valid_until
-
     async def _renew(self) -> None:
         s = self._scheduler
         while True:
@@ -55,15 +53,15 @@ class SqliteLease:
             if self._released:
                 return
             started = time.monotonic()
-            if started < self._valid_until:
+            if started < self.valid_until:
                 try:
                     held = await s._extend(self._role, self.holder)
                 except Exception:
                     held = False
                 # A renewal that returns after the deadline still loses the lease: the holder
                 # may have seen it pass and stopped, and valid_until only ever moves forward.
-                if held and time.monotonic() < self._valid_until:
-                    self._valid_until = started + s.ttl - s.margin
+                if held and time.monotonic() < self.valid_until:
+                    self.valid_until = started + s.ttl - s.margin
                     continue
             self._lost.set()
             if not self._released:
