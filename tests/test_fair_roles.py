@@ -10,6 +10,7 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,8 @@ from statestream._engine import supervisor as supervisor_module
 from statestream._engine.share import fair_share, preference
 from statestream._engine.supervisor import Process, ProcessState, Supervisor
 from statestream.adapters.memory import MemoryRoleScheduler
+from statestream.adapters.sqlite import SqliteDatabase, SqliteRoleScheduler
+from statestream.errors import InvalidInput
 
 ROLES = [f"wf-role-{i}" for i in range(8)]
 
@@ -235,3 +238,36 @@ async def test_without_division_the_first_instance_takes_every_role(
     finally:
         await one.stop(grace=1)
         await two.stop(grace=1)
+
+
+class BrokenMembers(MemoryRoleScheduler):
+    """Its membership fails (the database is down, say): leases still work."""
+
+    async def members(self, group: str, member: str, held: int) -> dict[str, int]:
+        raise OSError("membership table unreachable")
+
+
+async def test_an_instance_whose_membership_fails_still_runs_every_role(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    holdings = Holdings()
+    one = start(BrokenMembers(member_ttl=0.15), holdings, "one")
+    try:
+        await eventually(lambda: holdings.counts() == Counter(one=len(ROLES)))
+        await asyncio.sleep(0.2)
+        warnings = [r for r in caplog.records if "telling the other workers" in r.message]
+        assert len(warnings) == 1
+    finally:
+        await one.stop(grace=1)
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0])
+async def test_member_ttl_must_be_positive(ttl: float, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="member_ttl"):
+        MemoryRoleScheduler(member_ttl=ttl)
+    db = SqliteDatabase(tmp_path / "x.db")
+    try:
+        with pytest.raises(InvalidInput, match="member_ttl"):
+            SqliteRoleScheduler(db, member_ttl=ttl)
+    finally:
+        await db.close()

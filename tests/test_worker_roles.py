@@ -93,19 +93,29 @@ def holdings(tmp_path: Path, pids: list[int]) -> dict[int, set[str]]:
     return found
 
 
-def divided(held: dict[int, set[str]], roles: set[str]) -> bool:
-    """Every role held once, each worker holding at least one and about its share."""
+def divided(held: dict[int, set[str]], roles: set[str], *, even: bool = False) -> bool:
+    """Every role held once, each worker holding at least one and about its share (``even``:
+    the counts differ by one at most)."""
     ceiling = math.ceil(len(roles) / len(held)) + 1
     every = [r for rs in held.values() for r in rs]
-    return sorted(every) == sorted(roles) and all(1 <= len(rs) <= ceiling for rs in held.values())
+    counts = [len(rs) for rs in held.values()]
+    if even and max(counts) - min(counts) > 1:
+        return False
+    return sorted(every) == sorted(roles) and all(1 <= n <= ceiling for n in counts)
 
 
 async def wait_divided(
-    tmp_path: Path, workers: list[Worker], roles: set[str], within: float, what: str
+    tmp_path: Path,
+    workers: list[Worker],
+    roles: set[str],
+    within: float,
+    what: str,
+    *,
+    even: bool = False,
 ) -> float:
     started = time.monotonic()
     pids = [w.pid for w in workers]
-    while not divided(held := holdings(tmp_path, pids), roles):
+    while not divided(held := holdings(tmp_path, pids), roles, even=even):
         if time.monotonic() - started > within:
             logs = "\n".join(w.log() for w in workers)
             pytest.fail(f"{what}: not divided within {within:g} s: {held}\n{logs}")
@@ -122,8 +132,13 @@ async def test_three_workers_divide_the_roles_and_a_killed_ones_move(
     roles = {info.role for info in wf.process_info().values()}
     assert len(roles) >= 9
     try:
-        # Given three workers on one file: they divide the roles among them
-        await wait_divided(tmp_path, workers, roles, 10 + SLACK, "three workers")
+        # Given three workers on one file: they divide the roles among them evenly
+        await wait_divided(tmp_path, workers, roles, 10 + SLACK, "three workers", even=True)
+
+        # And, none of them coming or going, the division stays put for several beats
+        before = holdings(tmp_path, [w.pid for w in workers])
+        await asyncio.sleep(fair_worker_app.MEMBER_TTL)
+        assert holdings(tmp_path, [w.pid for w in workers]) == before
 
         # When runs are triggered and one worker is killed while they are in flight
         runs = [await wf.trigger(f"before-{i}") for i in range(20)]

@@ -339,7 +339,8 @@ class RoleMembers(Protocol):
     Not part of the check that ``Builder.build`` makes of a scheduler. Each running instance of
     a workflow is a *member* of the *group* named after the workflow: it calls :meth:`members`
     every ``member_ttl / 3`` seconds with the number of roles it holds, and from the answer
-    computes its fair share of the roles (``Builder.build`` documents the rule). A member whose
+    computes its share of the roles: divided as evenly as they go, the odd ones left with the
+    members that hold the most already (README, "Several workers"). A member whose
     calls stop (its process was killed, or cut off) drops out of every answer ``member_ttl``
     seconds after its last call, and the others take its roles over as its leases expire.
 
