@@ -7,6 +7,7 @@ end-to-end test with real worker processes is in ``test_worker_roles.py``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ import pytest
 from helpers import eventually
 from statestream import Lease
 from statestream._engine import supervisor as supervisor_module
-from statestream._engine.share import fair_share, preference
+from statestream._engine.share import Share, fair_share, preference
 from statestream._engine.supervisor import Process, ProcessState, Supervisor
 from statestream.adapters.memory import MemoryRoleScheduler
 from statestream.adapters.sqlite import SqliteDatabase, SqliteRoleScheduler
@@ -271,3 +272,50 @@ async def test_member_ttl_must_be_positive(ttl: float, tmp_path: Path) -> None:
             SqliteRoleScheduler(db, member_ttl=ttl)
     finally:
         await db.close()
+
+
+class ScriptedMembers:
+    """A membership whose answers a test sets: the other members and their counts."""
+
+    member_ttl = 0.3
+
+    def __init__(self) -> None:
+        self.others: dict[str, int] = {}
+
+    async def members(self, group: str, member: str, held: int) -> dict[str, int]:
+        return {**self.others, member: held}
+
+    async def leave(self, group: str, member: str) -> None:
+        pass
+
+
+async def test_a_surplus_seen_on_one_beat_only_moves_nothing() -> None:
+    # Given a member holding 4 of 4 roles
+    members = ScriptedMembers()
+    share = Share(members, members.member_ttl, "wf", lambda: 4)
+    handed: list[str] = []
+    for role in ("a", "b", "c", "d"):
+        share.took(role, functools.partial(handed.append, role))
+    await share.beat()
+    assert share.quota == 4
+
+    # When another member shows up for one beat only
+    members.others = {"other": 0}
+    await share.beat()
+    assert share.quota == 2
+    members.others = {}
+    await share.beat()
+
+    # Then nothing was handed over
+    assert handed == []
+
+    # But when it stays for two beats, the two least wanted roles are handed over
+    members.others = {"other": 0}
+    await share.beat()
+    await share.beat()
+    assert sorted(handed) == sorted(sorted("abcd", key=lambda r: preference(r, share.member))[:2])
+    assert share.yielding == set(handed)
+    # And not again while they are being handed over
+    await share.beat()
+    await share.beat()
+    assert len(handed) == 2

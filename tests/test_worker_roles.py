@@ -170,4 +170,4 @@ async def test_three_workers_divide_the_roles_and_a_killed_ones_move(
         for w in survivors:
             assert await asyncio.to_thread(w.proc.wait, 15) == 0, w.log()
     finally:
-        await wf.store.db.close()  # type: ignore[attr-defined]
+        await wf.store.db.close()
