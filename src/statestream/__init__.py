@@ -6,6 +6,7 @@
 
 from . import errors
 from ._builder import Builder
+from ._core.actions import Callback, Trigger
 from ._core.clock import SystemClock
 from ._core.protocols import (
     Clock,
@@ -70,6 +71,7 @@ __all__ = [
     "AdapterConnectionError",
     "AdapterError",
     "Builder",
+    "Callback",
     "CallbackOutcome",
     "CallbackResult",
     "Cancel",
@@ -116,6 +118,7 @@ __all__ = [
     "TimeoutNotFound",
     "TimeoutRecord",
     "TimeoutStore",
+    "Trigger",
     "UnknownStatus",
     "UserCodeError",
     "VersionConflict",
