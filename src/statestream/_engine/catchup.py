@@ -213,9 +213,12 @@ class CatchingUp:
             if seen is not None and event.id >= 0:
                 if event.created_at > self._since:
                     self._seen = None  # the stream is past the catch-up: stop looking
-                elif seen.get(event.key) == event.headers.get(H_VERSION):
-                    del seen[event.key]
-                    return False  # handled from the store already
+                else:
+                    handed = seen.get(event.key)
+                    # (An event without a version, of an outside writer, is never a duplicate.)
+                    if handed is not None and handed == event.headers.get(H_VERSION, ""):
+                        del seen[event.key]
+                        return False  # handled from the store already
             return accept is None or accept(event)
 
         return fresh

@@ -188,7 +188,7 @@ def connection_body(
         if result.outcome is CallbackOutcome.NOT_AT_STATUS:
             skip(event, f"run of {action.foreign_id!r} not at {action.status.name}")
         elif result.outcome is CallbackOutcome.STOPPED:
-            skip(event, "record stopped")
+            skip(event, "record stopped" if result.run.run_state.stopped else "record finished")
         elif result.outcome is CallbackOutcome.SKIPPED:
             skip(event, "next value specified skip")
 
