@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -219,6 +220,7 @@ class Skips(NullObserver):
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
         self.work: list[Work] = []
+        self.failed: list[BaseException] = []
 
     def event_skipped(self, workflow: str, process: str, event: Any, reason: str) -> None:
         self.reasons[reason.split(":")[0]] += 1
@@ -226,6 +228,12 @@ class Skips(NullObserver):
     def work_started(self, work: Work) -> object:
         self.work.append(work)
         return None
+
+    def work_finished(
+        self, work: Work, token: object, seconds: float, error: BaseException | None
+    ) -> None:
+        if error is not None:
+            self.failed.append(error)
 
 
 async def test_an_event_of_a_delivered_twice_moves_b_once(env: Env) -> None:
@@ -265,8 +273,7 @@ async def test_an_event_of_a_delivered_twice_moves_b_once(env: Env) -> None:
         await eventually(lambda: calls == {"shipped": 2, "delivered": 2}, what="redelivered")
         await eventually(
             lambda: (
-                skips.reasons["already triggered"] == 1
-                and skips.reasons["record finished"] == 1
+                skips.reasons["already triggered"] == 1 and skips.reasons["record finished"] == 1
             ),
             what="both redeliveries skipped",
         )
@@ -276,6 +283,32 @@ async def test_an_event_of_a_delivered_twice_moves_b_once(env: Env) -> None:
     records = await env.invoices()
     assert len(records) == 1
     assert (await invoices.latest("o-1")).version == closed.version == 3
+
+
+async def test_a_callback_that_comes_before_its_run_waits_for_it(env: Env) -> None:
+    # Given the SHIPPED connection is slow (the trigger comes late), the DELIVERED one is not
+    slow = asyncio.Event()
+
+    async def shipped(run: Run[Order, OrderStatus]) -> Trigger[Invoice]:
+        await slow.wait()
+        return cw.invoice_for(run)
+
+    skips = Skips()
+    orders = env.build(cw.orders_builder())
+    invoices = env.build(cw.invoices_builder(orders, shipped=shipped), observer=skips)
+    async with orders, invoices:
+        # When the order is shipped and delivered before its invoice exists
+        await orders.trigger("o-1", initial=Order("o-1", 7, ["cup"]))
+        await at_status(orders, "o-1", OrderStatus.SHIPPED)
+        await orders.callback("o-1", OrderStatus.SHIPPED, b"")
+        await at_status(orders, "o-1", OrderStatus.DELIVERED)
+        await eventually(lambda: bool(skips.failed), what="the callback waiting")
+        slow.set()
+        # Then the callback is retried until the invoice waits at BILLED, and applied there
+        closed = await at_status(invoices, "o-1", InvoiceStatus.CLOSED)
+    assert closed.object == Invoice("o-1", 7, ["cup"])
+    assert invoices.process_info()[DELIVERED_PROCESS].parked == 0
+    assert {type(e).__name__ for e in skips.failed} == {"NotYet"}
 
 
 # ------------------------------------------------------------------------------ late deployment
@@ -634,9 +667,14 @@ async def _ge(value: Any, n: int) -> bool:
 # ------------------------------------------------------------------------------ the README
 
 
-def test_the_readme_example_runs() -> None:
+def test_the_readme_example_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Connecting two workflows", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    namespace: dict[str, Any] = {"__name__": "readme_connect"}
-    exec(compile(code, "README.md#connecting-two-workflows", "exec"), namespace)
+    module = types.ModuleType("readme_connect")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "README.md#connecting-two-workflows", "exec"), module.__dict__)
+    out = capsys.readouterr().out
+    assert "Invoice(order_id='order-1', amount=100, delivered=['book'])" in out

@@ -40,8 +40,11 @@ class Callback:
     """Deliver ``payload`` to the latest run of ``foreign_id`` if it waits at ``status``, through
     the callbacks declared there with ``Builder.add_callback`` (as ``Workflow.callback`` does).
 
-    A run that is not at ``status`` (it has moved on: a redelivery), paused, cancelled or
-    finished is left alone and the delivery is skipped.
+    A run that does not exist yet, or is at a status before ``status`` (one from which it can
+    reach ``status`` and that it cannot reach from ``status``), is waited for: the delivery is
+    retried with backoff (and parked after ``park_after_errors`` attempts). A run past
+    ``status`` (moved on: a redelivery), paused, cancelled or finished is left alone and the
+    delivery is skipped.
 
     Attributes:
         foreign_id: whose run.

@@ -406,7 +406,13 @@ class Observer(Protocol):
         """A process took ``event`` and left it: ``"record not found"``, ``"event record
         version lower than latest record version"``, ``"record stopped"``, ``"record status
         not in expected state"``, ``"filtered out"``, or ``"next value specified skip"`` (the
-        user's function skipped; ``event`` is None when that was a timeout or a callback)."""
+        user's function skipped; ``event`` is None when that was a timeout or a callback).
+        A connection to another workflow (``Builder.connect``) also reports ``"already
+        triggered"`` and ``"run in progress for '<foreign ID>'"`` (a Trigger not made),
+        ``"record finished"`` and ``"run of '<foreign ID>' not at <STATUS>"`` (a Callback not
+        delivered), and, for messages that are not the other workflow's arrivals, ``"not a run
+        of ..."``, ``"not at ..."``, ``"not an arrival ..."``, ``"no record version ..."`` and
+        ``"unable to unmarshal object: ..."``."""
         ...
 
     def lag(self, workflow: str, process: str, seconds: float, alert: bool) -> None:

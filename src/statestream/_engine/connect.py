@@ -12,7 +12,9 @@ other workflow's codec into a typed ``Run``, and calls ``fn(run)``, which return
   refuses a second run with the same ID: a redelivered event starts no second run.
 * :class:`~statestream.Callback`: deliver a payload to the run of a foreign ID waiting at a
   status, through its declared callbacks. The delivery is a compare-and-set write that moves the
-  run off that status, so a redelivered event finds it elsewhere and changes nothing.
+  run off that status, so a redelivered event finds it elsewhere and changes nothing. A run
+  that is not there yet (not triggered yet, or before the status in this workflow's graph and
+  not possibly past it) is waited for: :class:`NotYet` is retried with backoff like an error.
 
 Where ``at`` is not terminal, the events are those of the status topic (arrivals, but also a
 resume or a save-and-repeat there: each is a new visit, with a new version). Where it is
@@ -41,6 +43,8 @@ from .._core.protocols import EventReceiver
 from .._core.records import Event, Record, run_state_change_topic, status_topic
 from .._core.run import Run
 from .._core.runstate import RunState
+from .._definition.graph import Graph
+from .._definition.options import ProcessOptions
 from .._definition.specs import ConnectionSpec
 from ..errors import (
     InvalidInput,
@@ -52,9 +56,9 @@ from ..errors import (
 )
 from .callbacks import CallbackOutcome, run_callback
 from .catchup import CatchUp
-from .dispatch import Body
+from .dispatch import Body, ErrorPolicy, ParkEvent
 from .lease import HELD
-from .processes import _retry_forever, consumer_body
+from .processes import consumer_body
 from .runtime import H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
@@ -94,7 +98,7 @@ def _foreign(spec: ConnectionSpec, event: Event) -> str | None:
 def _to_run(spec: ConnectionSpec, record: Record) -> Run[Any, Any]:
     status = spec.statuses.get(record.status)
     if status is None:
-        raise UnknownStatus(f"status {record.status} is not a member of {spec.at.__class__}")
+        raise UnknownStatus(f"status {record.status} is not a member of {type(spec.at).__name__}")
     return Run(
         workflow_name=record.workflow_name,
         foreign_id=record.foreign_id,
@@ -107,6 +111,45 @@ def _to_run(spec: ConnectionSpec, record: Record) -> Run[Any, Any]:
         version=record.version,
         run_state_reason=record.run_state_reason,
     )
+
+
+class NotYet(Exception):
+    """A Callback's run does not exist yet, or is at a status before the callback's: retried."""
+
+
+def _reachable(graph: Graph, start: int) -> frozenset[int]:
+    """The statuses a run at ``start`` can still reach (not ``start`` itself unless by a cycle)."""
+    seen: set[int] = set()
+    todo = list(graph.transitions(start))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.transitions(node))
+    return frozenset(seen)
+
+
+def _policy(what: str, opts: ProcessOptions) -> ErrorPolicy:
+    """Retry with backoff (the dispatcher backs off per key) and park after
+    ``park_after_errors`` attempts; a Callback waiting for its run is logged quietly."""
+    limit = opts.park_after_errors
+
+    async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
+        quiet = isinstance(exc, NotYet)
+        (log.info if quiet else log.warning)(
+            "statestream: %s failed for %s (attempt %d%s): %r",
+            what,
+            event.key,
+            attempt,
+            f" of {limit}" if limit else "",
+            exc,
+            exc_info=attempt == 1 and not quiet,
+        )
+        if limit and attempt >= limit:
+            raise ParkEvent(f"{what} failed {attempt} times", exc)
+        return False
+
+    return on_error
 
 
 def _actions(result: object) -> list[Trigger[Any] | Callback]:
@@ -132,6 +175,13 @@ def connection_body(
     streamer = spec.streamer or rt.streamer
     store = spec.store or rt.store
     what = f"connection {spec.name}"
+    reachable: dict[int, frozenset[int]] = {}
+
+    def after(status: int) -> frozenset[int]:
+        found = reachable.get(status)
+        if found is None:
+            found = reachable[status] = _reachable(rt.d.graph, status)
+        return found
 
     def skip(event: Event, reason: str, *, counted: bool = False, warn: bool = False) -> None:
         if counted:
@@ -183,9 +233,13 @@ def connection_body(
         try:
             result = await run_callback(rt, action.foreign_id, action.status, action.payload)
         except RecordNotFound:
-            skip(event, f"no run of {action.foreign_id!r}")
-            return
+            # The run is not triggered yet (by another connection, say): wait for it.
+            raise NotYet(f"no run of {action.foreign_id!r} yet") from None
         if result.outcome is CallbackOutcome.NOT_AT_STATUS:
+            where, target = int(result.run.status), int(action.status)
+            if target in after(where) and where not in after(target):
+                # Before the status, and not a run that may have passed it: it gets there.
+                raise NotYet(f"run of {action.foreign_id!r} is not at {action.status.name} yet")
             skip(event, f"run of {action.foreign_id!r} not at {action.status.name}")
         elif result.outcome is CallbackOutcome.STOPPED:
             skip(event, "record stopped" if result.run.run_state.stopped else "record finished")
@@ -248,4 +302,4 @@ def connection_body(
             shards=shards,
             source=(spec.source, streamer, store),
         )
-    return consumer_body(open_receiver, handle, _retry_forever(what, opts), opts, catch_up=pick_up)
+    return consumer_body(open_receiver, handle, _policy(what, opts), opts, catch_up=pick_up)
