@@ -56,7 +56,10 @@ class RecordStore(Protocol):
     * ``create`` inserts a run and its outbox event atomically, and refuses with
       :class:`~statestream.errors.WorkflowInProgress` when the latest run of the same
       ``(workflow_name, foreign_id)`` is not finished (``RunState.finished``). The check and the
-      insert are one atomic step: two concurrent ``create`` calls never both succeed.
+      insert are one atomic step: two concurrent ``create`` calls never both succeed. A
+      ``create`` whose run ID exists already raises
+      :class:`~statestream.errors.VersionConflict` and writes nothing (connections derive run
+      IDs to make their triggers idempotent).
     * ``update`` is a compare-and-set: it stores ``record`` only if the stored version is exactly
       ``record.version - 1``, together with ``event``, atomically; otherwise it raises
       :class:`~statestream.errors.VersionConflict` and writes nothing. A missing run raises

@@ -37,6 +37,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+from .._codec import check_text
 from .._core.actions import Callback, Trigger
 from .._core.ids import derived_id
 from .._core.protocols import EventReceiver
@@ -198,6 +199,7 @@ def connection_body(
         foreign_id = action.foreign_id
         if not isinstance(foreign_id, str) or not foreign_id:
             raise InvalidInput(f"Trigger needs a non-empty foreign_id, got {foreign_id!r}")
+        check_text(foreign_id, "Trigger foreign_id")
         status = rt.d.start_status
         if action.start_at is not None:
             start = action.start_at
