@@ -47,6 +47,7 @@ from statestream import (
     Workflow,
     status_topic,
 )
+from statestream._core.records import shard_of
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.adapters.sqlite import (
     SqliteDatabase,
@@ -314,19 +315,26 @@ async def test_a_callback_that_comes_before_its_run_waits_for_it(env: Env) -> No
 # ------------------------------------------------------------------------------ late deployment
 
 
-async def connection_listening(env: Env, invoices: Workflow[Any, Any]) -> None:
-    """Wait until the SHIPPED connection reads A's topic: a new consumer starts at the newest
-    event, so an order shipped before it opened its receiver would be missed without catch-up.
-    Probe messages (not arrivals) are published until one is skipped."""
-    before = invoices.process_info()[SHIPPED_PROCESS].skipped
+async def connection_listening(env: Env, invoices: Workflow[Any, Any], shards: int = 2) -> None:
+    """Wait until every shard of the SHIPPED connection reads A's topic: a new consumer starts
+    at the newest event, so an order shipped before it opened its receiver would be missed
+    without catch-up. Probe messages (not arrivals), one per shard, are published until each
+    shard has skipped one."""
+    names = [
+        f"orders-shipped-connection-to-invoices-consumer-{i + 1}-of-{shards}" for i in range(shards)
+    ]
+    keys = {shard_of(f"probe-{n}", shards): f"probe-{n}" for n in range(100)}
+    before = {name: invoices.process_info()[name].skipped for name in names}
 
-    async def skipped_a_probe() -> bool:
-        probe = Message("probe", 0, {"workflow_name": "orders"}, datetime.now(UTC))
-        await env.streamer.publish(SHIPPED_TOPIC, [probe])
+    async def every_shard_skipped_a_probe() -> bool:
+        now = datetime.now(UTC)
+        probes = [Message(keys[i], 0, {"workflow_name": "orders"}, now) for i in range(shards)]
+        await env.streamer.publish(SHIPPED_TOPIC, probes)
         await asyncio.sleep(0.02)
-        return invoices.process_info()[SHIPPED_PROCESS].skipped > before
+        info = invoices.process_info()
+        return all(info[name].skipped > before[name] for name in names)
 
-    await eventually(skipped_a_probe, what="the connection listening")
+    await eventually(every_shard_skipped_a_probe, what="the connection listening")
 
 
 @pytest.mark.parametrize("catch_up", [True, False])
@@ -344,7 +352,8 @@ async def test_b_deployed_after_a_does_not_replay_as_history(env: Env, catch_up:
             await at_status(orders, f"waiting-{i}", OrderStatus.SHIPPED)
 
         # When B is deployed, then a new order is shipped
-        invoices = env.build(cw.invoices_builder(orders, catch_up=catch_up))
+        # (in two shards: each catches up its own share of the runs at SHIPPED)
+        invoices = env.build(cw.invoices_builder(orders, catch_up=catch_up, parallel_count=2))
         async with invoices:
             await connection_listening(env, invoices)
             await orders.trigger("new-0")
@@ -366,7 +375,7 @@ async def test_b_deployed_after_a_does_not_replay_as_history(env: Env, catch_up:
         # And a restarted B (its consumers known now) neither catches up nor replays again
         await orders.trigger("new-1")
         await at_status(orders, "new-1", OrderStatus.SHIPPED)
-        again = env.build(cw.invoices_builder(orders, catch_up=catch_up))
+        again = env.build(cw.invoices_builder(orders, catch_up=catch_up, parallel_count=2))
         async with again:
             await at_status(again, "new-1", InvoiceStatus.BILLED)  # published while B was down
             await settle()
