@@ -79,8 +79,10 @@ class Env:
         return await self.store.list("invoices", limit=1000)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-direct"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Memory adapters; SQLite with the outbox relay; SQLite whose store writes each event in
+    the record's transaction (``publish_to``)."""
     if request.param == "memory":
         e = Env(MemoryStreamer(), MemoryRecordStore(), MemoryRoleScheduler())
         yield e
@@ -90,9 +92,9 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     with tempfile.TemporaryDirectory() as tmp:
         db = SqliteDatabase(Path(tmp) / "connect.db", synchronous="NORMAL")
         streamer = SqliteStreamer(db)
-        e = Env(
-            streamer, SqliteRecordStore(db), SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02)
-        )
+        direct = streamer if request.param == "sqlite-direct" else None
+        scheduler = SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02)
+        e = Env(streamer, SqliteRecordStore(db, publish_to=direct), scheduler)
         try:
             yield e
         finally:
@@ -148,6 +150,32 @@ async def test_a_run_reaching_a_status_starts_a_b_run_and_its_completion_moves_i
         assert info.errors == 0
         assert info.skipped == 0
     assert set(invoices.states().values()) == {ProcessState.SHUTDOWN}
+
+
+async def test_a_workflow_on_other_adapters_is_read_through_its_own(tmp_path: Path) -> None:
+    # Given A on its own SQLite file, and B in memory, connected to A's Workflow
+    db = SqliteDatabase(tmp_path / "orders.db", synchronous="NORMAL")
+    a_streamer = SqliteStreamer(db)
+    orders = cw.orders_builder().build(
+        a_streamer, SqliteRecordStore(db), SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02)
+    )
+    b_store = MemoryRecordStore()
+    invoices = cw.invoices_builder(orders).build(
+        MemoryStreamer(), b_store, MemoryRoleScheduler(), pause_retry=None
+    )
+    try:
+        async with orders, invoices:
+            await orders.trigger("o-1", initial=Order("o-1", 3, ["tea"]))
+            await at_status(invoices, "o-1", InvoiceStatus.BILLED)
+            await orders.callback("o-1", OrderStatus.SHIPPED, b"")
+            closed = await at_status(invoices, "o-1", InvoiceStatus.CLOSED)
+        # Then A's events and runs were read where A keeps them, and B's run lives in B's store
+        assert closed.object == Invoice("o-1", 3, ["tea"])
+        assert [r.foreign_id for r in await b_store.list("invoices")] == ["o-1"]
+        assert await SqliteRecordStore(db).list("invoices") == []
+    finally:
+        await a_streamer.close()
+        await db.close()
 
 
 class ParcelStatus(IntEnum):
@@ -385,7 +413,7 @@ async def test_b_deployed_after_a_does_not_replay_as_history(env: Env, catch_up:
 # ------------------------------------------------------------------------------ bad input
 
 
-async def put_order(env: Env, foreign_id: str, data: bytes, *, publish: bool = True) -> Record:
+async def put_order(env: Env, foreign_id: str, data: bytes) -> Record:
     """Store a run of A at SHIPPED directly (object bytes as given), and publish its event."""
     now = datetime.now(UTC)
     record = Record(
@@ -395,7 +423,7 @@ async def put_order(env: Env, foreign_id: str, data: bytes, *, publish: bool = T
     await env.store.create(
         record, OutboxEvent(f"ob-{foreign_id}", "orders", SHIPPED_TOPIC, message)
     )
-    if publish:
+    if not getattr(env.store, "publishes_in_transaction", False):  # else the store did
         await env.streamer.publish(SHIPPED_TOPIC, [message])
     return record
 

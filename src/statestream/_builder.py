@@ -284,7 +284,9 @@ class Builder(Generic[T, StatusT]):
 
         Both are idempotent per visit: a redelivered event of the other workflow starts no
         second run (the run ID is derived from the other run's ID and version) and moves no run
-        twice (a callback moves the run off the status it waited at).
+        twice (a callback moves the run off the status it waited at). A callback that comes
+        before its run (not triggered yet, or still before the status) waits for it, retried
+        with backoff; see :class:`~statestream.Callback`.
 
         Args:
             other: the other workflow, or its Builder (in a process that does not run it).
