@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import types
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -715,3 +716,17 @@ def test_the_readme_example_runs(
     exec(compile(code, "README.md#connecting-two-workflows", "exec"), module.__dict__)
     out = capsys.readouterr().out
     assert "Invoice(order_id='order-1', amount=100, delivered=['book'])" in out
+
+
+def test_derived_run_ids_are_stable_uuid7_shaped_and_near_their_cause() -> None:
+    from statestream._core.ids import derived_id, new_id
+
+    origin = new_id()
+    first = derived_id(origin, "invoices\0run\x002\x000")
+    assert first == derived_id(origin, "invoices\0run\x002\x000")  # the same visit, the same ID
+    assert first != derived_id(origin, "invoices\0run\x003\x000")  # the next visit, another
+    value = uuid.UUID(hex=first)
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+    assert first[:12] == origin[:12]  # the time of the run that caused it
+    assert len(derived_id("not-a-uuid", "k")) == 32
