@@ -438,8 +438,11 @@ async def test_messages_that_are_not_as_or_do_not_decode_are_counted_logged_and_
     now = datetime.now(UTC)
     good = Record("orders", "x", "run-x", RunState.RUNNING, 2, b"{}", now, now, 1)
     async with invoices:
-        await eventually(lambda: invoices.states()[SHIPPED_PROCESS] is ProcessState.RUNNING)
-        await settle()
+        # (past its catch-up, which would find the runs written below a second time)
+        await connection_listening(env, invoices, shards=1)
+        before = invoices.process_info()[SHIPPED_PROCESS].skipped
+        caplog.clear()
+        skips.reasons.clear()
         # When A's topic carries a message of another workflow, one without a version, one
         # about an unknown run, one at another status, and a run of A whose object is not an
         # Order; then a good one
@@ -458,7 +461,7 @@ async def test_messages_that_are_not_as_or_do_not_decode_are_counted_logged_and_
         await at_status(invoices, "ok", InvoiceStatus.BILLED)
         info = invoices.process_info()[SHIPPED_PROCESS]
     # ...and the others were skipped, counted and logged, and never failed the process
-    assert info.skipped == 5
+    assert info.skipped - before == 5
     assert info.errors == 0
     assert info.parked == 0
     assert skips.reasons["unable to unmarshal object"] == 1

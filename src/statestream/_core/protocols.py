@@ -362,7 +362,8 @@ class Work:
         status: the status the work is about (the event's type, the timer's or the callback's
             status).
         run_id: the run; the event's key for connectors; ``""`` for a callback (it finds the
-            latest run of ``foreign_id`` itself).
+            latest run of ``foreign_id`` itself). For a connection (``Builder.connect``),
+            ``status``, ``run_id`` and ``foreign_id`` are those of the other workflow's run.
         foreign_id: the run's foreign ID when known, else ``""``.
         headers: the event's headers (with the trace context an observer's
             :meth:`Observer.propagate` put there when the event was written); empty otherwise.

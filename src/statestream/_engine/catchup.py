@@ -116,7 +116,8 @@ class CatchUp:
             await probe.close()
         if done:
             return receiver
-        return CatchingUp(receiver, self._events(), self._mark, self._rt.clock.now())
+        clock = self._rt.clock
+        return CatchingUp(receiver, self._events(), self._mark, clock.now(), clock.now)
 
     async def _events(self) -> AsyncGenerator[Event, None]:
         after: str | None = None
@@ -152,6 +153,8 @@ class CatchingUp:
     skipped (or a timer function) would run again, so :meth:`accepting` passes over real events
     of visits already handed out (the dispatcher still acknowledges them in order), until the
     stream brings an event newer than the catch-up (at most ``_SEEN`` visits are remembered).
+    "Newer" is measured from the end of the store read (``clock()`` once the last page is read):
+    a run written after the receiver opened but before the read reached it is in both.
     """
 
     def __init__(
@@ -160,11 +163,13 @@ class CatchingUp:
         pending: AsyncGenerator[Event, None],
         mark: Callable[[int], Awaitable[None]],
         since: datetime,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._receiver = receiver
         self._pending: AsyncGenerator[Event, None] | None = pending
         self._mark = mark
         self._since = since
+        self._clock = clock
         self._seen: dict[str, str] | None = {}  # run ID -> version of the visits handed out
         self._handed = 0  # synthetic events returned so far
         self._settled = False  # marked, or given up (never mark then)
@@ -191,6 +196,8 @@ class CatchingUp:
                 event = await anext(pending)
             except StopAsyncIteration:
                 self._pending = None
+                if self._clock is not None:  # every page is read: nothing newer is in them
+                    self._since = max(self._since, self._clock())
                 break
             except BaseException:
                 # The store failed or we are stopping: this catch-up never completes here (the
