@@ -330,8 +330,11 @@ class Runtime(Generic[T, StatusT]):
         if self.waiters.by_run:
             self.waiters.written(record)
 
-    async def create(self, foreign_id: str, status: StatusT, initial: T | None) -> Record:
-        """Store a new run at ``status`` with its first event (refused while one is unfinished)."""
+    async def create(
+        self, foreign_id: str, status: StatusT, initial: T | None, run_id: str | None = None
+    ) -> Record:
+        """Store a new run at ``status`` with its first event (refused while one is unfinished;
+        a given ``run_id`` that exists already is refused with VersionConflict)."""
         if initial is None:
             try:
                 initial = self.d.object_type()
@@ -346,7 +349,7 @@ class Runtime(Generic[T, StatusT]):
         record = Record(
             workflow_name=self.name,
             foreign_id=foreign_id,
-            run_id=new_id(),
+            run_id=run_id or new_id(),
             run_state=RunState.INITIATED,
             status=int(status),
             object=data,
