@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -100,7 +100,7 @@ def location_for(name: str, tmp_path: Path) -> str:
     return str(tmp_path / "statestream.db")
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: a server the suite needs must be up)")
     pytest.skip(f"!!! {reason} -- these tests did NOT run !!!")
