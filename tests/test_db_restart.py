@@ -1,10 +1,12 @@
 """The database restarted under running workers (issue 9): they reconnect, log it, lose nothing.
 
-A private PostgreSQL cluster (tests/pgcluster.py: initdb + pg_ctl on a free port, so that the
-shared server is never touched) holds the pipeline of tests/apps/pipeline.py. Two real worker
+A private server (so that the shared ones are never touched) holds the pipeline of
+tests/apps/pipeline.py: a PostgreSQL cluster (tests/pgcluster.py: initdb + pg_ctl on a free
+port) or a MariaDB instance (tests/mycluster.py: mariadb-install-db + mariadbd). Two real worker
 processes run it; the test triggers a batch of runs, and once a third of the step effects
-happened it stops the server with ``pg_ctl stop -m immediate`` (every connection cut, no
-checkpoint), waits 2 s, and starts it again on the same port. Then:
+happened it stops the server (PostgreSQL: ``pg_ctl stop -m immediate``, every connection cut,
+no checkpoint; MariaDB: SIGKILL of the server, a crash), waits 2 s, and starts it again on the
+same port. Then:
 
 - both workers are still running, and each logged the lost connection or the reconnect;
 - every run completes, Completed at DONE at version 4, and each run's events carry versions
@@ -21,13 +23,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import backends
 import pipeline_checks as checks
 from apps import pipeline
-from pgcluster import PgCluster, private_cluster
+from mycluster import private_mariadb
+from pgcluster import private_cluster
 from workers import Worker, poll
 
 pytestmark = [
@@ -49,10 +53,14 @@ CONNECTION_LOG = re.compile(
 
 
 @pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    if not backends.BACKENDS["postgres"].module_exists():
-        pytest.skip("postgres: adapter not merged (statestream.adapters.postgres does not exist)")
-    with private_cluster() as c:
+def server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A private server of the backend ``request.param``: ``url``, ``stop()``, ``start()``."""
+    name: str = request.param
+    backend = backends.BACKENDS[name]
+    if not backend.module_exists():
+        pytest.skip(f"{name}: adapter not merged ({backend.module} does not exist yet)")
+    with private_cluster() if name == "postgres" else private_mariadb() as c:
+        c.backend = name
         yield c
 
 
@@ -62,22 +70,24 @@ def report(record_property: Callable[[str, object], None], **values: object) -> 
     print("\n" + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-async def test_postgres_restart_under_running_workers_loses_nothing(
-    cluster: PgCluster, tmp_path: Path, record_property: Callable[[str, object], None]
+@pytest.mark.parametrize("server", ["postgres", "mysql"], indirect=True)
+async def test_restart_under_running_workers_loses_nothing(
+    server: Any, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
+    name: str = server.backend
     prefix = backends.new_prefix()
     effects = tmp_path / "effects"
     effects.mkdir()
     env = {
-        "PIPELINE_BACKEND": "postgres",
-        "PIPELINE_LOCATION": cluster.url,
+        "PIPELINE_BACKEND": name,
+        "PIPELINE_LOCATION": server.url,
         "PIPELINE_PREFIX": prefix,
         "PIPELINE_EFFECTS": str(effects),
         "PIPELINE_TTL": "1.0",
     }
     workers: list[Worker] = []
     try:
-        async with backends.adapter_set("postgres", cluster.url, prefix) as adapters:
+        async with backends.adapter_set(name, server.url, prefix) as adapters:
             trigger_wf = pipeline.build(adapters)  # never started: triggers and reads only
             workers = [Worker(tmp_path, f"worker-{i}", env) for i in range(1, WORKERS + 1)]
 
@@ -94,11 +104,11 @@ async def test_postgres_restart_under_running_workers_loses_nothing(
             await poll(some_done, 30.0, workers, f"{STOP_AT:.0%} of the step effects", 0.01)
             before = len(pipeline.read_effects(effects))
             logs_before = {w.name: len(w.output()) for w in workers}
-            await asyncio.to_thread(cluster.stop, "immediate")
+            await asyncio.to_thread(server.stop)
             stopped_at = time.monotonic()
             await asyncio.sleep(DOWN_FOR)
             during = len(pipeline.read_effects(effects))
-            await asyncio.to_thread(cluster.start)
+            await asyncio.to_thread(server.start)
             restarted_at = time.monotonic()
             assert before < total, "the restart did not land in the middle of the batch"
 
@@ -134,6 +144,7 @@ async def test_postgres_restart_under_running_workers_loses_nothing(
 
     report(
         record_property,
+        backend=name,
         runs=RUNS,
         effects_before_stop=before,
         effects_while_down=during - before,
