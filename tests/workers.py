@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import IO
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+LEASE_LOSS = re.compile(r"lost role|lease of role .* passed its deadline")
 
 
 class Worker:
@@ -60,6 +62,12 @@ class Worker:
 
     def log(self, tail: int = 4000) -> str:
         return f"--- {self.name} (pid {self.pid}) log ---\n" + self.output()[-tail:]
+
+    def lease_losses(self) -> list[str]:
+        """The engine's log lines saying this worker lost a role or let its lease deadline pass
+        (a stalled event loop on a loaded machine): it stopped that role's work, possibly between
+        a step's side effect and its write, so another holder may run that step again."""
+        return [line for line in self.output().splitlines() if LEASE_LOSS.search(line)]
 
     def sigkill(self) -> None:
         """SIGKILL this worker, by its PID, and reap it."""
