@@ -103,6 +103,9 @@ async def test_three_workers_one_sigkilled_lose_nothing(
     started = time.monotonic()
     async with backends.adapter_set(cluster.name, cluster.location, cluster.prefix) as adapters:
         trigger_wf = pipeline.build(adapters)  # never started: it only triggers and reads
+        # The schema exists before the workers start (test_new_database_opened_at_once covers
+        # several processes creating it at the same moment).
+        await adapters.store.list(pipeline.WORKFLOW, limit=1)
 
         workers = [cluster.spawn(f"worker-{i}") for i in range(1, WORKERS + 1)]
 
@@ -169,3 +172,21 @@ async def test_three_workers_one_sigkilled_lose_nothing(
         survivors_with_lease_loss=len(cut_off),
         **outcome,
     )
+
+
+@pytest.mark.parametrize("cluster", backends.NAMES, indirect=True)
+async def test_new_database_opened_at_once(cluster: Cluster) -> None:
+    """Several processes start at the same moment on a database (a prefix) that has no schema
+    yet, as 3 workers deployed together do: each one's first call succeeds, whoever creates the
+    tables."""
+    sets = [backends.open_set(cluster.name, cluster.location, cluster.prefix) for _ in range(8)]
+    try:
+        results = await asyncio.gather(
+            *(s.store.list(pipeline.WORKFLOW, limit=1) for s in sets), return_exceptions=True
+        )
+    finally:
+        for s in sets:
+            await s.close()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{len(errors)} of {len(sets)} first calls failed: {errors[0]!r}"
+    assert results == [[]] * len(sets)
