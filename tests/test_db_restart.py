@@ -44,10 +44,10 @@ RUNS = 600
 WORKERS = 2
 STOP_AT = 1 / 3  # of all step effects
 DOWN_FOR = 2.0  # seconds the server stays down
-#: What a worker's log must say about the outage (the adapter's or the engine's wording).
+#: What a worker's log must say about the outage: a statestream logger (the adapter's or the
+#: engine's, not the driver's own) warning about the lost connection or the reconnect.
 CONNECTION_LOG = re.compile(
-    r"(WARNING|ERROR).*(reconnect|connection|connect to|server closed|unreachable|"
-    r"cannot connect|AdapterConnectionError)",
+    r"(WARNING|ERROR)\s+statestream[\w.]*: .*(connection|reconnect|cannot reach|unreachable)",
     re.IGNORECASE,
 )
 
