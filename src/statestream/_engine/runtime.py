@@ -530,7 +530,9 @@ class Runtime(Generic[T, StatusT]):
             count,
             f" of {limit}" if limit else "",
             exc,
-            exc_info=not isinstance(exc, StaleRead),
+            # The exception itself: callers are often past their except block, where
+            # exc_info=True would find no current exception (and log "NoneType: None").
+            exc_info=None if isinstance(exc, StaleRead) else exc,
         )
         if not limit or count < limit:
             return False
