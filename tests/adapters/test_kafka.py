@@ -17,7 +17,7 @@ from statestream.adaptertest import EventStreamerContract
 
 pytest.importorskip("confluent_kafka")
 
-from statestream.adapters.kafka import KafkaStreamer  # noqa: E402
+from statestream.adapters.kafka import KafkaStreamer
 
 #: A short session timeout, as a test broker wants (the streamer itself never joins a group).
 CONSUMER = {"session.timeout.ms": 6000}

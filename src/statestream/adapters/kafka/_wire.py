@@ -38,9 +38,7 @@ _LEGAL = re.compile(r"[^a-zA-Z0-9._-]")
 _MAX_NAME = 249
 
 
-class _Wire(
-    msgspec.Struct, array_like=True, tag="statestream/1", tag_field="wire", frozen=True
-):
+class _Wire(msgspec.Struct, array_like=True, tag="statestream/1", tag_field="wire", frozen=True):
     type: int
     created_at: int
     headers: dict[str, str]
