@@ -45,6 +45,8 @@ _BUFFER = 5_000
 #: may wait for the thread: confluent-kafka serialises calls on a consumer, so a commit from
 #: another thread would wait for the poll anyway, and the thread makes every call itself).
 _POLL = 0.05
+#: The same fetch error is logged at most once in this many seconds.
+_WARN_EVERY = 60.0
 #: How long opening a ``from_latest`` receiver waits to find the true end of a partition.
 _PROBE = 5.0
 
@@ -94,6 +96,7 @@ class KafkaReceiver:
         self._committed: dict[int, int] = {}
         self._ack_lock = asyncio.Lock()
         self._closed = False
+        self._warned: dict[int, float] = {}  # error code -> when it was last logged
         #: Records on the topic that were not statestream events (skipped).
         self.skipped = 0
 
@@ -110,7 +113,7 @@ class KafkaReceiver:
         streamer = self._streamer
         self._loop = asyncio.get_running_loop()
         try:
-            self._consumer = Consumer(self._config)
+            self._consumer = await streamer._run(Consumer, self._config)
         except KafkaException as exc:
             raise AdapterError(f"invalid Kafka consumer settings: {exc}") from exc
         tps = [TopicPartition(self._kafka_topic, p) for p in self.partitions]
@@ -263,10 +266,17 @@ class KafkaReceiver:
         for msg in batch:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning(
-                        "statestream: Kafka consumer %s on %s: %s", self.group, self.topic, err
-                    )
+                code = err.code()
+                if code != KafkaError._PARTITION_EOF:
+                    at = time.monotonic()
+                    if at - self._warned.get(code, -_WARN_EVERY) >= _WARN_EVERY:
+                        self._warned[code] = at  # once a minute per kind: no flood of logs
+                        log.warning(
+                            "statestream: Kafka consumer %s on %s: %s (it keeps retrying)",
+                            self.group,
+                            self._kafka_topic,
+                            err,
+                        )
                 continue
             event = _wire.decode(self.topic, msg.partition(), msg.offset(), msg.key(), msg.value())
             if event is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -47,20 +48,24 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 class _Batch:
     """The delivery reports of one ``publish`` call, counted down on the producer's thread."""
 
-    __slots__ = ("error", "future", "left", "loop")
+    __slots__ = ("error", "future", "left", "lock", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.left = count
         self.error: KafkaError | None = None
+        self.lock = threading.Lock()
 
     def report(self, err: KafkaError | None, _msg: object) -> None:  # on the producer's thread
-        if err is not None and self.error is None:
-            self.error = err
-        self.left -= 1
-        if self.left == 0:
-            self.loop.call_soon_threadsafe(self._finish)
+        with self.lock:
+            if err is not None and self.error is None:
+                self.error = err
+            self.left -= 1
+            last = self.left == 0
+        if last and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                self.loop.call_soon_threadsafe(self._finish)
 
     def _finish(self) -> None:
         if not self.future.done():
@@ -173,16 +178,19 @@ class KafkaStreamer:
             raise
 
     async def _connect(self) -> None:
-        admin = AdminClient(
-            {**self._common, "socket.connection.setup.timeout.ms": self._timeout_ms()}
-        )
+        # Creating a client starts librdkafka's threads: that too is done off the loop.
+        config = {**self._common, "socket.connection.setup.timeout.ms": self._timeout_ms()}
+        try:
+            admin: AdminClient = await self._run(AdminClient, config)
+        except KafkaException as exc:
+            raise ConfigurationError(f"invalid Kafka settings: {exc}") from exc
         try:
             await self._run(lambda: admin.list_topics(timeout=self.connect_timeout))
         except KafkaException as exc:
             raise self._unreachable(exc) from exc
         self._admin = admin
         try:
-            producer = Producer(self._producer_config)
+            producer: Producer = await self._run(Producer, self._producer_config)
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka producer settings: {exc}") from exc
         self._producer = producer
@@ -272,6 +280,8 @@ class KafkaStreamer:
         partition in order. Records over ``max_message_bytes`` are refused (``InvalidInput``)
         before any of the batch is sent.
         """
+        if self._closed:
+            raise AdapterError("the KafkaStreamer is closed")
         if not messages:
             return
         count = await self.topic_partitions(topic)
@@ -298,7 +308,7 @@ class KafkaStreamer:
                     break
                 except BufferError:
                     await asyncio.sleep(0.005)  # the local queue is full: let it drain
-                except KafkaException as exc:
+                except KafkaException as exc:  # refused locally: reported with its error
                     batch.report(exc.args[0], None)
                     break
         await batch.future
@@ -328,6 +338,8 @@ class KafkaStreamer:
     ) -> KafkaReceiver:
         """A receiver reading this shard's partitions of ``topic`` (``poll_interval`` is unused:
         the consumer's fetches wait on the broker)."""
+        if self._closed:
+            raise AdapterError("the KafkaStreamer is closed")
         if shards < 1 or not 0 <= shard < shards:
             raise InvalidInput(f"shard must be in [0, {shards}), got {shard} of {shards}")
         count = await self.topic_partitions(topic)
