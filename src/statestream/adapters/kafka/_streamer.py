@@ -33,11 +33,12 @@ log = logging.getLogger("statestream.kafka")
 T = TypeVar("T")
 
 #: Producer settings: idempotent (no duplicates or reordering from its own retries), every
-#: in-sync replica acknowledges, and batches of up to 1 MB collected for at most 2 ms.
+#: in-sync replica acknowledges, and batches of up to 1 MB collected for at most 1 ms (2 ms
+#: doubled the latency of a run here: see bench/README.md).
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 2,
+    "linger.ms": 1,
     "batch.size": 1_000_000,
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 1_000_000,
