@@ -17,7 +17,7 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -30,7 +30,6 @@ from ._receiver import KafkaReceiver
 __all__ = ["KafkaStreamer"]
 
 log = logging.getLogger("statestream.kafka")
-T = TypeVar("T")
 
 #: Producer settings: idempotent (no duplicates or reordering from its own retries), every
 #: in-sync replica acknowledges, and batches of up to 1 MB collected for at most 1 ms (2 ms
