@@ -319,6 +319,8 @@ class KafkaStreamer:
                     f"Kafka at {self.bootstrap_servers} refused an event for topic {topic!r} as "
                     f"too large ({err.str()}); lower max_message_bytes to the broker's limit"
                 )
+            if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+                self._topics.pop(topic, None)  # deleted meanwhile: the next publish recreates it
             raise AdapterError(
                 f"publishing to Kafka topic {name!r} at {self.bootstrap_servers} failed: "
                 f"{err.str()} (the events may have been written in part; publishing them again "
