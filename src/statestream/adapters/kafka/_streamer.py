@@ -414,6 +414,8 @@ class KafkaStreamer:
         self._stop.set()
         if self._poller is not None:
             await self._run(self._poller.join)
+        # Drop the clients so that librdkafka's own threads end now, not at some later GC.
+        self._producer = self._admin = None
         self._executor.shutdown(wait=False)
 
     def _forget_receiver(self, receiver: KafkaReceiver) -> None:
