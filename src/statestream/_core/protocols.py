@@ -148,9 +148,12 @@ class EventReceiver(Protocol):
     """Reads one topic under a durable consumer name.
 
     ``recv`` waits (without spinning) until at least one event after the last one it returned is
-    available and returns up to ``limit`` of them in ID order. ``ack(e)`` commits the consumer's
-    position: every event up to and including ``e`` is handled. A new receiver with the same name
-    starts after the last acknowledged event, so unacknowledged events are delivered again
+    available and returns up to ``limit`` of them in ID order (for a partitioned backend such as
+    Kafka: in ID order within each partition, hence within each key, interleaved across
+    partitions). ``ack(e)`` commits the consumer's position: every event this receiver returned
+    up to and including ``e``, in the order returned, is handled (a partitioned backend commits
+    each partition's offset after the last of those events in it). A new receiver with the same
+    name starts after the last acknowledged event, so unacknowledged events are delivered again
     (at-least-once).
 
     ``is_new`` is True when the consumer name had no committed position when the receiver was
