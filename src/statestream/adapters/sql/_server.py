@@ -123,6 +123,11 @@ class ServerDatabase:
         self._closed = False
         self._opening: asyncio.Lock | None = None
         self._failure: BaseException | None = None  # a schema error: not worth retrying
+        #: The loop that owns the pool: the one running when this object was made, else the
+        #: first to use it (see :meth:`retrying`).
+        self._home: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._home = asyncio.get_running_loop()
 
     # ---------------------------------------------------------------- naming
 
@@ -300,7 +305,24 @@ class ServerDatabase:
         """Run ``fn`` (one round trip); on a lost connection, retry with backoff (logged) for
         up to ``reconnect_timeout`` when ``idempotent`` (a read, or a write that is safe to
         repeat); a non-idempotent write gets the translated error at once (its outcome is
-        unknown: the engine's compare-and-set makes its retry safe)."""
+        unknown: the engine's compare-and-set makes its retry safe).
+
+        The pool belongs to the event loop that first used the database (its home); a call
+        from another loop (a thread of its own) runs on the home loop and is awaited from
+        there, so that one database object may serve several loops while its home runs."""
+        loop = asyncio.get_running_loop()
+        home = self._home
+        if home is None:
+            self._home = loop
+        elif home is not loop:
+            if home.is_closed():
+                raise AdapterError(
+                    f"the event loop that opened the database ({self.where}) is closed: open "
+                    "a database object in each event loop"
+                )
+            return await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self.retrying(fn, idempotent=idempotent), home)
+            )
         await self._ready()
         delay = 0.05
         deadline: float | None = None
