@@ -60,6 +60,9 @@ class PostgresStreamer:
     ack_interval = 0.1
     #: Events ``prune`` deletes per statement.
     prune_chunk = 2_000
+    #: How long a ``from_latest`` receiver waits, when it opens, for the transactions older
+    #: than the topic's latest event to end (see :meth:`_latest_position`).
+    start_wait = 2.0
 
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
@@ -87,8 +90,13 @@ class PostgresStreamer:
             "AND key_hash % $5 = $6 ORDER BY tx, id LIMIT $4"
         )
         self._start = sql(
-            f"WITH h AS (SELECT {_HORIZON} AS x) SELECT h.x, ARRAY(SELECT id FROM "
-            "{prefix}events WHERE topic = $1 AND tx >= h.x) FROM h"
+            f"SELECT {_HORIZON}, (SELECT tx FROM {{prefix}}events WHERE topic = $1 "
+            "ORDER BY tx DESC, id DESC LIMIT 1), (SELECT id FROM {prefix}events "
+            "WHERE topic = $1 ORDER BY tx DESC, id DESC LIMIT 1)"
+        )
+        self._horizon = f"SELECT {_HORIZON}"
+        self._above = sql(
+            "SELECT ARRAY(SELECT id FROM {prefix}events WHERE topic = $1 AND tx >= $2)"
         )
         self._cursor = sql(
             "SELECT last_tx, last_id FROM {prefix}cursors WHERE topic = $1 AND name = $2"
@@ -229,11 +237,7 @@ class PostgresStreamer:
         if row is not None:
             position = (row[0], row[1])
         elif from_latest or ephemeral:
-            # Start below the horizon: every row above it that is already visible was
-            # published before this call, and is skipped by ID; rows still to commit are not.
-            horizon, visible = await self.db.fetchrow(self._start, topic)
-            position = (horizon - 1, _MAX)
-            skip = set(visible)
+            position, skip = await self._latest_position(topic)
             is_new = True
             if not ephemeral:
                 inserted = await self.db.fetchval(
@@ -258,6 +262,30 @@ class PostgresStreamer:
         )
         self._receivers.setdefault(topic, set()).add(receiver)
         return receiver
+
+    async def _latest_position(self, topic: str) -> tuple[tuple[int, int], set[int]]:
+        """The position after the topic's latest event, and event IDs to skip past it.
+
+        The latest visible row ``(tx, id)`` is the start once every transaction older than
+        ``tx`` has ended (the horizon has passed it): a row of such a transaction that commits
+        meanwhile was published before this receiver returned, and may be skipped; rows of
+        later transactions are all above the start. That wait is usually a few milliseconds;
+        if it lasts :attr:`start_wait` (a long transaction is open), the receiver starts below
+        the horizon instead and skips, by ID, the rows above it that are already visible."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_wait
+        delay = 0.001
+        horizon, latest_tx, latest_id = await self.db.fetchrow(self._start, topic)
+        if latest_tx is None:
+            return (horizon - 1, _MAX), set()
+        while horizon <= latest_tx:
+            if loop.time() >= deadline:
+                visible = await self.db.fetchval(self._above, topic, horizon)
+                return (horizon - 1, _MAX), set(visible)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            horizon = await self.db.fetchval(self._horizon)
+        return (latest_tx, latest_id), set()
 
     def _forget(self, receiver: PostgresReceiver) -> None:
         receivers = self._receivers.get(receiver.topic)
