@@ -217,7 +217,7 @@ class _RecordWriter:
         }
         for streamer in self.streamers:
             for topic in topics:
-                streamer.wake(topic)
+                streamer.wrote(topic)
         return results
 
     def _error(self, item: _Write, exc: BaseException) -> BaseException:

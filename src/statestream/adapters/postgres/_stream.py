@@ -56,8 +56,9 @@ class PostgresStreamer:
     every consumer of a topic has acknowledged.
     """
 
-    #: Acknowledged positions are written at most this often per receiver (and on close).
-    ack_interval = 0.1
+    #: Acknowledged positions are written at most this often per receiver (and on close): a
+    #: crash replays at most this much, which the engine's version check makes harmless.
+    ack_interval = 0.5
     #: Events ``prune`` deletes per statement.
     prune_chunk = 2_000
     #: How long a ``from_latest`` receiver waits, when it opens, for the transactions older
@@ -137,7 +138,15 @@ class PostgresStreamer:
             payload,
             idempotent=False,
         )
-        self.wake(topic)
+        self.wrote(topic)
+
+    def wrote(self, topic: str) -> None:
+        """This process committed events to ``topic``: wake its receivers, unless the LISTEN
+        connection is up (its notification, a moment later, wakes them; waking them now as
+        well would cost each a second read)."""
+        listener = self._listener
+        if listener is None or listener.is_closed():
+            self.wake(topic)
 
     def wake(self, topic: str) -> None:
         """Wake this process's receivers of ``topic`` ("": all): new events were committed."""
