@@ -13,7 +13,10 @@ dialect (:class:`~._dialect.Dialect`) says only what differs.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import os
+import sqlite3
 from typing import Any
 
 from ...errors import ConfigurationError
@@ -91,21 +94,25 @@ async def schema_version(url: str, *, prefix: str = "statestream_") -> int:
     """The statestream schema version at ``url`` (0: none), changing nothing on a server."""
     path = _sqlite_path(url)
     if path is not None:
-        import sqlite3
-
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
-            ).fetchone()
-            return int(row[0]) if row else 0
-        except sqlite3.Error:
-            return 0
-        finally:
-            conn.close()
+        return await asyncio.to_thread(_sqlite_version, path)
     server = database_for(url, prefix=prefix)
     try:
         version: int = await server.schema_version()
         return version
     finally:
         await server.close()
+
+
+def _sqlite_version(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
