@@ -96,6 +96,35 @@ async def test_an_event_committed_late_with_a_lower_id_is_not_skipped(
         await streamer.close()
 
 
+async def test_a_transaction_open_in_another_database_does_not_hold_delivery(
+    db: PostgresDatabase,
+) -> None:
+    # Given a transaction with an ID, left open in another database of the same server
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(require_postgres())
+    if parts.path.lstrip("/") == "postgres":
+        pytest.skip("the test database is 'postgres': no other database to hold a transaction")
+    elsewhere = await asyncpg.connect(require_postgres(), database="postgres")
+    streamer = PostgresStreamer(db)
+    try:
+        tx = elsewhere.transaction()
+        await tx.start()
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")
+        # When an event is published here, then a consumer receives it at once (not when the
+        # other database's transaction ends): the safety poll is far away
+        receiver = await streamer.receiver("topic", "consumer", poll_interval=60)
+        await streamer.publish("topic", [Message("key", 1, {}, _now())])
+        async with asyncio.timeout(10):
+            [event] = await receiver.recv()
+        assert event.key == "key"
+        await receiver.close()
+        await tx.rollback()
+    finally:
+        await elsewhere.close()
+        await streamer.close()
+
+
 async def test_racing_store_writers_lose_no_event(db: PostgresDatabase) -> None:
     # Given two processes (databases) writing runs to one topic at once, and a consumer
     other = PostgresDatabase(require_postgres(), prefix=db.prefix)
