@@ -15,14 +15,14 @@ import pytest
 
 pytest.importorskip("asyncmy")
 
-from statestream.adapters.mysql import (  # noqa: E402
+from statestream.adapters.mysql import (
     MysqlDatabase,
     MysqlRecordStore,
     MysqlRoleScheduler,
     MysqlStreamer,
     MysqlTimeoutStore,
 )
-from statestream.adaptertest import (  # noqa: E402
+from statestream.adaptertest import (
     AdapterSet,
     EventStreamerContract,
     RecordStoreContract,
@@ -30,7 +30,7 @@ from statestream.adaptertest import (  # noqa: E402
     TimeoutStoreContract,
     WorkflowContract,
 )
-from statestream.errors import AdapterConnectionError  # noqa: E402
+from statestream.errors import AdapterConnectionError
 
 URL = os.environ.get("STATESTREAM_MYSQL_URL") or "mysql://root@127.0.0.1:3306/test"
 

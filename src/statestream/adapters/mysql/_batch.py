@@ -195,11 +195,12 @@ class Batcher:
         self._pending.append(write)
         self._kick()
         try:
-            await asyncio.shield(write.future)
+            # Not shielded: the caller resumes in the same turn as the batch answers, before
+            # the receivers it hands the events to (so that the engine has noted its write).
+            await write.future
         except asyncio.CancelledError:
             if write in self._pending:  # not sent yet: it is never written
                 self._pending.remove(write)
-                write.future.cancel()
             raise
 
     def _kick(self) -> None:
@@ -352,18 +353,12 @@ class Batcher:
         if hand:
             previous = {bytes(t).decode(): int(n) for t, n in results[-2].rows or ()}
         streamer = self.streamer
+        published: list[tuple[int, Write]] = []
         for i, write in enumerate(batch):
             record = write.record
             state = found.get(write.run_id)
             if state is not None and state[1]:
-                if streamer is not None:
-                    topic = write.event.topic
-                    event_id = state[2] + i + 1
-                    if topic in hand:
-                        streamer.hand(topic, event_id, previous.get(topic, 0), write.event.message)
-                        previous[topic] = event_id
-                    else:
-                        streamer.wake(topic)
+                published.append((state[2] + i + 1, write))
                 if not write.future.done():
                     write.future.set_result(None)
                 continue
@@ -380,6 +375,16 @@ class Batcher:
             else:
                 error = VersionConflict(record.run_id, record.version - 1, state[0])
             _fail(write, error)
+        # The events go to this process's receivers after the writers are answered: each
+        # writer resumes first and notes its record before a receiver takes the event.
+        if streamer is not None:
+            for event_id, write in published:
+                topic = write.event.topic
+                if topic in hand:
+                    streamer.hand(topic, event_id, previous.get(topic, 0), write.event.message)
+                    previous[topic] = event_id
+                else:
+                    streamer.wake(topic)
 
 
 def _fail(write: Write, error: Exception) -> None:

@@ -42,18 +42,72 @@ Bind = Callable[[str, Sequence[Any]], str]
 #: The schema version this release writes (``schema/NNN_*.sql`` go up to it).
 SCHEMA_VERSION = 1
 
-#: Every table of the schema, without the prefix.
-TABLES = (
-    "meta",
-    "records",
-    "outbox",
-    "events",
-    "event_seq",
-    "cursors",
-    "timeouts",
-    "leases",
-    "parked",
-)
+#: Every table of the schema (without the prefix) and its columns: the PostgreSQL ones, plus
+#: ``records.writer`` and the ``event_seq`` counter (see ``_batch`` and ``_stream``).
+TABLES: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "records": (
+        "run_id",
+        "seq",
+        "workflow_name",
+        "foreign_id",
+        "run_state",
+        "status",
+        "object",
+        "created_at",
+        "updated_at",
+        "version",
+        "run_state_reason",
+        "status_description",
+        "auto_resumes",
+        "active",
+        "writer",
+    ),
+    "outbox": (
+        "seq",
+        "id",
+        "workflow_name",
+        "topic",
+        "key",
+        "type",
+        "headers",
+        "data",
+        "created_at",
+    ),
+    "events": ("id", "tx", "topic", "key", "type", "headers", "data", "created_at", "key_hash"),
+    "event_seq": ("id", "n"),
+    "cursors": ("topic", "name", "last_tx", "last_id", "updated_at"),
+    "timeouts": (
+        "id",
+        "workflow_name",
+        "foreign_id",
+        "run_id",
+        "status",
+        "run_version",
+        "expire_at",
+        "created_at",
+        "state",
+        "claimed_until",
+    ),
+    "leases": ("role", "holder", "expires_at"),
+    "parked": (
+        "id",
+        "seq",
+        "workflow_name",
+        "consumer",
+        "event_id",
+        "topic",
+        "key",
+        "type",
+        "headers",
+        "data",
+        "created_at",
+        "error",
+        "attempts",
+        "parked_at",
+        "retry_requested",
+    ),
+}
 
 DEFAULT_URL = "mysql://root@127.0.0.1:3306/test"
 _DIALECT = MysqlDialect()
@@ -560,11 +614,20 @@ class MysqlDatabase:
                 f"older than this release's {SCHEMA_VERSION}: migrate it once with "
                 "MysqlDatabase(url, prefix=..., migrate=True), then start again"
             )
-        for table in TABLES:
-            if table not in columns:
+        for table, expected in TABLES.items():
+            have = columns.get(table)
+            if have is None:
                 raise SchemaError(
                     f"{self.where}: table {prefix}{table} is missing although the schema "
                     f"version is {version}: restore it from a backup, or use another prefix"
+                )
+            if have != set(expected):
+                missing = ", ".join(sorted(set(expected) - have)) or "none"
+                extra = ", ".join(sorted(have - set(expected))) or "none"
+                raise SchemaError(
+                    f"{self.where}: table {prefix}{table} exists with another shape (missing "
+                    f"columns: {missing}; unexpected columns: {extra}): it was changed by hand "
+                    "or by another program; use another prefix, or restore the table"
                 )
         return "ok"
 

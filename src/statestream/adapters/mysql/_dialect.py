@@ -57,12 +57,12 @@ class MysqlDialect:
     def classify(self, exc: BaseException) -> ErrorKind:
         if isinstance(exc, OSError | TimeoutError | ConnectionError):
             return ErrorKind.CONNECTION
+        import asyncmy.errors
+
+        if isinstance(exc, asyncmy.errors.InterfaceError):
+            return ErrorKind.CONNECTION  # "Not connected": the connection was closed
         code = _code(exc)
         if code is None:
-            import asyncmy.errors
-
-            if isinstance(exc, asyncmy.errors.InterfaceError):
-                return ErrorKind.CONNECTION  # "not connected", a closed connection
             return ErrorKind.OTHER
         if code in _CONNECTION:
             return ErrorKind.CONNECTION

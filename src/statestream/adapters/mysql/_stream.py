@@ -319,6 +319,8 @@ class MysqlReceiver:
         self._delay = min(streamer.min_poll, self._max_poll)
         self._closed = False
         self._wake = asyncio.Event()
+        #: the last return held everything known: the next read waits for the poll interval
+        self._drained = False
         self._handed: list[Event] = []
         self._stale = False
         self._acked = position
@@ -335,10 +337,17 @@ class MysqlReceiver:
             if handed:
                 events, self._handed = handed[:limit], handed[limit:]
                 self._position = self._delivered = events[-1].id
-                if not self._handed and not self._stale:
-                    self._wake.clear()
-                self._delay = self._streamer.min_poll
+                self._drained = not self._handed
+                if self._drained and not self._stale:
+                    self._wake.clear()  # what woke it is returned here: nothing to read
                 return events
+            if self._drained:
+                # The last return was everything known: unless this process writes to the
+                # topic meanwhile, read again only after the poll interval.
+                self._drained = False
+                if not self._wake.is_set():
+                    await self._pause()
+                    continue
             self._wake.clear()
             self._stale = False
             if self.shards == 1:
@@ -347,7 +356,7 @@ class MysqlReceiver:
                     "AND id > %s ORDER BY id LIMIT %s",
                     (self._t, self._position, limit),
                 )
-                more = False
+                more = len(rows) == limit
                 if rows:
                     self._position = max(self._position, int(rows[-1][0]))
             else:
@@ -356,8 +365,9 @@ class MysqlReceiver:
                 raise AdapterError(f"receiver {self.name!r} on {self.topic!r} is closed")
             if rows:
                 self._delivered = int(rows[-1][0])
-                self._delay = self._streamer.min_poll
+                self._delay = self._streamer.min_poll  # activity: poll closely again
                 self._drop_handed()
+                self._drained = not more and not self._handed
                 return [event_from_row(self.topic, row) for row in rows]
             if self._acked >= self._delivered and self._position > self._delivered:
                 # Everything returned is acknowledged and the IDs scanned since hold nothing
@@ -366,11 +376,16 @@ class MysqlReceiver:
             if more:
                 await asyncio.sleep(0)
                 continue
-            delay = self._delay
-            self._delay = min(delay * 2, self._max_poll)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait for a write of this process to the topic, or the poll interval, which doubles
+        while reads find nothing (from :attr:`MysqlStreamer.min_poll`)."""
+        delay = self._delay
+        self._delay = min(delay * 2, self._max_poll)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     def _drop_handed(self) -> None:
         """Events handed while a read was on its way: keep those after what it returned."""
