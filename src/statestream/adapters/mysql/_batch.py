@@ -19,17 +19,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..._core.records import Message, OutboxEvent, Record
 from ...errors import (
     AdapterConnectionError,
-    AdapterError,
     RecordNotFound,
     VersionConflict,
     WorkflowInProgress,
 )
+from ..sql._batch import WriteBatcher
 from ._db import Bind, MysqlDatabase, Result
 from ._dialect import MysqlDialect
 from ._rows import encode, headers_json, key_hash, to_us
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Batcher", "Write"]
 
 _DIALECT = MysqlDialect()
-
-
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
 
 
 @dataclass(eq=False)
@@ -57,9 +53,8 @@ class Write:
     row: tuple[Any, ...]
     event_row: tuple[Any, ...]
     size: int
-    future: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    #: Why the write failed (None: it was committed).
+    error: BaseException | None = None
 
 
 def make_write(create: bool, record: Record, event: OutboxEvent) -> Write:
@@ -174,7 +169,9 @@ def _derived(bind: Bind, columns: Sequence[str], rows: Sequence[Sequence[Any]], 
 
 
 class Batcher:
-    """Queues the writes of one record store and sends them in batches (see the module)."""
+    """Sends the writes of one record store in batches (see the module), through the shared
+    :class:`~statestream.adapters.sql._batch.WriteBatcher` (one writer while idle, up to
+    :attr:`concurrency` under load)."""
 
     #: Writes in one batch at most.
     max_writes = 64
@@ -184,60 +181,42 @@ class Batcher:
     def __init__(self, db: MysqlDatabase, streamer: MysqlStreamer | None) -> None:
         self.db = db
         self.streamer = streamer
-        self._pending: list[Write] = []
-        self._running = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Batches sent, and writes in them (the mean batch size is writes / batches).
+        self._batcher: WriteBatcher[Write, None] = WriteBatcher(
+            self._write, max_batch=self.max_writes, writers=self.concurrency
+        )
+        #: Batches sent (each one round trip), and writes in them.
         self.batches = 0
         self.writes = 0
 
     async def submit(self, write: Write) -> None:
-        self._pending.append(write)
-        self._kick()
-        try:
-            # Not shielded: the caller resumes in the same turn as the batch answers, before
-            # the receivers it hands the events to (so that the engine has noted its write).
-            await write.future
-        except asyncio.CancelledError:
-            if write in self._pending:  # not sent yet: it is never written
-                self._pending.remove(write)
-            raise
+        await self._batcher.submit(write)
 
-    def _kick(self) -> None:
-        while self._pending and self._running < self.concurrency:
-            batch = self._take()
-            if not batch:
-                return
-            self._running += 1
-            task = asyncio.ensure_future(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def close(self) -> None:
+        await self._batcher.close()
 
-    def _take(self) -> list[Write]:
-        """The next batch: the oldest writes, one per run, within the size limits."""
+    def _split(self, items: Sequence[Write]) -> list[list[Write]]:
+        """The items as batches of one write per run, within the size budget, in order."""
         budget = max(self.db.max_packet // 4, 1)
-        batch: list[Write] = []
-        runs: set[bytes] = set()
-        left: list[Write] = []
-        used = 0
-        for write in self._pending:
-            if write.future.done():
-                continue
-            if (
-                len(batch) >= self.max_writes
-                or write.run_id in runs
-                or (batch and used + write.size > budget)
-            ):
-                left.append(write)
-                continue
-            batch.append(write)
-            runs.add(write.run_id)
-            used += write.size
-        self._pending = left
-        return batch
+        batches: list[list[Write]] = []
+        left = list(items)
+        while left:
+            batch: list[Write] = []
+            runs: set[bytes] = set()
+            later: list[Write] = []
+            used = 0
+            for write in left:
+                if write.run_id in runs or (batch and used + write.size > budget):
+                    later.append(write)
+                    continue
+                batch.append(write)
+                runs.add(write.run_id)
+                used += write.size
+            batches.append(batch)
+            left = later
+        return batches
 
-    async def _run(self, batch: list[Write]) -> None:
-        try:
+    async def _write(self, items: Sequence[Write]) -> list[BaseException | None]:
+        for batch in self._split(items):
             try:
                 await self._send(batch)
             except Exception as exc:
@@ -245,17 +224,12 @@ class Batcher:
                 if len(batch) > 1 and cause is not None and _DIALECT.server_error(cause):
                     # A statement of the batch failed (and the batch was rolled back): send
                     # each write alone, so that only the one at fault fails.
-                    await asyncio.gather(*(self._alone(w) for w in batch))
+                    for write in batch:
+                        await self._alone(write)
                 else:
                     for write in batch:
                         _fail(write, exc)
-        except BaseException as exc:  # cancelled (the loop is closing): nobody is answered
-            for write in batch:
-                _fail(write, exc if isinstance(exc, Exception) else AdapterError(repr(exc)))
-            raise
-        finally:
-            self._running -= 1
-            self._kick()
+        return [w.error for w in items]
 
     async def _alone(self, write: Write) -> None:
         try:
@@ -359,8 +333,6 @@ class Batcher:
             state = found.get(write.run_id)
             if state is not None and state[1]:
                 published.append((state[2] + i + 1, write))
-                if not write.future.done():
-                    write.future.set_result(None)
                 continue
             if write.create:
                 if state is not None:
@@ -375,25 +347,33 @@ class Batcher:
             else:
                 error = VersionConflict(record.run_id, record.version - 1, state[0])
             _fail(write, error)
-        # The events go to this process's receivers after the writers are answered: each
-        # writer resumes first and notes its record before a receiver takes the event.
-        if streamer is not None:
-            for event_id, write in published:
-                topic = write.event.topic
-                if topic in hand:
-                    streamer.hand(topic, event_id, previous.get(topic, 0), write.event.message)
-                    previous[topic] = event_id
-                else:
-                    streamer.wake(topic)
+        if streamer is not None and published:
+            # The events go to this process's receivers after the writers are answered (the
+            # batcher answers them when this batch returns, before this callback runs): each
+            # writer resumes first and notes its record before a receiver takes the event.
+            asyncio.get_running_loop().call_soon(_hand, streamer, published, previous, set(hand))
+
+
+def _hand(
+    streamer: MysqlStreamer,
+    published: list[tuple[int, Write]],
+    previous: dict[str, int],
+    hand: set[str],
+) -> None:
+    for event_id, write in published:
+        topic = write.event.topic
+        if topic in hand:
+            streamer.hand(topic, event_id, previous.get(topic, 0), write.event.message)
+            previous[topic] = event_id
+        else:
+            streamer.wake(topic)
 
 
 def _fail(write: Write, error: Exception) -> None:
-    if not write.future.done():
-        if isinstance(error, AdapterConnectionError):
-            cause = error
-            error = AdapterConnectionError(
-                f"{cause} (the write of run {write.record.run_id} may or may not have been "
-                "committed)"
-            )
-            error.__cause__ = cause
-        write.future.set_exception(error)
+    if isinstance(error, AdapterConnectionError):
+        cause = error
+        error = AdapterConnectionError(
+            f"{cause} (the write of run {write.record.run_id} may or may not have been committed)"
+        )
+        error.__cause__ = cause
+    write.error = error

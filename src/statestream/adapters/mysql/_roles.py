@@ -1,8 +1,9 @@
-"""MySQL role scheduler: one lease row per role, its expiry on the server's clock.
+"""MySQL role scheduler: the shared lease rows (:mod:`..sql._roles`), their expiry on the
+server's clock (``UTC_TIMESTAMP(6)``).
 
 Why lease rows and not ``GET_LOCK``: a named lock belongs to a connection and is released only
 when the server notices that the connection is gone, which after a network cut can take as long
-as ``wait_timeout`` (8 hours by default) or TCP keepalive; and the holder cannot tell how long
+as ``wait_timeout`` (8 hours by default) or TCP keepalive, and the holder cannot tell how long
 its lock will outlive it. A lease row expires at a known moment on one clock, the server's, so
 that a holder cut off from the server knows when it must have stopped (its ``valid_until``) and
 another process takes the role once that moment is past, however the first one died.
@@ -10,106 +11,24 @@ another process takes the role once that moment is past, however the first one d
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-import uuid
-
-from ...errors import InvalidInput
+from ..sql._roles import ServerLease, ServerRoleScheduler
 from ._db import MysqlDatabase
 from ._rows import encode
 
 __all__ = ["MysqlLease", "MysqlRoleScheduler"]
 
-
-class MysqlLease:
-    """A role held through a lease row that the holder renews.
-
-    ``valid_until`` (a ``time.monotonic()`` value) is the moment at which the last successful
-    acquire or renewal was *sent*, plus the ttl, minus the scheduler's margin. The row's expiry
-    is set by the server when it runs the statement, later, to its clock plus the ttl, and
-    another process takes the role only once the server's clock is past it: so ``valid_until``
-    passes at least ``margin`` before any other process can hold the role, whatever the clocks
-    of the hosts say.
-
-    The lease is lost (``lost()`` returns, and it stays lost) when a renewal fails, when the row
-    was taken, or when the holder finds its deadline passed; the row is then deleted at once
-    (if the server can be reached) so that the next holder need not wait for it to expire.
-    """
-
-    def __init__(
-        self, scheduler: MysqlRoleScheduler, role: str, holder: str, valid_until: float
-    ) -> None:
-        self._scheduler = scheduler
-        self._role = role
-        self.holder = holder
-        #: The local deadline (see :class:`~statestream.Lease`).
-        self.valid_until = valid_until
-        self._lost = asyncio.Event()
-        self._released = False
-        self._renewer = asyncio.ensure_future(self._renew())
-
-    @property
-    def role(self) -> str:
-        return self._role
-
-    async def _renew(self) -> None:
-        s = self._scheduler
-        while True:
-            await asyncio.sleep(s.renew_interval)
-            if self._released:
-                return
-            started = time.monotonic()
-            if started < self.valid_until:
-                try:
-                    held = await s._extend(self._role, self.holder)
-                except Exception:
-                    held = False
-                if held and time.monotonic() < self.valid_until:
-                    self.valid_until = started + s.ttl - s.margin
-                    continue
-            self._lost.set()
-            if not self._released:
-                self._released = True
-                with contextlib.suppress(Exception):
-                    await s._release(self._role, self.holder)
-            return
-
-    async def lost(self) -> None:
-        await self._lost.wait()
-
-    async def release(self) -> None:
-        if self._released:
-            self._lost.set()
-            return
-        self._released = True
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        self._lost.set()
-        await self._scheduler._release(self._role, self.holder)
+#: A lease of :class:`MysqlRoleScheduler` (the shared lease: see :class:`ServerLease`).
+MysqlLease = ServerLease
 
 
-class MysqlRoleScheduler:
+class MysqlRoleScheduler(ServerRoleScheduler):
     """At most one holder per role across every process using the database, through lease
-    rows whose expiry is the server's clock (``UTC_TIMESTAMP(6)``).
-
-    A holder renews its lease every :attr:`renew_interval`; a process that dies or is cut off
-    loses its roles after at most ``ttl`` seconds, and another process takes them over. It
-    stops acting under the lease ``margin`` (``max(ttl / 5, 1 s)``, at most ``ttl / 2``)
-    before the row expires. Waiting processes try again every ``poll_interval`` (at once when a
-    holder in this process releases).
-    """
+    rows. A process that dies or is cut off loses its roles within ``ttl`` seconds (it stops
+    acting under them ``margin`` before), and another process takes them."""
 
     def __init__(self, db: MysqlDatabase, *, ttl: float = 10.0, poll_interval: float = 0.5) -> None:
-        if ttl <= 0 or poll_interval <= 0:
-            raise InvalidInput("ttl and poll_interval must be > 0")
+        super().__init__(ttl=ttl, poll_interval=poll_interval)
         self.db = db
-        self.ttl = ttl
-        self.poll_interval = poll_interval
-        self.margin = min(max(ttl / 5, 1.0), ttl / 2)
-        self.renew_interval = (ttl - self.margin) / 2
-        self._released = asyncio.Event()
 
     @property
     def _ttl_us(self) -> int:
@@ -135,36 +54,13 @@ class MysqlRoleScheduler:
         )
         return changed == 1
 
-    async def _release(self, role: str, holder: str) -> None:
-        try:
-            await self.db.execute(
-                f"DELETE FROM {self.db.prefix}leases WHERE role = %s AND holder = %s",
-                (role.encode(), holder.encode()),
-                idempotent=True,
-            )
-        finally:
-            self._released.set()
-            self._released = asyncio.Event()
+    async def _delete(self, role: str, holder: str) -> None:
+        await self.db.execute(
+            f"DELETE FROM {self.db.prefix}leases WHERE role = %s AND holder = %s",
+            (role.encode(), holder.encode()),
+            idempotent=True,
+        )
 
-    async def acquire(self, role: str) -> MysqlLease:
-        encode("role", role)
-        holder = uuid.uuid4().hex
-        while True:
-            started = time.monotonic()
-            try:
-                taken = await self._try(role, holder)
-            except asyncio.CancelledError:
-                # Cancelled while the attempt was on its way: it may have committed, so
-                # remove any row under our holder ID rather than block the role for a ttl.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._release(role, holder))
-                raise
-            if taken:
-                valid_until = started + self.ttl - self.margin
-                if time.monotonic() < valid_until:
-                    return MysqlLease(self, role, holder, valid_until)
-                await self._release(role, holder)
-                continue
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)
+    async def acquire(self, role: str) -> ServerLease:
+        encode("role", role)  # a role the column cannot hold is refused at the call
+        return await super().acquire(role)

@@ -1,17 +1,22 @@
 """Values to and from MySQL rows: text as UTF-8 bytes (with the length limits of the indexed
-columns), times as microseconds, headers as JSON."""
+columns); times, key hashes and timer states as in every dialect (:mod:`..sql._rows`)."""
 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..._core.records import Event, ParkedEvent, Record, TimeoutRecord
 from ..._core.runstate import RunState
 from ...errors import InvalidInput
+from ..sql._rows import (
+    CANCELLED,
+    COMPLETED,
+    from_us,
+    key_hash,
+    to_us,
+)
 
 __all__ = [
     "CANCELLED",
@@ -30,10 +35,6 @@ __all__ = [
     "to_us",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-# Timer states: 0 pending, 1 completed, 2 cancelled.
-COMPLETED, CANCELLED = 1, 2
 
 #: The longest value (UTF-8 bytes) of each indexed text: the columns' VARBINARY lengths.
 LIMITS: dict[str, int] = {
@@ -87,23 +88,6 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
-def to_us(when: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, sortable)."""
-    if not isinstance(when, datetime) or when.tzinfo is None:
-        raise InvalidInput(f"{when!r} is not a timezone-aware datetime")
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def key_hash(key: str) -> int:
-    """crc32 of the key's UTF-8 bytes, as :func:`statestream._core.records.shard_of`."""
-    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
-
-
 def headers_json(headers: Mapping[str, str]) -> bytes:
     # ensure_ascii (the default): lone surrogates become \u escapes, storable as they are.
     return json.dumps(dict(headers), separators=(",", ":")).encode()
@@ -132,14 +116,7 @@ def record_from_row(row: Sequence[Any]) -> Record:
     )
 
 
-RECORD_COLUMNS = (
-    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
-    "version, run_state_reason, status_description, auto_resumes"
-)
-TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
-    "claimed_until"
-)
+# PARKED_COLUMNS: the shared list, with MySQL's reserved word `key` quoted.
 PARKED_COLUMNS = (
     "id, workflow_name, consumer, event_id, topic, `key`, type, headers, data, created_at, "
     "error, attempts, parked_at, retry_requested"

@@ -9,11 +9,11 @@ from typing import Any
 
 from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
+from ..sql._rows import RECORD_COLUMNS
 from ._batch import Batcher, make_write
 from ._db import MysqlDatabase
 from ._rows import (
     PARKED_COLUMNS,
-    RECORD_COLUMNS,
     encode,
     fits,
     from_us,

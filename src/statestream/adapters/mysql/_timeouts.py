@@ -8,8 +8,9 @@ from typing import Any
 
 from ..._core.records import TimeoutRecord
 from ...errors import InvalidInput, TimeoutNotFound
+from ..sql._rows import TIMEOUT_COLUMNS
 from ._db import MysqlDatabase
-from ._rows import CANCELLED, COMPLETED, TIMEOUT_COLUMNS, encode, fits, timeout_from_row, to_us
+from ._rows import CANCELLED, COMPLETED, encode, fits, timeout_from_row, to_us
 
 __all__ = ["MysqlTimeoutStore"]
 

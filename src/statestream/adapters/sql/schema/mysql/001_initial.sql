@@ -5,7 +5,7 @@
 -- IDs, topics, consumer names and roles 255, foreign IDs 512.
 -- Times are integer microseconds since the Unix epoch (UTC), except the lease expiry, which is
 -- the server's own clock (UTC_TIMESTAMP(6)), so that hosts with skewed clocks agree.
-CREATE TABLE IF NOT EXISTS {prefix}meta (
+CREATE TABLE {prefix}meta (
     `key` VARBINARY(255) NOT NULL PRIMARY KEY,
     value VARBINARY(255) NOT NULL
 ) ENGINE=InnoDB;
@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS {prefix}meta (
 -- NULLs never collide in a unique index, so a foreign ID has at most one unfinished run.
 -- writer: the token of the batch that last wrote the row (tells a batch which of its
 -- compare-and-sets won, inside its own transaction).
-CREATE TABLE IF NOT EXISTS {prefix}records (
+CREATE TABLE {prefix}records (
     run_id VARBINARY(255) NOT NULL PRIMARY KEY,
     seq BIGINT NOT NULL AUTO_INCREMENT,
     workflow_name VARBINARY(255) NOT NULL,
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS {prefix}records (
     KEY {prefix}records_by_foreign_id (workflow_name, foreign_id, seq),
     KEY {prefix}records_by_workflow (workflow_name, seq)
 ) ENGINE=InnoDB;
-CREATE TABLE IF NOT EXISTS {prefix}outbox (
+CREATE TABLE {prefix}outbox (
     seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     id VARBINARY(255) NOT NULL,
     workflow_name VARBINARY(255) NOT NULL,
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {prefix}outbox (
 -- Event IDs come from {prefix}event_seq, taken in the writing transaction: its row lock makes
 -- the order of commits the order of IDs, so a reader never sees an ID before a lower one
 -- commits (no gaps to skip). tx is unused on MySQL (0): PostgreSQL orders by it.
-CREATE TABLE IF NOT EXISTS {prefix}events (
+CREATE TABLE {prefix}events (
     id BIGINT NOT NULL PRIMARY KEY,
     tx BIGINT NOT NULL DEFAULT 0,
     topic VARBINARY(255) NOT NULL,
@@ -62,12 +62,12 @@ CREATE TABLE IF NOT EXISTS {prefix}events (
     key_hash BIGINT NOT NULL,
     KEY {prefix}events_by_topic (topic, id, key_hash)
 ) ENGINE=InnoDB;
-CREATE TABLE IF NOT EXISTS {prefix}event_seq (
+CREATE TABLE {prefix}event_seq (
     id TINYINT NOT NULL PRIMARY KEY,
     n BIGINT NOT NULL
 ) ENGINE=InnoDB;
 INSERT IGNORE INTO {prefix}event_seq (id, n) VALUES (1, 0);
-CREATE TABLE IF NOT EXISTS {prefix}cursors (
+CREATE TABLE {prefix}cursors (
     topic VARBINARY(255) NOT NULL,
     name VARBINARY(255) NOT NULL,
     last_tx BIGINT NOT NULL DEFAULT 0,
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS {prefix}cursors (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (topic, name)
 ) ENGINE=InnoDB;
-CREATE TABLE IF NOT EXISTS {prefix}timeouts (
+CREATE TABLE {prefix}timeouts (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
     workflow_name VARBINARY(255) NOT NULL,
     foreign_id VARBINARY(512) NOT NULL,
@@ -90,12 +90,12 @@ CREATE TABLE IF NOT EXISTS {prefix}timeouts (
     KEY {prefix}timeouts_due (workflow_name, status, state, expire_at),
     KEY {prefix}timeouts_pending (workflow_name, state, id)
 ) ENGINE=InnoDB;
-CREATE TABLE IF NOT EXISTS {prefix}leases (
+CREATE TABLE {prefix}leases (
     role VARBINARY(255) NOT NULL PRIMARY KEY,
     holder VARBINARY(64) NOT NULL,
     expires_at DATETIME(6) NOT NULL
 ) ENGINE=InnoDB;
-CREATE TABLE IF NOT EXISTS {prefix}parked (
+CREATE TABLE {prefix}parked (
     id VARBINARY(600) NOT NULL PRIMARY KEY,
     seq BIGINT NOT NULL AUTO_INCREMENT,
     workflow_name VARBINARY(255) NOT NULL,
