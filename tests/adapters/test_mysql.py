@@ -1,20 +1,21 @@
 """The MySQL / MariaDB adapters against the shared contracts, on the real server
 (``STATESTREAM_MYSQL_URL``, default ``mysql://root@127.0.0.1:3306/test``).
 
-Every test has its own table prefix and drops its tables after. Without a reachable server the
-tests skip with the reason, and fail when ``CI=true``.
+The conformance suites share one schema per module under a prefix of their own (the tests
+isolate themselves by unique names), dropped at the end. Without a reachable server the tests
+skip with the reason, and fail when ``CI=true``.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 pytest.importorskip("asyncmy")
 
+from servers import MYSQL_URL, require_mysql, unique_prefix
 from statestream.adapters.mysql import (
     MysqlDatabase,
     MysqlRecordStore,
@@ -30,34 +31,41 @@ from statestream.adaptertest import (
     TimeoutStoreContract,
     WorkflowContract,
 )
-from statestream.errors import AdapterConnectionError
 
-URL = os.environ.get("STATESTREAM_MYSQL_URL") or "mysql://root@127.0.0.1:3306/test"
-
-
-def unique_prefix() -> str:
-    return f"t_{uuid.uuid4().hex[:10]}_"
+URL = MYSQL_URL
 
 
 async def open_db(**options: object) -> MysqlDatabase:
-    """A database under a fresh prefix; skips (fails on CI) when the server is unreachable."""
-    database = MysqlDatabase(URL, prefix=unique_prefix(), **options)  # type: ignore[arg-type]
-    try:
-        await database.open()
-    except AdapterConnectionError as exc:
-        await database.close()
-        reason = f"MariaDB/MySQL not reachable at {URL}: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    """A database under a fresh prefix of its own (the caller drops it); skips (fails on CI)
+    when the server is unreachable."""
+    database = MysqlDatabase(require_mysql(), prefix=unique_prefix(), **options)  # type: ignore[arg-type]
+    await database.open()
     return database
 
 
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[str]:
+    url = require_mysql()
+    name = unique_prefix()
+    asyncio.run(_with(url, name, drop=False))
+    try:
+        yield name
+    finally:
+        asyncio.run(_with(url, name, drop=True))
+
+
+async def _with(url: str, name: str, *, drop: bool) -> None:
+    database = MysqlDatabase(url, prefix=name)
+    try:
+        await (database.drop() if drop else database.open())
+    finally:
+        await database.close()
+
+
 @pytest.fixture
-async def db() -> AsyncIterator[MysqlDatabase]:
-    database = await open_db()
+async def db(prefix: str) -> AsyncIterator[MysqlDatabase]:
+    database = MysqlDatabase(URL, prefix=prefix)
     yield database
-    await database.drop()
     await database.close()
 
 
