@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 import asyncmy
+from asyncmy.constants import CLIENT
 
 from crash_worker import STEPS, WORKFLOW, Job, Status
 from statestream import Builder, Run, Workflow
@@ -49,32 +50,57 @@ async def connect(db: MysqlDatabase) -> Any:
         password=u.password or "",
         database=u.database,
         autocommit=True,
+        client_flag=CLIENT.MULTI_STATEMENTS,
     )
 
 
 class Effects:
-    """The outside world the steps act on: one connection, one statement at a time."""
+    """The outside world the steps act on: a few connections of its own, each effect one
+    transaction (its row and its attempt count) in one round trip."""
 
-    def __init__(self, conn: Any, prefix: str) -> None:
-        self.conn = conn
+    connections = 8
+
+    def __init__(self, db: MysqlDatabase, prefix: str) -> None:
+        self.db = db
         self.prefix = prefix
         self.pid = os.getpid()
-        self.lock = asyncio.Lock()
+        self.idle: list[Any] = []
+        self.slots = asyncio.Semaphore(self.connections)
 
     async def apply(self, run_id: str, version: int, step: str) -> None:
         p = self.prefix
-        async with self.lock:
-            cur = self.conn.cursor()
-            await cur.execute(
-                f"INSERT IGNORE INTO {p}effects (run_id, version, step, pid) "
-                "VALUES (%s, %s, %s, %s)",
-                (run_id, version, step, self.pid),
-            )
-            await cur.execute(
-                f"INSERT INTO {p}attempts (run_id, version, step, n) VALUES (%s, %s, %s, 1) "
-                "ON DUPLICATE KEY UPDATE n = n + 1",
-                (run_id, version, step),
-            )
+        async with self.slots:
+            conn = self.idle.pop() if self.idle else await connect(self.db)
+            try:
+                cur = conn.cursor()
+                values = (run_id, version, step)
+                await cur.execute(
+                    "START TRANSACTION; "
+                    + cur.mogrify(
+                        f"INSERT IGNORE INTO {p}effects (run_id, version, step, pid) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (*values, self.pid),
+                    )
+                    + "; "
+                    + cur.mogrify(
+                        f"INSERT INTO {p}attempts (run_id, version, step, n) "
+                        "VALUES (%s, %s, %s, 1) ON DUPLICATE KEY UPDATE n = n + 1",
+                        values,
+                    )
+                    + "; COMMIT"
+                )
+                while await cur.nextset():
+                    pass
+            except BaseException:
+                # A step cancelled mid-statement (its lease ended) leaves the connection unusable.
+                conn.close()
+                raise
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
 
 
 def build(
@@ -83,7 +109,7 @@ def build(
     *,
     effects: Effects | None = None,
     step_delay: float = 0.005,
-    ttl: float = 1.0,
+    ttl: float = 3.0,
     parallel: int = 2,
 ) -> Workflow[Job, Status]:
     """The three-step workflow; ``effects=None`` for a process that only triggers runs."""
@@ -117,11 +143,11 @@ def build(
 async def serve(args: argparse.Namespace) -> None:
     db = MysqlDatabase(args.url, prefix=args.prefix)
     streamer = MysqlStreamer(db)
-    conn = await connect(db)
+    effects = Effects(db, args.prefix)
     wf = build(
         db,
         streamer,
-        effects=Effects(conn, args.prefix),
+        effects=effects,
         step_delay=args.step_delay,
         ttl=args.ttl,
         parallel=args.parallel,
@@ -138,7 +164,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         await streamer.close()
         await db.close()
-        conn.close()
+        effects.close()
     print(f"worker {os.getpid()} stopped", flush=True)
 
 
@@ -147,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("prefix")
     parser.add_argument("--step-delay", type=float, default=0.005)
-    parser.add_argument("--ttl", type=float, default=1.0)
+    parser.add_argument("--ttl", type=float, default=3.0)
     parser.add_argument("--parallel", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(
