@@ -479,3 +479,29 @@ async def test_concurrent_writes_share_a_batch_and_a_lost_one_fails_alone(
 
 def _fields(r: Record) -> dict[str, Any]:
     return {name: getattr(r, name) for name in Record.__dataclass_fields__}
+
+
+def test_db_migrate_and_version_on_mysql(capsys: pytest.CaptureFixture[str]) -> None:
+    from servers import require_mysql
+    from statestream.cli import main
+
+    url, prefix = require_mysql(), unique_prefix()
+    try:
+        assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
+        assert capsys.readouterr().out.strip() == "0"
+        assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
+        assert "created the statestream schema version 1" in capsys.readouterr().out
+        assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
+        assert "up to date" in capsys.readouterr().out
+        assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
+        assert capsys.readouterr().out.strip() == "1"
+    finally:
+
+        async def drop() -> None:
+            database = MysqlDatabase(url, prefix=prefix)
+            try:
+                await database.drop()
+            finally:
+                await database.close()
+
+        asyncio.run(drop())

@@ -26,7 +26,7 @@ from statestream.adapters.mysql import MysqlDatabase, MysqlStreamer
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 
 WORKER = Path(__file__).parent.parent / "mysql_worker.py"
-RUNS = 2000
+RUNS = 1000
 NAMES = [name for _, name, _ in STEPS]
 FINAL_VERSION = 1 + len(STEPS)
 
@@ -101,11 +101,12 @@ async def wait_until(db: MysqlDatabase, n: int, timeout: float, running: list[Wo
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.timeout(180)
 async def test_three_workers_one_killed_complete_every_run_once(
     db: MysqlDatabase, tmp_path: Path, workers: list[Worker]
 ) -> None:
     url = require_mysql()
-    # Given 2,000 runs triggered, and three worker processes on the database
+    # Given 1,000 runs triggered, and three worker processes on the database
     streamer = MysqlStreamer(db)
     wf = mysql_worker.build(db, streamer)
     run_ids = list(await asyncio.gather(*(wf.trigger(f"order-{i}") for i in range(RUNS))))
