@@ -96,6 +96,35 @@ async def test_an_event_committed_late_with_a_lower_id_is_not_skipped(
         await streamer.close()
 
 
+async def test_a_transaction_open_in_another_database_does_not_hold_delivery(
+    db: PostgresDatabase,
+) -> None:
+    # Given a transaction with an ID, left open in another database of the same server
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(require_postgres())
+    if parts.path.lstrip("/") == "postgres":
+        pytest.skip("the test database is 'postgres': no other database to hold a transaction")
+    elsewhere = await asyncpg.connect(require_postgres(), database="postgres")
+    streamer = PostgresStreamer(db)
+    try:
+        tx = elsewhere.transaction()
+        await tx.start()
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")
+        # When an event is published here, then a consumer receives it at once (not when the
+        # other database's transaction ends): the safety poll is far away
+        receiver = await streamer.receiver("topic", "consumer", poll_interval=60)
+        await streamer.publish("topic", [Message("key", 1, {}, _now())])
+        async with asyncio.timeout(10):
+            [event] = await receiver.recv()
+        assert event.key == "key"
+        await receiver.close()
+        await tx.rollback()
+    finally:
+        await elsewhere.close()
+        await streamer.close()
+
+
 async def test_racing_store_writers_lose_no_event(db: PostgresDatabase) -> None:
     # Given two processes (databases) writing runs to one topic at once, and a consumer
     other = PostgresDatabase(require_postgres(), prefix=db.prefix)
@@ -499,3 +528,50 @@ async def test_a_key_too_long_for_an_index_is_invalid_input(db: PostgresDatabase
         await store.create(record, OutboxEvent("e", "wf", "wf-1", Message("run", 1, {}, now)))
     with pytest.raises(errors.RecordNotFound):
         await store.lookup(long_id)
+
+
+# -------------------------------------------------------------------------------- batching
+
+
+def _record(fid: str, run_id: str, state: RunState = RunState.RUNNING, version: int = 1) -> Record:
+    now = _now()
+    return Record("wf", fid, run_id, state, 1, b"", now, now, version)
+
+
+def _event(run_id: str) -> OutboxEvent:
+    return OutboxEvent(
+        f"e-{run_id}-{_now().timestamp()}", "wf", "wf-1", Message(run_id, 1, {}, _now())
+    )
+
+
+async def test_concurrent_writes_share_statements_and_fail_alone(db: PostgresDatabase) -> None:
+    store = PostgresRecordStore(db)
+    # Given runs to update, and a finished run next to an unfinished one of the same foreign ID
+    for i in range(10):
+        await store.create(_record(f"f{i}", f"run-{i}"), _event(f"run-{i}"))
+    await store.create(_record("dup", "old", RunState.COMPLETED), _event("old"))
+    await store.create(_record("dup", "new"), _event("new"))
+    batches = db.record_writer.batcher.batches
+
+    # When many writes go at once: good updates, creates racing for one foreign ID, a stale
+    # update, an update of a missing run, and one that would make a second unfinished run
+    writes = [
+        store.update(_record(f"f{i}", f"run-{i}", version=2), _event(f"run-{i}")) for i in range(10)
+    ]
+    writes += [store.create(_record("race", f"racer-{i}"), _event(f"racer-{i}")) for i in range(5)]
+    writes.append(store.update(_record("f0", "run-0", version=5), _event("run-0")))
+    writes.append(store.update(_record("x", "missing", version=2), _event("missing")))
+    writes.append(store.update(_record("dup", "old", version=2), _event("old")))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+
+    # Then they shared few statements, and each failure is its own
+    assert db.record_writer.batcher.batches - batches < len(writes)
+    assert results[:10] == [None] * 10
+    racers = results[10:15]
+    assert racers.count(None) == 1
+    assert all(isinstance(r, errors.WorkflowInProgress) for r in racers if r is not None)
+    assert isinstance(results[15], errors.VersionConflict)
+    assert isinstance(results[16], errors.RecordNotFound)
+    assert isinstance(results[17], errors.WorkflowInProgress)
+    assert (await store.lookup("run-3")).version == 2
+    assert (await store.lookup("old")).run_state is RunState.COMPLETED

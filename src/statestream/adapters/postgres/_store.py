@@ -196,9 +196,10 @@ class _RecordWriter:
                 outcomes = await self._statement(group)
             except Exception as exc:
                 if len(group) == 1 or self.db.is_connection_error(exc):
-                    error = self._error(group[0][1], exc) if len(group) == 1 else exc
-                    for index, _ in group:
-                        results[index] = self.db.translate(error) if error is exc else error
+                    # Alone, or the connection is gone (its outcome unknown: the caller's
+                    # retry finds out through the compare-and-set).
+                    for index, item in group:
+                        results[index] = self._error(item, exc)
                     continue
                 # One write spoiled the statement (an update making a second unfinished run,
                 # a value the server refuses): write each alone, so that only it fails.
@@ -221,7 +222,7 @@ class _RecordWriter:
         return results
 
     def _error(self, item: _Write, exc: BaseException) -> BaseException:
-        if self.db.dialect.classify(exc) is ErrorKind.UNIQUE:
+        if self.db.kind(exc) is ErrorKind.UNIQUE:
             return WorkflowInProgress(
                 f"{item.record.foreign_id!r} has another unfinished run in workflow "
                 f"{item.record.workflow_name!r}"

@@ -24,6 +24,34 @@ _MAX = 2**63 - 1
 _HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
+def _read_statement(shard: str) -> str:
+    """A receiver's read: the rows after its position, each with the horizon below which it may
+    deliver them.
+
+    The horizon is the oldest transaction running at the statement's snapshot
+    (``pg_snapshot_xmin``). Only when a row lies at or above it, it is refined, in the same
+    snapshot: a running transaction of *another database* of the cluster can never write our
+    table, so it does not hold delivery back. A transaction is known to be another database's
+    only when the server's activity list says so (its ID matched to a backend of another
+    database); any other (one that ended meanwhile, a prepared one, an unreadable entry) still
+    counts, so that the refinement never lets a row of ours be passed."""
+    return (
+        "WITH s AS (SELECT pg_current_snapshot() AS snap), r AS ("
+        "SELECT id, key, type, headers, data, created_at, tx FROM {prefix}events "
+        f"WHERE topic = $1 AND (tx, id) > ($2::bigint, $3::bigint){shard} "
+        "ORDER BY tx, id LIMIT $4) "
+        "SELECT r.id, r.key, r.type, r.headers, r.data, r.created_at, r.tx, "
+        "CASE WHEN (SELECT max(tx) FROM r) < pg_snapshot_xmin(s.snap)::text::bigint "
+        "THEN pg_snapshot_xmin(s.snap)::text::bigint "
+        "ELSE (SELECT coalesce(min(x::text::bigint), pg_snapshot_xmax(s.snap)::text::bigint) "
+        "FROM pg_snapshot_xip(s.snap) AS x WHERE NOT EXISTS (SELECT 1 FROM "
+        "pg_stat_get_activity(NULL) a WHERE a.backend_xid::text::bigint = "
+        "(x::text::bigint & 4294967295) AND a.datid IS NOT NULL AND a.datid <> "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()))) END "
+        "FROM r, s ORDER BY r.tx, r.id"
+    )
+
+
 def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
@@ -38,12 +66,14 @@ class PostgresStreamer:
     ``(tx, id)`` order only the rows below the *horizon*: the oldest transaction still running
     when its read's snapshot was taken (``pg_snapshot_xmin``). Every transaction below the
     horizon has ended, so no row below it can appear later, and the position ``(tx, id)`` never
-    passes a row still to come. The price: a transaction that stays open (in any database of
-    the server, since transaction IDs are server-wide) holds back delivery of every event
-    written after it began until it ends; keep transactions short (``idle_in_transaction_
-    session_timeout`` bounds forgotten ones). Within one writer's transactions delivery is in
-    ID order; across concurrent writers it is in ``(tx, id)`` order, so IDs are unique and
-    grow with each writer, but are not sorted across writers.
+    passes a row still to come. The price: a transaction of this database that stays open
+    holds back delivery of every event written after it began until it ends; keep
+    transactions short (``idle_in_transaction_session_timeout`` bounds forgotten ones).
+    Transactions of other databases of the server are recognised (through the server's
+    activity list, in the read's own snapshot) and do not hold delivery back. Within one
+    writer's transactions delivery is in ID order; across concurrent writers it is in ``(tx,
+    id)`` order, so IDs are unique and grow with each writer, but are not sorted across
+    writers.
 
     **Wake-ups.** Writes notify ``<prefix>events`` (payload: the topic) in their own
     transaction; a receiver is woken by that notification (one LISTEN connection per
@@ -80,16 +110,8 @@ class PostgresStreamer:
             "AS u(k, t, h, d, c, kh, n) ORDER BY n RETURNING 1) "
             "SELECT (SELECT count(*) FROM ev), pg_notify($8, $9)"
         )
-        self._select = sql(
-            f"SELECT id, key, type, headers, data, created_at, tx, {_HORIZON} "
-            "FROM {prefix}events WHERE topic = $1 AND (tx, id) > ($2::bigint, $3::bigint) "
-            "ORDER BY tx, id LIMIT $4"
-        )
-        self._select_shard = sql(
-            f"SELECT id, key, type, headers, data, created_at, tx, {_HORIZON} "
-            "FROM {prefix}events WHERE topic = $1 AND (tx, id) > ($2::bigint, $3::bigint) "
-            "AND key_hash % $5 = $6 ORDER BY tx, id LIMIT $4"
-        )
+        self._select = sql(_read_statement(""))
+        self._select_shard = sql(_read_statement(" AND key_hash % $5 = $6"))
         self._start = sql(
             f"SELECT {_HORIZON}, (SELECT tx FROM {{prefix}}events WHERE topic = $1 "
             "ORDER BY tx DESC, id DESC LIMIT 1), (SELECT id FROM {prefix}events "

@@ -121,7 +121,9 @@ class PostgresTimeoutStore:
         )
 
     async def _change(self, timeout_id: int, sql: str, *args: object) -> bool:
-        status = await self.db.execute(sql, timeout_id, *args)
+        # Not repeated after a lost connection: a compare-and-set that committed would answer
+        # False the second time (the caller retries it, and learns the truth).
+        status = await self.db.execute(sql, timeout_id, *args, idempotent=False)
         if status == "UPDATE 1":
             return True
         if await self.db.fetchval(self._exists, timeout_id) is not None:

@@ -298,8 +298,17 @@ class ServerDatabase:
         error.__cause__ = exc
         return error
 
+    def kind(self, exc: BaseException) -> ErrorKind:
+        """What ``exc`` means; for an error :meth:`translate` made, what its cause meant."""
+        if isinstance(exc, AdapterConnectionError):
+            return ErrorKind.CONNECTION
+        cause = exc.__cause__
+        if isinstance(exc, AdapterError | InvalidInput) and cause is not None:
+            return self.dialect.classify(cause)
+        return self.dialect.classify(exc)
+
     def is_connection_error(self, exc: BaseException) -> bool:
-        return self.dialect.classify(exc) is ErrorKind.CONNECTION
+        return self.kind(exc) is ErrorKind.CONNECTION
 
     async def retrying(self, fn: Callable[[], Awaitable[R]], *, idempotent: bool) -> R:
         """Run ``fn`` (one round trip); on a lost connection, retry with backoff (logged) for
