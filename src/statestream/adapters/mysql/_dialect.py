@@ -62,10 +62,10 @@ class MysqlDialect(Dialect):
         )
 
     def lock_statement(self) -> str:
-        return "SELECT GET_LOCK(CONCAT('{prefix}statestream_schema_', $1), 60)"
+        return "SELECT GET_LOCK(CONCAT('{prefix}', 'schema', $1), 60)"
 
     def unlock_statement(self) -> str:
-        return "SELECT RELEASE_LOCK(CONCAT('{prefix}statestream_schema_', $1))"
+        return "SELECT RELEASE_LOCK(CONCAT('{prefix}', 'schema', $1))"
 
     def classify(self, exc: BaseException) -> ErrorKind:
         if isinstance(exc, OSError | TimeoutError | ConnectionError):
