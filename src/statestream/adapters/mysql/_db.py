@@ -216,6 +216,10 @@ class MysqlDatabase(ServerDatabase):
         async with self._pool.connection() as conn:
             yield _SchemaConn(self, conn)
 
+    async def drop_tables(self) -> None:
+        """Drop every statestream table under the prefix (tests; irreversible)."""
+        await self.drop()
+
     async def drop(self) -> None:
         """Drop every statestream table under the prefix (tests; irreversible)."""
         await self._create_pool_once()
