@@ -575,3 +575,25 @@ async def test_concurrent_writes_share_statements_and_fail_alone(db: PostgresDat
     assert isinstance(results[17], errors.WorkflowInProgress)
     assert (await store.lookup("run-3")).version == 2
     assert (await store.lookup("old")).run_state is RunState.COMPLETED
+
+
+async def test_an_idle_shard_does_not_hold_prune_back(db: PostgresDatabase) -> None:
+    from statestream._core.records import shard_of
+
+    # Given a topic whose old events all belong to shard 0, and a consumer of shard 1 that
+    # has read (nothing of its own) and closed
+    streamer = PostgresStreamer(db)
+    streamer.idle_ack_interval = 0
+    keys = [k for k in (f"key-{i}" for i in range(40)) if shard_of(k, 2) == 0][:5]
+    old = _now() - timedelta(hours=1)
+    await streamer.publish("topic", [Message(k, 1, {}, old) for k in keys])
+    try:
+        receiver = await streamer.receiver("topic", "consumer", shard=1, shards=2)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await receiver.recv()
+        await receiver.close()
+        # When the topic is pruned, then the shard's position does not keep the events
+        assert await streamer.prune(["topic"], _now()) == 5
+    finally:
+        await streamer.close()

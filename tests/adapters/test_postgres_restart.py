@@ -51,9 +51,12 @@ class _Cluster:
     run_as: list[str]
     pg_ctl: str
 
+    password: str | None = None
+
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/postgres"
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
@@ -76,8 +79,16 @@ class _Cluster:
         return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[_Cluster]:
+    """One private cluster for the module (initdb takes seconds), with password auth."""
+    yield from _cluster(password=PASSWORD)
+
+
+PASSWORD = "right-password"
+
+
+def _cluster(password: str | None) -> Iterator[_Cluster]:
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     run_as: list[str] = []
     directory = Path(tempfile.mkdtemp(prefix="statestream-pg-"))
@@ -92,19 +103,16 @@ def cluster() -> Iterator[_Cluster]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    c = _Cluster(directory, port, run_as, pg_ctl)
+    c = _Cluster(directory, port, run_as, pg_ctl, password)
+    auth = ["-A", "trust"]
+    if password is not None:
+        pwfile = directory / "pwfile"
+        pwfile.write_text(password)
+        if run_as:
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
     subprocess.run(
-        [
-            *run_as,
-            initdb,
-            "-D",
-            str(directory / "data"),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
+        [*run_as, initdb, "-D", str(directory / "data"), *auth, "-U", "postgres", "--no-sync"],
         check=True,
         capture_output=True,
         timeout=120,
@@ -185,3 +193,21 @@ async def test_workers_reconnect_after_a_restart_and_lose_nothing(
         await db.close()
     # And the loss of the connection was logged
     assert any("connection" in r.getMessage().lower() for r in caplog.records)
+
+
+async def test_a_wrong_password_is_a_clear_error(cluster: _Cluster) -> None:
+    from statestream import errors
+
+    url = cluster.url.replace(f"postgres:{PASSWORD}@", "postgres:wrong@")
+    database = PostgresDatabase(url, connect_timeout=5)
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(errors.AdapterConnectionError, match="refused user 'postgres'"):
+                await database.open()
+    finally:
+        await database.close()
+    right = PostgresDatabase(cluster.url)
+    try:
+        await right.open()
+    finally:
+        await right.close()

@@ -41,14 +41,15 @@ def _read_statement(shard: str) -> str:
         f"WHERE topic = $1 AND (tx, id) > ($2::bigint, $3::bigint){shard} "
         "ORDER BY tx, id LIMIT $4) "
         "SELECT r.id, r.key, r.type, r.headers, r.data, r.created_at, r.tx, "
-        "CASE WHEN (SELECT max(tx) FROM r) < pg_snapshot_xmin(s.snap)::text::bigint "
+        "CASE WHEN coalesce((SELECT max(tx) FROM r), 0) < pg_snapshot_xmin(s.snap)::text::bigint "
         "THEN pg_snapshot_xmin(s.snap)::text::bigint "
         "ELSE (SELECT coalesce(min(x::text::bigint), pg_snapshot_xmax(s.snap)::text::bigint) "
         "FROM pg_snapshot_xip(s.snap) AS x WHERE NOT EXISTS (SELECT 1 FROM "
         "pg_stat_get_activity(NULL) a WHERE a.backend_xid::text::bigint = "
         "(x::text::bigint & 4294967295) AND a.datid IS NOT NULL AND a.datid <> "
         "(SELECT oid FROM pg_database WHERE datname = current_database()))) END "
-        "FROM r, s ORDER BY r.tx, r.id"
+        # Always one row at least (an empty read still gives the horizon: r's fields NULL).
+        "FROM s LEFT JOIN r ON true ORDER BY r.tx, r.id"
     )
 
 
@@ -91,6 +92,9 @@ class PostgresStreamer:
     ack_interval = 0.5
     #: Events ``prune`` deletes per statement.
     prune_chunk = 2_000
+    #: How often an idle receiver (everything it returned acknowledged) commits the position
+    #: it has read up to, so that it does not hold ``prune`` back.
+    idle_ack_interval = 10.0
     #: How long a ``from_latest`` receiver waits, when it opens, for the transactions older
     #: than the topic's latest event to end (see :meth:`_latest_position`).
     start_wait = 2.0
@@ -425,6 +429,7 @@ class PostgresReceiver:
         self._acked = position
         self._written = position
         self._flusher: asyncio.Task[None] | None = None
+        self._idle_acked = time.monotonic()
 
     @property
     def closed(self) -> bool:
@@ -472,8 +477,14 @@ class PostgresReceiver:
         pending = False
         position = self._position
         skip = self._skip
+        found = 0
+        horizon = None
         for row in rows:
-            row_tx, horizon = row[6], row[7]
+            horizon = row[7]
+            if row[0] is None:
+                break  # the read found nothing: this row only carries the horizon
+            found += 1
+            row_tx = row[6]
             if row_tx >= horizon:
                 pending = True
                 break
@@ -484,8 +495,29 @@ class PostgresReceiver:
             events.append(event_from_row(self.topic, row))
             if not self.ephemeral:
                 self._unacked.append(position)
+        full = found == limit and not pending
+        if not full and not pending and horizon is not None and (horizon - 1, _MAX) > position:
+            # Every row of ours below the horizon has been read, and none can come below it:
+            # the position moves up to it (past other shards' rows, and past the rows of
+            # other topics' transactions), so that an idle consumer does not hold prune back.
+            position = (horizon - 1, _MAX)
         self._position = position
-        return events, pending, len(rows) == limit and not pending
+        if not events and not self.ephemeral and not self._unacked:
+            self._idle_ack()
+        return events, pending, full
+
+    def _idle_ack(self) -> None:
+        """Everything returned is acknowledged and the read found nothing new: acknowledge the
+        position read up to, at most every :attr:`PostgresStreamer.idle_ack_interval`."""
+        if self._position <= self._acked:
+            return
+        now = time.monotonic()
+        if now - self._idle_acked < self._streamer.idle_ack_interval:
+            return
+        self._idle_acked = now
+        self._acked = self._position
+        if not self._closed and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.ensure_future(self._flush_later())
 
     async def ack(self, event: Event) -> None:
         """Acknowledge ``event`` and every earlier one; the position is written within
