@@ -84,7 +84,9 @@ class PostgresStreamer:
     milliseconds, doubling up to ``poll_interval``.
 
     Sharded receivers select ``key_hash % shards = shard`` in SQL. ``prune`` deletes what
-    every consumer of a topic has acknowledged.
+    every consumer of a topic has acknowledged; a receiver that has acknowledged everything it
+    returned commits the position it has read up to (the horizon) every
+    :attr:`idle_ack_interval`, so that an idle shard does not hold it back.
     """
 
     #: Acknowledged positions are written at most this often per receiver (and on close): a
