@@ -57,6 +57,9 @@ class Dialect:
     paramstyle: ClassVar[str] = "dollar"
     #: Longest identifier the server accepts.
     max_identifier: ClassVar[int] = 63
+    #: Columns (by table, without the prefix) and whole tables this dialect's schema has
+    #: beyond the shared ones (:data:`~._schema.TABLES`); the schema check expects them too.
+    extra_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def sql(self, text: str, prefix: str) -> str:
         """A shared statement in this dialect: the prefix put in, the placeholders converted."""

@@ -187,8 +187,20 @@ class _Found:
     columns: dict[str, set[str]]  # by table name without the prefix
 
 
+def tables_of(dialect: Dialect | None) -> dict[str, tuple[str, ...]]:
+    """:data:`TABLES` with the columns and tables that ``dialect`` adds
+    (:attr:`Dialect.extra_columns`)."""
+    extra = dialect.extra_columns if dialect is not None else {}
+    if not extra:
+        return TABLES
+    merged = dict(TABLES)
+    for table, columns in extra.items():
+        merged[table] = merged.get(table, ()) + columns
+    return merged
+
+
 async def _inspect(conn: SchemaConnection, dialect: Dialect, prefix: str) -> _Found:
-    names = [prefix + table for table in TABLES]
+    names = [prefix + table for table in tables_of(dialect)]
     rows = await conn.fetch(dialect.sql(dialect.columns_query(), prefix), names)
     columns: dict[str, set[str]] = {}
     for table_name, column_name in rows:
@@ -206,7 +218,15 @@ async def _inspect(conn: SchemaConnection, dialect: Dialect, prefix: str) -> _Fo
     return _Found(version, columns)
 
 
-def _judge(found: _Found, where: str, prefix: str, url_hint: str, *, migrate: bool) -> str:
+def _judge(
+    found: _Found,
+    where: str,
+    prefix: str,
+    url_hint: str,
+    *,
+    migrate: bool,
+    expected_tables: dict[str, tuple[str, ...]] = TABLES,
+) -> str:
     """What to do: "ok", "create" or "migrate"; raises SchemaError when neither will do."""
     if not found.columns:
         return "create"
@@ -231,7 +251,7 @@ def _judge(found: _Found, where: str, prefix: str, url_hint: str, *, migrate: bo
             f"older than this release's {SCHEMA_VERSION}: run `statestream db migrate --url "
             f"{url_hint} --prefix {prefix}` (or pass migrate=True) once, then start again"
         )
-    for table, expected in TABLES.items():
+    for table, expected in expected_tables.items():
         have = found.columns.get(table)
         if have is None:
             raise SchemaError(
@@ -263,14 +283,18 @@ async def ensure_schema(
     """Check the schema under ``prefix``; create it in an empty database, migrate an older one
     when ``migrate`` is set. Returns the version found before (0: created)."""
     found = await _inspect(conn, dialect, prefix)
-    action = _judge(found, where, prefix, url_hint, migrate=migrate)
+    action = _judge(
+        found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
+    )
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)
     await conn.execute(dialect.sql(dialect.lock_statement(), prefix), key)
     try:
         found = await _inspect(conn, dialect, prefix)  # another worker may have done it
-        action = _judge(found, where, prefix, url_hint, migrate=migrate)
+        action = _judge(
+            found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
+        )
         if action == "ok":
             return found.version
         migrations = load_migrations(dialect, prefix)
@@ -312,6 +336,9 @@ async def ensure_schema(
         await conn.execute(dialect.sql(dialect.unlock_statement(), prefix), key)
 
 
-def drop_statements(prefix: str) -> list[str]:
+def drop_statements(prefix: str, dialect: Dialect | None = None) -> list[str]:
     """``DROP TABLE`` of every table under ``prefix`` (tests; ``statestream db drop``)."""
-    return [f"DROP TABLE IF EXISTS {validate_prefix(prefix)}{table}" for table in TABLES]
+    return [
+        f"DROP TABLE IF EXISTS {validate_prefix(prefix, dialect)}{table}"
+        for table in tables_of(dialect)
+    ]
