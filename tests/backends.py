@@ -7,9 +7,6 @@ test process (or a worker subprocess) that uses only SQLite never imports them.
 
 Skips and failures (:func:`require`):
 
-- a backend whose adapter module does not exist yet skips with "adapter not merged" (the
-  PostgreSQL and MySQL adapters are being written on other branches; the coordinator removes
-  this escape when merging them);
 - a server that does not answer skips with a loud reason on a laptop and fails when ``CI=true``.
 
 Every test on a shared server uses its own prefix (:func:`new_prefix`) and drops the tables
@@ -121,8 +118,6 @@ def reachable(url: str, timeout: float = 2.0) -> str | None:
 def require(name: str, location: str | None = None) -> None:
     """Skip (or, in CI, fail) unless backend ``name`` can run here; see the module docstring."""
     backend = BACKENDS[name]
-    if not backend.module_exists():
-        pytest.skip(f"{name}: adapter not merged ({backend.module} does not exist yet)")
     if backend.server:
         url = location or server_url(name)
         why = reachable(url)

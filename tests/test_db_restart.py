@@ -56,9 +56,6 @@ CONNECTION_LOG = re.compile(
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A private server of the backend ``request.param``: ``url``, ``stop()``, ``start()``."""
     name: str = request.param
-    backend = backends.BACKENDS[name]
-    if not backend.module_exists():
-        pytest.skip(f"{name}: adapter not merged ({backend.module} does not exist yet)")
     with private_cluster() if name == "postgres" else private_mariadb() as c:
         c.backend = name
         yield c
