@@ -35,6 +35,7 @@ METRICS = (
     "peak_rss_mb",
     "cpu_us_per_transition",
     "server_cpu_us_per_transition",
+    "server_own_cpu_us_per_transition",
 )
 
 
@@ -152,6 +153,7 @@ COLUMNS = (
     ("peak_rss_mb", "peak RSS MB"),
     ("cpu_us_per_transition", "client CPU µs/tr"),
     ("server_cpu_us_per_transition", "server CPU µs/tr"),
+    ("server_own_cpu_us_per_transition", "of it ours"),
     ("note", "note"),
 )
 

@@ -38,7 +38,6 @@ from .workloads import (
     Run,
     StepFn,
     _ms,
-    _per,
     build_chain,
     peak_rss_mb,
     percentile,
@@ -102,7 +101,8 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
             worker_cpu = [
                 (cpu_seconds(p.pid) or c) - c for p, c in zip(procs, worker_cpu, strict=True)
             ]
-            driver_cpu, server_cpu = window.stop()
+            cpu = await window.stop(tuple(p.pid for p in procs))
+            driver_cpu = cpu.client
         finally:
             summaries = await _stop(procs, readers)
     transitions = size * (steps + 1)
@@ -121,7 +121,7 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
         p99_ms=_ms(percentile(latencies, 99)) if latencies else None,
         peak_rss_mb=peak_rss_mb(),  # the driver's
         cpu_us_per_transition=(driver_cpu + sum(worker_cpu)) / transitions * 1e6,
-        server_cpu_us_per_transition=_per(server_cpu, transitions),
+        **cpu.per_transition(transitions),
         note=(
             f"{count} worker processes, steps run per worker {'/'.join(map(str, handled))}, "
             f"hook in worker {'/'.join(map(str, hooks)) or '-'}; client CPU µs/transition "

@@ -33,11 +33,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .peers.proc_cpu import ProcessTreeCpu, find_process, parent_of
+from .peers.proc_cpu import (
+    ProcessTreeCpu,
+    Snapshot,
+    find_process,
+    local_tcp_ports,
+    parent_of,
+    thread_cpu,
+)
 
 __all__ = [
     "SERVERS",
     "Server",
+    "ServerCpu",
     "drop_prefixed",
     "new_prefix",
     "server_cpu",
@@ -186,7 +194,63 @@ async def _session(kind: str) -> AsyncIterator[_Session]:
         await session.close()
 
 
-async def server_cpu(kind: str) -> ProcessTreeCpu | None:
+@dataclass(frozen=True, slots=True)
+class ServerSample:
+    tree: Snapshot
+    threads: dict[int, float]  # MariaDB: CPU seconds per thread; PostgreSQL: empty
+
+
+class ServerCpu:
+    """The server's CPU over a window: all of it (:meth:`total`), and the part spent in the
+    sessions of given client processes (:meth:`own`).
+
+    ``own`` finds the sessions whose client port is a TCP socket one of those processes has
+    open at the end of the window (``pg_stat_activity.client_port``; MariaDB's
+    ``information_schema.PROCESSLIST``, whose ``TID`` is the connection's thread), and adds up
+    their backends' (threads') CPU over the window. It leaves out the server's shared work
+    (WAL writer, checkpointer; InnoDB's log and purge threads) and sessions closed before the
+    end, so it is a lower bound; ``total`` includes every other session's load.
+    """
+
+    def __init__(self, kind: str, root: int) -> None:
+        self.kind = kind
+        self.tree = ProcessTreeCpu(root, children=kind == "postgres")
+
+    def snapshot(self) -> ServerSample:
+        threads = thread_cpu(self.tree.root) if self.kind == "mysql" else {}
+        return ServerSample(self.tree.snapshot(), threads)
+
+    def total(self, before: ServerSample, after: ServerSample) -> float:
+        return self.tree.seconds(before.tree, after.tree)
+
+    async def own(
+        self, before: ServerSample, after: ServerSample, clients: list[int]
+    ) -> float | None:
+        ports = set().union(*(local_tcp_ports(pid) for pid in clients))
+        if not ports:
+            return None
+        async with _session(self.kind) as s:
+            if self.kind == "postgres":
+                rows = await s.rows("SELECT pid, client_port FROM pg_stat_activity")
+                pids = {int(pid) for pid, port in rows if port in ports}
+                return sum(
+                    now.own - (then.own if (then := before.tree.get(key)) else 0.0)
+                    for key, now in after.tree.items()
+                    if key[0] in pids
+                )
+            rows = await s.rows("SELECT TID, HOST FROM information_schema.PROCESSLIST")
+        tids = {int(tid) for tid, host in rows if _port(host) in ports}
+        return sum(
+            after.threads[t] - before.threads.get(t, 0.0) for t in tids if t in after.threads
+        )
+
+
+def _port(host: object) -> int | None:
+    tail = str(host or "").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+async def server_cpu(kind: str) -> ServerCpu | None:
     """A sampler of the server's CPU, or None when its processes are not on this host."""
     host, _ = SERVERS[kind].address()
     if not _on_this_host(host):
@@ -195,10 +259,10 @@ async def server_cpu(kind: str) -> ProcessTreeCpu | None:
         if kind == "postgres":
             ((backend,),) = await s.rows("SELECT pg_backend_pid()")
             root = parent_of(int(backend))
-            return ProcessTreeCpu(root) if root else None
+            return ServerCpu(kind, root) if root else None
         ((pid_file,),) = await s.rows("SELECT @@pid_file")
     root = _read_pid(str(pid_file)) or find_process("mariadbd", "mysqld")
-    return ProcessTreeCpu(root, children=False) if root else None
+    return ServerCpu(kind, root) if root else None
 
 
 def _on_this_host(host: str) -> bool:

@@ -24,6 +24,7 @@ import contextlib
 import enum
 import itertools
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -58,7 +59,6 @@ from statestream.adapters.sqlite import (
 )
 
 from . import servers
-from .peers.proc_cpu import ProcessTreeCpu
 
 __all__ = [
     "BACKENDS",
@@ -92,7 +92,7 @@ class Adapters:
     #: the multi-process workloads; None for a backend that lives in one process.
     location: str | None = None
     #: The database server's processes, whose CPU time a workload reports beside its own.
-    server: ProcessTreeCpu | None = None
+    server: servers.ServerCpu | None = None
 
 
 class BackendFactory(Protocol):
@@ -222,6 +222,9 @@ class Result:
     #: CPU time of the database server's processes in the window, per transition (every
     #: session's, not only this workload's); None without a server, or not on this host
     server_cpu_us_per_transition: float | None = None
+    #: The part of it in this workload's own sessions (their backends or threads): a lower
+    #: bound, without the server's shared work (see :class:`bench.servers.ServerCpu`)
+    server_own_cpu_us_per_transition: float | None = None
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,9 +253,25 @@ def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
+@dataclass(frozen=True, slots=True)
+class Cpu:
+    """CPU seconds in a window: this process's, the server's, the server's in our sessions."""
+
+    client: float
+    server: float | None = None
+    server_own: float | None = None
+
+    def per_transition(self, transitions: int) -> dict[str, float | None]:
+        """The two server figures in µs per transition, as :class:`Result` fields."""
+        return {
+            "server_cpu_us_per_transition": _per(self.server, transitions),
+            "server_own_cpu_us_per_transition": _per(self.server_own, transitions),
+        }
+
+
 class CpuWindow:
     """CPU time of this process, and of the database server when there is one, over a window
-    opened by :meth:`start` and read by :meth:`stop`: ``(client_s, server_s or None)``."""
+    opened by :meth:`start` and read by :meth:`stop`."""
 
     def __init__(self, adapters: Adapters) -> None:
         self._server = adapters.server
@@ -262,11 +281,15 @@ class CpuWindow:
         self._client = time.process_time()
         self._snapshot = self._server.snapshot() if self._server else None
 
-    def stop(self) -> tuple[float, float | None]:
+    async def stop(self, clients: tuple[int, ...] = ()) -> Cpu:
+        """Close the window; ``clients``: other processes whose server sessions are ours."""
         client = time.process_time() - self._client
         if self._server is None or self._snapshot is None:
-            return client, None
-        return client, self._server.seconds(self._snapshot, self._server.snapshot())
+            return Cpu(client)
+        after = self._server.snapshot()
+        total = self._server.total(self._snapshot, after)
+        own = await self._server.own(self._snapshot, after, [os.getpid(), *clients])
+        return Cpu(client, total, own)
 
 
 def _per(seconds: float | None, transitions: int) -> float | None:
@@ -370,7 +393,7 @@ async def _fan_out(
                     f"{name}: only {completed} of {size} runs completed in {DEADLINE_S:.0f}s"
                 ) from None
             elapsed = time.perf_counter() - started
-            cpu, server_cpu = window.stop()
+            cpu = await window.stop()
     transitions = size * (steps + 1)
     return Result(
         workload=name,
@@ -383,8 +406,8 @@ async def _fan_out(
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
-        server_cpu_us_per_transition=_per(server_cpu, transitions),
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note="latency under load (all runs triggered at once)",
     )
 
@@ -419,7 +442,7 @@ async def awaited(backend: str, size: int) -> Result:
                 )
             runs = await asyncio.gather(*waiters)
             elapsed = time.perf_counter() - started
-            cpu, server_cpu = window.stop()
+            cpu = await window.stop()
     latencies = [(run.updated_at - run.created_at).total_seconds() for run in runs]
     transitions = size * (steps + 1)
     return Result(
@@ -433,8 +456,8 @@ async def awaited(backend: str, size: int) -> Result:
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
-        server_cpu_us_per_transition=_per(server_cpu, transitions),
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note=f"completion seen by {size} concurrent wait_for calls",
     )
 
@@ -477,7 +500,7 @@ async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> R
                 if i >= warmup:
                     latencies.append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - started
-            cpu, server_cpu = window.stop()
+            cpu = await window.stop()
     transitions = size * (steps + 1)
     p50 = percentile(latencies, 50)
     return Result(
@@ -492,8 +515,8 @@ async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> R
         p99_ms=_ms(percentile(latencies, 99)),
         per_step_ms=_ms(p50 / steps),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
-        server_cpu_us_per_transition=_per(server_cpu, transitions),
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note=f"after {warmup} warm-up run{'s' if warmup > 1 else ''}",
     )
 
@@ -581,7 +604,7 @@ async def timeouts(backend: str, size: int) -> Result:
                     f"timeouts: only {completed} of {size} runs completed in time"
                 ) from None
             elapsed = time.perf_counter() - (started + lead)
-            cpu, server_cpu = window.stop()
+            cpu = await window.stop()
     return Result(
         workload="timeouts",
         backend=backend,
@@ -593,8 +616,8 @@ async def timeouts(backend: str, size: int) -> Result:
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / size * 1e6,
-        server_cpu_us_per_transition=_per(server_cpu, size),
+        cpu_us_per_transition=cpu.client / size * 1e6,
+        **cpu.per_transition(size),
         note=f"from the common expiry instant (poller interval {POLL_S:g}s)",
     )
 

@@ -17,7 +17,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessTreeCpu", "cpu_seconds", "find_process", "parent_of"]
+__all__ = [
+    "ProcessTreeCpu",
+    "Snapshot",
+    "cpu_seconds",
+    "find_process",
+    "local_tcp_ports",
+    "parent_of",
+    "thread_cpu",
+]
 
 _PROC = Path("/proc")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -101,3 +109,46 @@ class ProcessTreeCpu:
                 total += now.reaped - then.reaped
         total -= sum(m.own for key, m in before.items() if key not in after and key[0] != self.root)
         return max(total, 0.0)
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """User + system seconds of each thread of ``pid``, by thread ID."""
+    out: dict[int, float] = {}
+    try:
+        tids = [int(t.name) for t in (_PROC / str(pid) / "task").iterdir()]
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            raw = (_PROC / str(pid) / "task" / str(tid) / "stat").read_text(encoding="ascii")
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        out[tid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """The local ports of the TCP sockets process ``pid`` (one of ours) has open."""
+    inodes = set()
+    try:
+        for fd in (_PROC / str(pid) / "fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (_PROC / str(pid) / "net" / table).read_text(encoding="ascii").splitlines()
+        except OSError:
+            continue
+        for line in lines[1:]:
+            cols = line.split()
+            if len(cols) > 9 and cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
