@@ -1,7 +1,8 @@
 """The SQLite schema's versions: a file written by an older release migrates and keeps its data.
 
-``V1_SCHEMA`` is the DDL of schema version 1, copied here as the release that wrote it had it, so
-that the test keeps building such a file whatever the code's current schema is.
+``V1_SCHEMA`` and ``V2_SCHEMA`` are the DDL of schema versions 1 and 2, copied here as the
+releases that wrote them had it, so that the tests keep building such files whatever the code's
+current schema is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from statestream.adapters.sqlite import (
     SCHEMA_VERSION,
     SqliteDatabase,
     SqliteRecordStore,
+    SqliteRoleScheduler,
     SqliteTimeoutStore,
     _schema,
 )
@@ -95,6 +97,110 @@ V1_SCHEMA = [
         expires_at REAL NOT NULL
     )""",
 ]
+
+#: Version 2: as version 1 wrote it, plus the events' key hash, one timer per visit, the parked
+#: events.
+V2_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS statestream_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_records (
+        run_id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_state INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        object BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        run_state_reason TEXT NOT NULL DEFAULT '',
+        status_description TEXT NOT NULL DEFAULT '',
+        auto_resumes INTEGER NOT NULL DEFAULT 0,
+        active_key TEXT UNIQUE
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_foreign_id
+        ON statestream_records (workflow_name, foreign_id)""",
+    # (workflow_name, rowid): one workflow's runs in creation order, for keyset paging.
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_workflow
+        ON statestream_records (workflow_name)""",
+    """CREATE TABLE IF NOT EXISTS statestream_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        workflow_name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_outbox_by_workflow
+        ON statestream_outbox (workflow_name, seq)""",
+    """CREATE TABLE IF NOT EXISTS statestream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        key_hash INTEGER NOT NULL DEFAULT 0
+    )""",
+    # key_hash in the index: a sharded receiver skips other shards' rows in the index, without
+    # reading them from the table.
+    """CREATE INDEX IF NOT EXISTS statestream_events_by_topic
+        ON statestream_events (topic, id, key_hash)""",
+    """CREATE TABLE IF NOT EXISTS statestream_cursors (
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_timeouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_name TEXT NOT NULL,
+        foreign_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        run_version INTEGER NOT NULL,
+        expire_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        claimed_until INTEGER
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS statestream_timeouts_visit
+        ON statestream_timeouts (workflow_name, run_id, status, run_version)""",
+    # Pending timers only: completed and cancelled ones stay out of the pollers' index.
+    """CREATE INDEX IF NOT EXISTS statestream_timeouts_due
+        ON statestream_timeouts (workflow_name, status, expire_at) WHERE state = 0""",
+    """CREATE TABLE IF NOT EXISTS statestream_leases (
+        role TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS statestream_parked (
+        id TEXT PRIMARY KEY,
+        workflow_name TEXT NOT NULL,
+        consumer TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        parked_at INTEGER NOT NULL,
+        retry_requested INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE INDEX IF NOT EXISTS statestream_parked_by_workflow
+        ON statestream_parked (workflow_name, parked_at)""",
+]
+
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 US = int(NOW.timestamp()) * 1_000_000
@@ -203,10 +309,10 @@ async def migrate(path: Path) -> None:
 # ------------------------------------------------------------------------------------ tests
 
 
-def test_the_current_version_is_2() -> None:
+def test_the_current_version_is_3() -> None:
     # A bump needs a migration in _schema._MIGRATIONS and a test here that migrates a file of
     # the version before.
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert sorted(_schema._MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 
 
@@ -320,7 +426,72 @@ def test_cli_schema_migrate_migrates_a_version_1_file(
 
     assert main(["schema", "migrate", str(v1_file)]) == 0
     out, _ = capsys.readouterr()
-    assert out.strip() == f"migrated {v1_file} from statestream schema version 1 to 2"
+    assert out.strip() == f"migrated {v1_file} from statestream schema version 1 to 3"
     assert rows(v1_file, "SELECT COUNT(*) FROM statestream_records") == [(3,)]
     assert main(["schema", "version", str(v1_file)]) == 0
-    assert capsys.readouterr()[0] == "2\n"
+    assert capsys.readouterr()[0] == "3\n"
+
+
+# ------------------------------------------------------------------ version 2 -> 3
+
+
+@pytest.fixture
+def v2_file(tmp_path: Path) -> Path:
+    """A file as schema version 2 wrote it, with a run, a lease and a parked event."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in V2_SCHEMA:
+        conn.execute(statement)
+    conn.execute("INSERT INTO statestream_meta VALUES ('schema_version', '2')")
+    conn.execute(
+        "INSERT INTO statestream_records (run_id, workflow_name, foreign_id, run_state, "
+        "status, object, created_at, updated_at, version, active_key) "
+        "VALUES ('run-0', 'wf', 'fid-0', 2, 2, x'7b7d', ?, ?, 1, ?)",
+        (US, US, "wf\x00fid-0"),
+    )
+    conn.execute("INSERT INTO statestream_leases VALUES ('role', 'holder', 1.5)")
+    conn.execute(
+        "INSERT INTO statestream_parked VALUES ('p-1', 'wf', 'consumer', 7, 'wf-2', 'run-0', 2, "
+        "'{}', x'00', ?, 'boom', 10, ?, 0)",
+        (US, US),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+async def test_a_migrated_version_2_file_has_the_schema_of_a_new_one(
+    v2_file: Path, tmp_path: Path
+) -> None:
+    await migrate(v2_file)
+    await migrate(tmp_path / "new.db")
+
+    assert shape(v2_file) == shape(tmp_path / "new.db")
+    assert rows(v2_file, "SELECT value FROM statestream_meta") == [("3",)]
+
+
+async def test_migration_from_version_2_keeps_the_data_and_adds_the_members(
+    v2_file: Path,
+) -> None:
+    await migrate(v2_file)
+
+    assert rows(v2_file, "SELECT run_id, version FROM statestream_records") == [("run-0", 1)]
+    assert rows(v2_file, "SELECT * FROM statestream_leases") == [("role", "holder", 1.5)]
+    assert rows(v2_file, "SELECT id, error FROM statestream_parked") == [("p-1", "boom")]
+    db = SqliteDatabase(v2_file)
+    try:
+        scheduler = SqliteRoleScheduler(db, member_ttl=5.0)
+        assert dict(await scheduler.members("wf", "worker-1", 2)) == {"worker-1": 2}
+        await scheduler.leave("wf", "worker-1")
+    finally:
+        await db.close()
+
+
+def test_cli_schema_migrate_migrates_a_version_2_file(
+    v2_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", "migrate", str(v2_file)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == f"migrated {v2_file} from statestream schema version 2 to 3"

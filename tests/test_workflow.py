@@ -852,7 +852,7 @@ async def test_states_report_each_process() -> None:
     assert set(wf.states().values()) == {ProcessState.SHUTDOWN}
 
 
-async def test_second_instance_waits_idle_for_the_roles() -> None:
+async def test_second_instance_waits_idle_then_takes_its_share_of_the_roles() -> None:
     shared = Adapters()
     wf1, _ = build(order_builder(), shared)
     wf2, _ = build(order_builder(), shared)
@@ -860,6 +860,16 @@ async def test_second_instance_waits_idle_for_the_roles() -> None:
         await eventually(lambda: set(wf1.states().values()) == {ProcessState.RUNNING})
         await asyncio.sleep(0.01)
         assert set(wf2.states().values()) == {ProcessState.IDLE}
+
+        # The first hands half of the roles over (the memory scheduler divides them)
+        def running(wf: Any) -> int:
+            return sum(state is ProcessState.RUNNING for state in wf.states().values())
+
+        total = len(wf1.states())
+        await eventually(
+            lambda: running(wf1) + running(wf2) == total and abs(running(wf1) - running(wf2)) <= 1,
+            what="an even division",
+        )
 
 
 async def test_stop_lets_an_in_flight_step_finish_and_stores_its_result() -> None:

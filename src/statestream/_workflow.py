@@ -140,8 +140,9 @@ class Workflow(Generic[T, StatusT]):
         """Each background process of this instance and what it is doing.
 
         ``RUNNING`` while it holds its role and works (``LAGGING`` when its oldest unfinished
-        event is older than its ``lag_alert``), ``IDLE`` while another process holds the role,
-        ``ERROR`` while it restarts after a failure, ``SHUTDOWN`` once stopped.
+        event is older than its ``lag_alert``), ``IDLE`` while another process holds the role
+        (or this instance already holds its share of the roles), ``ERROR`` while it restarts
+        after a failure, ``SHUTDOWN`` once stopped.
         """
         current = {p.name: p.report() for p in self._supervisor.processes}
         return {name: current.get(name, ProcessState.UNKNOWN) for name, *_ in self._specs()}

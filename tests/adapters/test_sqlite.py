@@ -55,6 +55,9 @@ class TestSqliteRoleScheduler(RoleSchedulerContract):
     @pytest.fixture
     def make_schedulers(self, db: SqliteDatabase):  # type: ignore[no-untyped-def]
         async def make(n: int) -> list[SqliteRoleScheduler]:
-            return [SqliteRoleScheduler(db, ttl=1.0, poll_interval=0.02) for _ in range(n)]
+            return [
+                SqliteRoleScheduler(db, ttl=1.0, poll_interval=0.02, member_ttl=1.0)
+                for _ in range(n)
+            ]
 
         return make

@@ -38,6 +38,7 @@ __all__ = [
     "Lease",
     "Observer",
     "RecordStore",
+    "RoleMembers",
     "RoleScheduler",
     "SnapshotStore",
     "TimeoutStore",
@@ -320,10 +321,50 @@ class Lease(Protocol):
 
 @runtime_checkable
 class RoleScheduler(Protocol):
-    """Lets at most one holder at a time, across all processes that share it, hold a role."""
+    """Lets at most one holder at a time, across all processes that share it, hold a role.
+
+    A scheduler that also implements :class:`RoleMembers` lets the workers sharing it divide
+    the roles fairly; without it the first worker to start takes every role.
+    """
 
     async def acquire(self, role: str) -> Lease:
         """Wait until the role is held exclusively; cancellable while waiting."""
+        ...
+
+
+@runtime_checkable
+class RoleMembers(Protocol):
+    """Optional capability of a :class:`RoleScheduler`: who is alive, to divide the roles.
+
+    Not part of the check that ``Builder.build`` makes of a scheduler. Each running instance of
+    a workflow is a *member* of the *group* named after the workflow: it calls :meth:`members`
+    every ``member_ttl / 3`` seconds with the number of roles it holds, and from the answer
+    computes its share of the roles: divided as evenly as they go, the odd ones left with the
+    members that hold the most already (README, "Several workers"). A member whose
+    calls stop (its process was killed, or cut off) drops out of every answer ``member_ttl``
+    seconds after its last call, and the others take its roles over as its leases expire.
+
+    A lease-row backend keeps one row per member, ``(group, member, held, expires_at)`` with
+    ``(group, member)`` as its key, ``expires_at`` on the clock that its lease rows use;
+    :meth:`members` is one transaction: upsert this member's row, delete the group's expired
+    rows, select the rest. Conformance: the ``test_members_*`` tests of
+    :class:`~statestream.adaptertest.RoleSchedulerContract`.
+    """
+
+    @property
+    def member_ttl(self) -> float | None:
+        """Seconds a member stays alive after its last :meth:`members` call; ``None`` turns the
+        division off (the scheduler then behaves as one without this capability)."""
+        ...
+
+    async def members(self, group: str, member: str, held: int) -> Mapping[str, int]:
+        """Record that ``member`` of ``group`` is alive for ``member_ttl`` more seconds and
+        holds ``held`` roles; forget the group's members whose time ran out. Returns every live
+        member of the group (``member`` included) with the ``held`` it last reported."""
+        ...
+
+    async def leave(self, group: str, member: str) -> None:
+        """Forget ``member`` at once (it stopped cleanly); idempotent."""
         ...
 
 

@@ -13,6 +13,7 @@ never refused.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,11 +41,13 @@ class LeaseExpired(Abandon):
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """One holding of a role: the process, the lease it holds, and its supervisor."""
+    """One holding of a role: the process, the lease it holds, its supervisor, and the event
+    that tells the work to stop (the supervisor stops, or the role is handed over)."""
 
     process: Process
     lease: Lease
     supervisor: Supervisor
+    stopping: asyncio.Event
 
 
 #: The holding the current task works under (None outside background processes).

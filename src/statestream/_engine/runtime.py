@@ -570,7 +570,8 @@ class Runtime(Generic[T, StatusT]):
 
     async def wait_lag(self, event: Event, lag: float) -> None:
         """Wait until ``event`` is ``lag`` seconds old on the workflow's clock."""
-        stopping = self.supervisor.stopping
+        current = HELD.get()
+        stopping = self.supervisor.stopping if current is None else current.stopping
         while True:
             left = event.created_at.timestamp() + lag - self.clock.now().timestamp()
             if left <= 0:

@@ -7,6 +7,11 @@ holding (:mod:`.lease`), so that nothing started inside it writes after the dead
 failure (the body's, acquiring or releasing the role) is logged, counted in the process's report
 and followed by a backoff and a restart; :meth:`Process.report` never says running for a task
 that has ended.
+
+With a scheduler that implements :class:`~statestream.RoleMembers` the instances of a workflow
+divide its roles (:mod:`.share`): a process tries for its role only while this instance holds
+less than its share, and hands its role over (finishes the event in hand, then releases the
+lease) when this instance holds more.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._core.protocols import Clock, Lease, RoleScheduler
+from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from . import observe
 from .lease import HELD, Held, LeaseExpired
+from .share import Share
 from .usercode import SYNC_EXECUTOR
 
 if TYPE_CHECKING:
@@ -44,6 +50,10 @@ __all__ = [
 
 log = logging.getLogger("statestream")
 
+#: How long a process handing its role over to another worker may take to finish the events in
+#: hand before they are cancelled (and handled again by the next holder).
+HANDOVER_GRACE = 30.0
+
 
 class ProcessState(enum.IntEnum):
     """What a background process is doing, as reported by ``Workflow.states()``.
@@ -55,7 +65,8 @@ class ProcessState(enum.IntEnum):
     SHUTDOWN = 1
     RUNNING = 2
     IDLE = 3
-    """Waiting for its role (another process holds it), or not started yet."""
+    """Waiting for its role (another process holds it, or this one already holds its share of
+    the workflow's roles), or not started yet."""
     LAGGING = 4
     """Running, but the oldest event it has not finished is older than its ``lag_alert``."""
     ERROR = 5
@@ -185,13 +196,25 @@ class Supervisor:
         #: Set (and replaced) when an operator asks for parked events to be retried.
         self.parked_wake = asyncio.Event()
         self._cleanup: set[asyncio.Future[None]] = set()
+        #: This instance's side of the division of the roles (None: the scheduler cannot).
+        self.share: Share | None = None
 
     def start(self, processes: list[Process]) -> None:
         self.stopping = asyncio.Event()
         self.parked_wake = asyncio.Event()
         self.processes = []
+        self.share = None
+        scheduler = self._scheduler
+        if isinstance(scheduler, RoleMembers):
+            ttl = scheduler.member_ttl
+            if ttl is not None:
+                self.share = Share(scheduler, ttl, self._workflow, self._role_count)
+                self.share.start(self.stopping)
         for proc in processes:
             self.add(proc)
+
+    def _role_count(self) -> int:
+        return len({proc.role for proc in self.processes})
 
     def add(self, proc: Process) -> None:
         """Start supervising one more process (for example a schedule added while running)."""
@@ -255,19 +278,26 @@ class Supervisor:
                     proc.failed("stopping", result)
         for proc in self.processes:
             proc.state = ProcessState.SHUTDOWN
+        if self.share is not None:
+            await self.share.close()  # after the releases: the others take the roles at once
 
     async def _acquire(self, role: str) -> Lease | None:
-        """Wait for the role, or for stop (then None). Never leaves an acquire behind: one that
-        is granted after we gave up (stopped, or cancelled ourselves) is released at once."""
+        """Wait for the role, or for stop or this instance's share to fill up (then None).
+        Never leaves an acquire behind: one that is granted after we gave up (stopped, full, or
+        cancelled ourselves) is released at once."""
         acquire = asyncio.ensure_future(self._scheduler.acquire(role))
         stop = asyncio.ensure_future(self.stopping.wait())
+        waits: set[asyncio.Future[Any]] = {acquire, stop}
+        if self.share is not None:
+            waits.add(asyncio.ensure_future(self.share.wait_full()))
         try:
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             self._abandon(acquire)
             raise
         finally:
-            stop.cancel()
+            for wait in waits - {acquire}:
+                wait.cancel()
         if acquire.done():
             return acquire.result()
         self._abandon(acquire)
@@ -324,6 +354,9 @@ class Supervisor:
         try:
             while not self.stopping.is_set():
                 proc.state = ProcessState.IDLE
+                share = self.share
+                if share is not None and not await share.wait_room(self.stopping):
+                    break
                 try:
                     lease = await self._acquire(proc.role)
                 except Exception as exc:
@@ -336,14 +369,22 @@ class Supervisor:
                     )
                     continue
                 if lease is None:
-                    break
+                    continue  # stopping, or this instance's share filled up meanwhile
+                if share is not None and not share.room():
+                    # Granted together with others that filled the share: give it back
+                    # before doing any work under it.
+                    await self._release(proc, lease)
+                    continue
                 proc.state = ProcessState.RUNNING
                 if self.seam is not None:
                     self.seam.lease_changed(proc.role, True)
                 ok = True
                 expired = False
+                handover = asyncio.Event()
+                if share is not None:
+                    share.took(proc.role, handover.set)
                 try:
-                    expired = await self._hold(proc, lease)
+                    expired = await self._hold(proc, lease, handover)
                 except LeaseExpired as exc:
                     # Not a failure of the process: give the role up and wait for it again.
                     log.warning("statestream: %s: %s; acquiring the role again", proc.role, exc)
@@ -352,12 +393,15 @@ class Supervisor:
                     ok = False
                     log.exception("statestream: process %s of %s failed", proc.name, self._workflow)
                     proc.failed("process", exc)
+                    proc.state = ProcessState.ERROR  # not RUNNING while it releases the role
                     if self.seam is not None:
                         self.seam.process_failed(proc.name, exc)
                 finally:
                     proc.lag, proc.lagging = 0.0, False
                     if not await self._release(proc, lease):
                         ok = False
+                    if share is not None:
+                        share.gave_up(proc.role)
                     if self.seam is not None:
                         self.seam.lease_changed(proc.role, False)
                 if ok:
@@ -376,16 +420,21 @@ class Supervisor:
             if self.stopping.is_set() or proc.state is not ProcessState.ERROR:
                 proc.state = ProcessState.SHUTDOWN
 
-    async def _hold(self, proc: Process, lease: Lease) -> bool:
-        """Run the body while the lease holds; True if its deadline ended it."""
+    async def _hold(self, proc: Process, lease: Lease, handover: asyncio.Event) -> bool:
+        """Run the body while the lease holds; True if its deadline ended it.
+
+        The body stops (finishes what it has in hand and returns) when the supervisor stops or
+        when ``handover`` is set; after a handover it has :data:`HANDOVER_GRACE` to do so."""
+        stop = asyncio.Event()
         context = contextvars.copy_context()
-        context.run(HELD.set, Held(proc, lease, self))
+        context.run(HELD.set, Held(proc, lease, self, stop))
         if self.executor is not None:
             context.run(SYNC_EXECUTOR.set, self.executor)
         loop = asyncio.get_running_loop()
-        body: asyncio.Task[None] = loop.create_task(_run(proc.body, self.stopping), context=context)
+        body: asyncio.Task[None] = loop.create_task(_run(proc.body, stop), context=context)
         lost = asyncio.ensure_future(lease.lost())
         expired = asyncio.ensure_future(_deadline(lease))
+        ending = asyncio.ensure_future(self._stop_body(proc, body, stop, handover))
         try:
             await asyncio.wait({body, lost, expired}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -396,7 +445,10 @@ class Supervisor:
             by_deadline = expired.done() and not lost.done()
             lost.cancel()
             expired.cancel()
+            ending.cancel()
         if body.done():
+            if body.cancelled() and handover.is_set():
+                return False  # cancelled after the handover's grace
             body.result()
             return False
         if not by_deadline:
@@ -416,6 +468,32 @@ class Supervisor:
                 exc_info=results[0],
             )
         return by_deadline
+
+    async def _stop_body(
+        self, proc: Process, body: asyncio.Task[None], stop: asyncio.Event, handover: asyncio.Event
+    ) -> None:
+        """Stop the body on the supervisor's stop or on a handover; cancel it if it is still
+        running the handover's grace later (a stop has its own grace, in :meth:`stop`)."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        handing = asyncio.ensure_future(handover.wait())
+        try:
+            await asyncio.wait({stopping, handing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            handing.cancel()
+        stop.set()
+        if self.stopping.is_set():
+            return
+        await asyncio.sleep(HANDOVER_GRACE)
+        if not body.done():
+            log.warning(
+                "statestream: process %s of %s did not finish its work within %g s of handing "
+                "its role over; cancelling it (its events are handled again by the next holder)",
+                proc.name,
+                self._workflow,
+                HANDOVER_GRACE,
+            )
+            body.cancel()
 
 
 async def _run(body: Body, stopping: asyncio.Event) -> None:

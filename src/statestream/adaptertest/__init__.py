@@ -46,7 +46,10 @@ return the same instance ``n`` times). For example::
 
 ``RoleSchedulerContract`` also needs the class attribute ``lease_ttl``: the time to live of the
 leases the factory's schedulers grant (keep it short: the tests of expiry wait for it), or
-``None`` for leases that never expire by time. See the class for what those tests demand.
+``None`` for leases that never expire by time. See the class for what those tests demand. A
+scheduler that also implements :class:`~statestream.RoleMembers` (so that workers divide the
+roles) is checked by its ``test_members_*`` tests too: give the factory's schedulers a short
+``member_ttl``.
 
 Every test is an ``async def`` marked ``@pytest.mark.asyncio``, so the suite needs
 `pytest-asyncio <https://pypi.org/project/pytest-asyncio/>`_ and runs in its strict mode as well

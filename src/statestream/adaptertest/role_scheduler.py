@@ -3,7 +3,9 @@
 Mirrors luno/workflow's ``adaptertest.RunRoleSchedulerTest``: several schedulers sharing one
 backend stand for several processes, and at most one of them may hold a role at a time. Adds
 ``Lease.valid_until``: a holder that stalls finds its deadline passed when it wakes, a holder that
-freezes loses the role in bounded time, and no two holders' deadlines overlap.
+freezes loses the role in bounded time, and no two holders' deadlines overlap. For a scheduler
+that implements :class:`~statestream.RoleMembers` (so that workers divide the roles), the
+``test_members_*`` tests (in ``_members.py``) check the membership it keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import ClassVar, TypeVar
 import pytest
 
 from .._core.protocols import Lease, RoleScheduler
+from ._members import MembersContract
 from ._util import unique
 
 __all__ = ["RoleSchedulerContract", "SchedulerFactory"]
@@ -91,7 +94,7 @@ async def _wake_to_a_lost_lease(lease: Lease, within: float) -> None:
     await asyncio.wait_for(lease.lost(), within)
 
 
-class RoleSchedulerContract:
+class RoleSchedulerContract(MembersContract):
     """Conformance tests for a :class:`~statestream.RoleScheduler`.
 
     Subclass it as ``TestXxxRoleScheduler`` and define a ``make_schedulers`` fixture that gives a
@@ -104,6 +107,10 @@ class RoleSchedulerContract:
     the event loop on purpose for up to twice the ttl, so keep it short (0.5 to 2 seconds), and
     one of them awaits ``make_schedulers(1)`` in a second event loop, in another thread, standing
     for a process that freezes: the schedulers must work in the loop that awaited the factory.
+
+    A scheduler that implements :class:`~statestream.RoleMembers` also gets the
+    ``test_members_*`` tests (skipped for one that does not, or whose ``member_ttl`` is
+    ``None``); give the factory's schedulers a short ``member_ttl`` too (0.5 to 2 seconds).
     """
 
     #: Time to live of the leases, in seconds; ``None`` if leases never expire by time.

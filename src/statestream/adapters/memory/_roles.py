@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from ...errors import InvalidInput
 
 __all__ = ["MemoryLease", "MemoryRoleScheduler"]
 
@@ -76,11 +80,48 @@ class MemoryRoleScheduler:
     Waiters are served first come, first served. Roles are arbitrary strings and cost nothing
     while nobody holds or waits for them.
 
+    It implements :class:`~statestream.RoleMembers` too: several instances of one workflow
+    sharing it (in tests, or ``statestream worker`` given a workflow twice) divide its roles as
+    separate worker processes would.
+
+    Args:
+        member_ttl: seconds a member stays alive after its last beat (it beats three times as
+            often); ``None`` turns the division off, so that the first instance to start takes
+            every role.
+
     >>> scheduler = MemoryRoleScheduler()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, member_ttl: float | None = 1.0) -> None:
+        if member_ttl is not None and not member_ttl > 0:
+            raise InvalidInput(f"member_ttl must be > 0 or None, got {member_ttl!r}")
         self._roles: dict[str, _Role] = {}
+        self._member_ttl = member_ttl
+        #: group -> member -> (held, expires at, on time.monotonic())
+        self._members: dict[str, dict[str, tuple[int, float]]] = {}
+
+    @property
+    def member_ttl(self) -> float | None:
+        """See :class:`~statestream.RoleMembers`."""
+        return self._member_ttl
+
+    async def members(self, group: str, member: str, held: int) -> Mapping[str, int]:
+        """See :meth:`statestream.RoleMembers.members`."""
+        now = time.monotonic()
+        ttl = self._member_ttl if self._member_ttl is not None else math.inf
+        live = self._members.setdefault(group, {})
+        live[member] = (held, now + ttl)
+        for name in [n for n, (_, until) in live.items() if until < now]:
+            del live[name]
+        return {name: count for name, (count, _) in sorted(live.items())}
+
+    async def leave(self, group: str, member: str) -> None:
+        """See :meth:`statestream.RoleMembers.leave`."""
+        live = self._members.get(group)
+        if live is not None:
+            live.pop(member, None)
+            if not live:
+                del self._members[group]
 
     async def acquire(self, role: str) -> MemoryLease:
         """Wait until ``role`` is free and hold it.

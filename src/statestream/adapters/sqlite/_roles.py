@@ -1,4 +1,5 @@
-"""SQLite role scheduler: one lease row per role, renewed by its holder."""
+"""SQLite role scheduler: one lease row per role, renewed by its holder, and one member row per
+running workflow instance, so that the workers sharing the file divide the roles."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Mapping
 
 from ...errors import InvalidInput
 from ._db import SqliteDatabase
@@ -100,13 +102,35 @@ class SqliteRoleScheduler:
     read the same clock: no skew between them is assumed or allowed for. A step of the host's
     clock forward by more than ``margin`` during a lease (not a slew: NTP slews small offsets)
     would let another process take a role early; a step backward only delays a takeover.
+
+    Division of the roles (:class:`~statestream.RoleMembers`): each running instance of a
+    workflow keeps a row in ``statestream_members``, written every ``member_ttl / 3`` seconds;
+    the instances divide the workflow's roles evenly among the rows that have not expired. A
+    killed worker's row expires ``member_ttl`` after its last write and its leases ``ttl`` after
+    their last renewal: the others hold its roles about ``max(ttl, member_ttl)`` plus a
+    ``poll_interval`` after it died.
+
+    Args:
+        db: the file.
+        ttl: the time to live of a lease, in seconds.
+        poll_interval: how often a process waiting for a role held elsewhere tries again.
+        member_ttl: the time to live of a member row; ``None`` turns the
+            division off: the first worker to start then takes every role, the others stand by.
     """
 
     def __init__(
-        self, db: SqliteDatabase, *, ttl: float = 10.0, poll_interval: float = 0.5
+        self,
+        db: SqliteDatabase,
+        *,
+        ttl: float = 10.0,
+        poll_interval: float = 0.5,
+        member_ttl: float | None = 10.0,
     ) -> None:
         if ttl <= 0 or poll_interval <= 0:
             raise InvalidInput("ttl and poll_interval must be > 0")
+        if member_ttl is not None and not member_ttl > 0:
+            raise InvalidInput(f"member_ttl must be > 0 or None, got {member_ttl!r}")
+        self._member_ttl = member_ttl
         self.db = db
         self.ttl = ttl
         self.poll_interval = poll_interval
@@ -153,6 +177,46 @@ class SqliteRoleScheduler:
         finally:
             self._released.set()
             self._released = asyncio.Event()
+
+    @property
+    def member_ttl(self) -> float | None:
+        """See :class:`~statestream.RoleMembers`."""
+        return self._member_ttl
+
+    async def members(self, group: str, member: str, held: int) -> Mapping[str, int]:
+        """See :meth:`statestream.RoleMembers.members`: one write transaction."""
+        ttl = self._member_ttl if self._member_ttl is not None else 10.0
+
+        def beat(conn: sqlite3.Connection) -> dict[str, int]:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO statestream_members (group_name, member, held, expires_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (group_name, member) DO UPDATE SET "
+                "held = excluded.held, expires_at = excluded.expires_at",
+                (group, member, held, now + ttl),
+            )
+            conn.execute(
+                "DELETE FROM statestream_members WHERE group_name = ? AND expires_at < ?",
+                (group, now),
+            )
+            rows = conn.execute(
+                "SELECT member, held FROM statestream_members WHERE group_name = ? ORDER BY member",
+                (group,),
+            )
+            return dict(rows)
+
+        return await self.db.write(beat, rerunnable=True)
+
+    async def leave(self, group: str, member: str) -> None:
+        """See :meth:`statestream.RoleMembers.leave`."""
+
+        def leave(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM statestream_members WHERE group_name = ? AND member = ?",
+                (group, member),
+            )
+
+        await self.db.write(leave, rerunnable=True)
 
     async def acquire(self, role: str) -> SqliteLease:
         holder = uuid.uuid4().hex

@@ -12,6 +12,7 @@ History:
    index); one timer per visit (a unique key on the timeout's run, status and version) and
    ``claimed_until``; the due-timer index only over pending timers; an index to page the runs
    of one workflow; ``statestream_parked``.
+3. ``statestream_members``: the live workers of each workflow, so that they divide its roles.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "key_hash", "upgrade"]
 log = logging.getLogger("statestream.sqlite")
 
 #: Version of the schema this release writes; stored in ``statestream_meta``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def key_hash(key: str) -> int:
@@ -136,6 +137,15 @@ SCHEMA = [
     )""",
     """CREATE INDEX IF NOT EXISTS statestream_parked_by_workflow
         ON statestream_parked (workflow_name, parked_at)""",
+    # One row per running workflow instance (group_name: the workflow), rewritten every few
+    # seconds; expires_at is wall-clock time, as in statestream_leases.
+    """CREATE TABLE IF NOT EXISTS statestream_members (
+        group_name TEXT NOT NULL,
+        member TEXT NOT NULL,
+        held INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (group_name, member)
+    )""",
 ]
 
 
@@ -164,8 +174,13 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     # The new indexes and the parked table come from SCHEMA, run after the migrations.
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    # Only a new table, statestream_members: it comes from SCHEMA, run after the migrations.
+    pass
+
+
 #: ``_MIGRATIONS[v]`` brings a file from version ``v`` to ``v + 1``.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(conn: sqlite3.Connection, found: int) -> None:

@@ -1,0 +1,94 @@
+"""The workflow of ``tests/test_worker_roles.py``, run by ``statestream worker fair_worker_app:wf``.
+
+``FAIR_DB`` names the SQLite file, ``FAIR_HOLDS`` a directory: each worker process keeps
+``<pid>.json`` there, the roles it holds (rewritten by an observer at every change), so that
+the test sees how the roles are divided. Short ttls, so that a killed worker's roles move fast.
+
+The roles: six step shards, the timeout's consumer and poller, the completion hook and the
+engine's own processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from statestream import Builder, NullObserver, Run, after
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+    SqliteTimeoutStore,
+)
+
+LEASE_TTL = 1.5
+MEMBER_TTL = 1.5
+
+
+class Status(enum.IntEnum):
+    STARTED = 1
+    WAITING = 2
+    DONE = 3
+
+
+@dataclass
+class Job:
+    n: int = 0
+
+
+class Holds(NullObserver):
+    """Writes the roles this process holds to ``<dir>/<pid>.json`` at every change."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / f"{os.getpid()}.json"
+        self.roles: set[str] = set()
+
+    def lease_changed(self, workflow: str, role: str, held: bool) -> None:
+        if held:
+            self.roles.add(role)
+        else:
+            self.roles.discard(role)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.roles)))
+        os.replace(tmp, self.path)
+
+
+async def start(run: Run[Job, Status]) -> Status:
+    run.object.n += 1
+    return Status.WAITING
+
+
+async def finish(run: Run[Job, Status], now: object) -> Status:
+    return Status.DONE
+
+
+async def completed(run: Run[Job, Status]) -> None:
+    pass
+
+
+def build(path: str, observer: Holds | None = None):  # type: ignore[no-untyped-def]
+    db = SqliteDatabase(path, synchronous="NORMAL")
+    b: Builder[Job, Status] = Builder("fair", Job, Status)
+    b.defaults(polling_frequency=0.05, error_backoff=0.05, max_error_backoff=0.5)
+    b.outbox(polling_frequency=0.05, error_backoff=0.05)
+    b.add_step(Status.STARTED, start, Status.WAITING, parallel_count=6)
+    b.add_timeout(Status.WAITING, after(0.1), finish, Status.DONE, polling_frequency=0.05)
+    b.on_complete(completed)
+    return b.build(
+        SqliteStreamer(db),
+        SqliteRecordStore(db),
+        SqliteRoleScheduler(db, ttl=LEASE_TTL, poll_interval=0.05, member_ttl=MEMBER_TTL),
+        timeout_store=SqliteTimeoutStore(db),
+        observer=observer,
+    )
+
+
+wf = (
+    build(os.environ["FAIR_DB"], Holds(os.environ["FAIR_HOLDS"]))
+    if "FAIR_DB" in os.environ
+    else None
+)
