@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,9 +46,21 @@ from .workloads import (
 
 __all__ = ["workers"]
 
+from statestream import ProcessState
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a worker may take to import, open the database and start.
 START_S = 120.0
+#: The division of the roles is settled once the workers' counts of held roles are even (at
+#: most one apart) and have not changed for EVEN_S; or, for a scheduler that does not divide,
+#: once they have not changed for SETTLE_S (longer than the two membership beats,
+#: ``member_ttl / 3`` = 3.3 s each by default, that a division waits for); SETTLE_MAX_S at most.
+#: The environment variable ``BENCH_SETTLE_S`` overrides SETTLE_S (the smoke tests set 0).
+EVEN_S = 1.0
+SETTLE_S = 10.0
+SETTLE_MAX_S = 45.0
+#: States of a process that holds its role.
+HOLDING = (ProcessState.RUNNING, ProcessState.LAGGING)
 
 
 async def workers(backend: str, size: int, *, count: int, name: str, steps: int = 3) -> Result:
@@ -84,6 +97,8 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
                 START_S,
                 "workers did not start",
             )
+            await _first([_settled(readers)], readers, SETTLE_MAX_S + 5, "roles did not settle")
+            held = [r.held for r in readers]
             started = time.perf_counter()
             window = CpuWindow(adapters)
             worker_cpu = [cpu_seconds(p.pid) or 0.0 for p in procs]
@@ -123,7 +138,8 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
         cpu_us_per_transition=(driver_cpu + sum(worker_cpu)) / transitions * 1e6,
         **cpu.per_transition(transitions),
         note=(
-            f"{count} worker processes, steps run per worker {'/'.join(map(str, handled))}, "
+            f"{count} worker processes, roles held at the start {'/'.join(map(str, held))}, "
+            f"steps run per worker {'/'.join(map(str, handled))}, "
             f"hook in worker {'/'.join(map(str, hooks)) or '-'}; client CPU µs/transition "
             f"driver {driver_cpu / transitions * 1e6:.0f} + workers "
             f"{'/'.join(f'{c / transitions * 1e6:.0f}' for c in worker_cpu)}"
@@ -139,6 +155,9 @@ class _Reader:
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.summary: dict[str, Any] = {}
+        #: Roles the worker holds, as it last reported, and when that count last changed.
+        self.held = 0
+        self.changed = time.monotonic()
         self.task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -149,8 +168,23 @@ class _Reader:
                 self.ready.set()
             elif line == "done":
                 self.done.set()
+            elif line.startswith("held "):
+                self.held = int(line.split()[1])
+                self.changed = time.monotonic()
             elif line.startswith("{"):
                 self.summary = json.loads(line)
+
+
+async def _settled(readers: list[_Reader]) -> None:
+    """Until the roles are divided evenly, or stopped moving (see SETTLE_S)."""
+    settle = float(os.environ.get("BENCH_SETTLE_S", SETTLE_S))
+    started = time.monotonic()
+    while time.monotonic() - started < SETTLE_MAX_S:
+        still = time.monotonic() - max(r.changed for r in readers)
+        counts = [r.held for r in readers]
+        if still >= settle or (still >= min(EVEN_S, settle) and max(counts) - min(counts) <= 1):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _first(waits: list[Any], readers: list[_Reader], timeout: float, what: str) -> None:
@@ -219,10 +253,23 @@ async def _worker(backend: str, location: str, size: int, steps: int) -> None:
         wf, _ = build_chain(adapters, steps, on_complete=count, advance=advance)
         async with wf:
             print("ready", flush=True)
+            reporting = asyncio.ensure_future(_report_held(wf))
             await stdin.read()  # until the driver closes it
+            reporting.cancel()
     print(
         json.dumps({"steps": handled, "completed": completed, "latencies": latencies}), flush=True
     )
+
+
+async def _report_held(wf: Any) -> None:
+    """Print ``held N`` whenever the number of roles this worker holds changes."""
+    last = None
+    while True:
+        held = sum(1 for state in wf.states().values() if state in HOLDING)
+        if held != last:
+            print(f"held {held}", flush=True)
+            last = held
+        await asyncio.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

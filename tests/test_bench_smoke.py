@@ -87,6 +87,13 @@ def test_aggregate_takes_medians_and_keeps_failures() -> None:
     assert "| throughput |" in table([row])
 
 
+@pytest.fixture
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """workers-3 starts at once, without waiting for the roles to be divided."""
+    monkeypatch.setenv("BENCH_SETTLE_S", "0")
+
+
+@pytest.mark.usefixtures("quick_settle")
 def test_workers_3_on_sqlite_runs_every_step() -> None:
     """Three worker processes on one SQLite file; the driver only triggers."""
     result = asyncio.run(workloads.run_workload("workers-3", "sqlite", TINY))
@@ -110,6 +117,7 @@ def _server_or_skip(kind: str) -> None:
     pytest.skip(f"{kind} backend not runnable here: {reason}")
 
 
+@pytest.mark.usefixtures("quick_settle")
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
 @pytest.mark.parametrize("name", ["throughput", "latency", "workers-3"])
 def test_server_rows_quick(kind: str, name: str) -> None:
