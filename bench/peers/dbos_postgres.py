@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dbos_sqlite
-from proc_cpu import ProcessTreeCpu, parent_of
+from proc_cpu import ProcessTreeCpu, local_tcp_ports, parent_of
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_DATABASE = "statestream_bench_dbos"
@@ -97,9 +97,21 @@ class ServerWindow(dbos_sqlite.Window):
 
     def stop(self, row: dict[str, Any]) -> None:
         if self.server is None:
-            row["server_cpu_s"] = None
+            row["server_cpu_s"] = row["server_own_cpu_s"] = None
             return
-        row["server_cpu_s"] = self.server.seconds(self.before, self.server.snapshot())
+        after = self.server.snapshot()
+        row["server_cpu_s"] = self.server.seconds(self.before, after)
+        # DBOS's own sessions: those whose client port is one of this process's sockets (as
+        # bench/servers.py does for statestream): a lower bound, without the WAL writer etc.
+        ports = local_tcp_ports(os.getpid())
+        with _connect(server_url()) as conn:
+            rows = conn.execute("SELECT pid, client_port FROM pg_stat_activity").fetchall()
+        pids = {int(pid) for pid, port in rows if port in ports}
+        row["server_own_cpu_s"] = sum(
+            now.own - (then.own if (then := self.before.get(key)) else 0.0)
+            for key, now in after.items()
+            if key[0] in pids
+        )
 
 
 def run_one(workload: str, size: int, database: str) -> dict[str, Any]:
@@ -132,7 +144,11 @@ def aggregate(workload: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"workload": workload, "backend": BACKEND, "reps": len(ok)}
     row["runs"] = ok[0]["runs"] if ok else 0
     row["transitions"] = ok[0]["transitions"] if ok else 0
-    for key in (*dbos_sqlite.METRICS, "server_cpu_us_per_transition"):
+    for key in (
+        *dbos_sqlite.METRICS,
+        "server_cpu_us_per_transition",
+        "server_own_cpu_us_per_transition",
+    ):
         values = [s[key] for s in ok if s.get(key) is not None]
         row[key] = statistics.median(values) if values else None
     rates = [s["runs_per_s"] for s in ok]

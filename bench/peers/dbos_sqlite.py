@@ -223,13 +223,15 @@ async def _throughput(dbos: Any, chain: Any, size: int, window: Window) -> dict[
 
 
 def _per_transition(measured: dict[str, Any], transitions: int) -> dict[str, Any]:
-    """A window's extra CPU seconds (``server_cpu_s``) as µs per transition."""
-    if "server_cpu_s" not in measured:
-        return {}
-    seconds = measured["server_cpu_s"]
-    return {
-        "server_cpu_us_per_transition": None if seconds is None else seconds / transitions * 1e6
-    }
+    """A window's extra CPU seconds (``server_cpu_s``, ``server_own_cpu_s``) as µs per
+    transition."""
+    out = {}
+    for key in ("server_cpu", "server_own_cpu"):
+        if f"{key}_s" in measured:
+            seconds = measured[f"{key}_s"]
+            per = None if seconds is None else seconds / transitions * 1e6
+            out[f"{key}_us_per_transition"] = per
+    return out
 
 
 async def _latency(dbos: Any, chain: Any, size: int, window: Window) -> dict[str, Any]:

@@ -40,7 +40,11 @@ RESULTS = ROOT / "bench" / "results"
 WORKLOADS = ("throughput", "latency")
 SIZES = {"throughput": 10_000, "latency": 500}
 QUICK = {"throughput": 200, "latency": 20}
-METRICS = (*dbos_sqlite.METRICS, "server_cpu_us_per_transition")
+METRICS = (
+    *dbos_sqlite.METRICS,
+    "server_cpu_us_per_transition",
+    "server_own_cpu_us_per_transition",
+)
 
 
 def ours_unavailable(python: str, backend: str) -> str | None:
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         "| engine | backend | workload | runs | runs/s (min-max) | p50 ms | p99 ms | "
-        "client CPU µs/transition | server CPU µs/transition |"
+        "client CPU µs/transition | server CPU µs/transition (of it ours) |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['engine']} | {row['backend']} | {row['workload']} | {row['runs']:,} | "
             f"{fmt(row['runs_per_s'])} ({spread}) | {fmt(row['p50_ms'], 2)} | "
             f"{fmt(row['p99_ms'], 2)} | {fmt(row['cpu_us_per_transition'])} | "
-            f"{fmt(row['server_cpu_us_per_transition'])} |"
+            f"{fmt(row['server_cpu_us_per_transition'])} "
+            f"({fmt(row['server_own_cpu_us_per_transition'])}) |"
             + (f" FAILED: {'; '.join(row['errors'])}" if row["errors"] else "")
         )
     for backend, reason in skipped.items():
