@@ -3,7 +3,6 @@ columns); times, key hashes and timer states as in every dialect (:mod:`..sql._r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,9 +13,11 @@ from ..sql._rows import (
     CANCELLED,
     COMPLETED,
     from_us,
+    headers_from_json,
     key_hash,
     to_us,
 )
+from ..sql._rows import headers_json as _headers_text
 
 __all__ = [
     "CANCELLED",
@@ -89,8 +90,8 @@ def _shown(value: str) -> str:
 
 
 def headers_json(headers: Mapping[str, str]) -> bytes:
-    # ensure_ascii (the default): lone surrogates become \u escapes, storable as they are.
-    return json.dumps(dict(headers), separators=(",", ":")).encode()
+    # ASCII JSON: lone surrogates become \u escapes, storable as they are.
+    return _headers_text(headers).encode()
 
 
 def printable(value: str) -> bytes:
@@ -131,7 +132,7 @@ def event_from_row(topic: str, row: Sequence[Any]) -> Event:
         topic,
         text(row[1]),
         int(row[2]),
-        json.loads(row[3]),
+        headers_from_json(row[3]),
         from_us(row[5]),
         bytes(row[4]),
     )
@@ -158,7 +159,7 @@ def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
         text(row[4]),
         text(row[5]),
         int(row[6]),
-        json.loads(row[7]),
+        headers_from_json(row[7]),
         from_us(row[9]),
         bytes(row[8]),
     )

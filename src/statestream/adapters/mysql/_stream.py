@@ -59,8 +59,15 @@ class MysqlStreamer:
     keeps every event for ever.
     """
 
-    #: Acknowledged positions are written at most this often per receiver (and on close).
-    ack_interval = 0.1
+    #: Acknowledged positions are written at most this often per receiver (and on close): a
+    #: crash replays at most this much, which the engine's version check makes harmless. Each
+    #: write is a commit (a log flush), so this bounds what acknowledging costs the server.
+    ack_interval = 0.5
+    #: How often a receiver that has acknowledged everything it returned, and whose reads find
+    #: nothing of its own, moves its position up to what it has scanned (past other topics'
+    #: and shards' IDs), so that it does not hold ``prune`` back. Rarely: on a busy database
+    #: every empty read moves it, and writing each move would be one commit per poll.
+    idle_ack_interval = 10.0
     #: How many event IDs a sharded receiver's read scans at most.
     scan_window = 10_000
     #: Events ``prune`` deletes per statement.
@@ -326,6 +333,7 @@ class MysqlReceiver:
         self._acked = position
         self._written = position
         self._flusher: asyncio.Task[None] | None = None
+        self._idle_acked = time.monotonic()
 
     async def recv(self, limit: int = 100) -> list[Event]:
         if limit < 1:
@@ -371,8 +379,9 @@ class MysqlReceiver:
                 return [event_from_row(self.topic, row) for row in rows]
             if self._acked >= self._delivered and self._position > self._delivered:
                 # Everything returned is acknowledged and the IDs scanned since hold nothing
-                # of ours: acknowledge them too, so that this shard does not hold prune back.
-                self._ack_to(self._position)
+                # of ours: acknowledge them too (every idle_ack_interval), so that this shard
+                # does not hold prune back.
+                self._idle_ack()
             if more:
                 await asyncio.sleep(0)
                 continue
@@ -444,6 +453,13 @@ class MysqlReceiver:
         self._ack_to(self._position if event.id >= self._delivered else event.id)
         if self._closed:
             await self._flush()
+
+    def _idle_ack(self) -> None:
+        now = time.monotonic()
+        if now - self._idle_acked < self._streamer.idle_ack_interval:
+            return
+        self._idle_acked = now
+        self._ack_to(self._position)
 
     def _ack_to(self, position: int) -> None:
         if position <= self._acked:

@@ -81,7 +81,7 @@ _WRITE_EVENTS = (
 )
 SELECT i.ord, w.run_id IS NOT NULL, r.version,
     (SELECT count(pg_notify($24, CASE WHEN octet_length(t.topic) < 4000 THEN t.topic
-        ELSE '' END)) FROM (SELECT DISTINCT topic FROM ev) t)
+        ELSE '' END)) FROM (SELECT DISTINCT topic FROM ev) t), pg_backend_pid()
 FROM i LEFT JOIN won w ON w.run_id = i.run_id LEFT JOIN {prefix}records r ON r.run_id = i.run_id
 """
 )
@@ -188,9 +188,13 @@ class _RecordWriter:
         self.batcher: WriteBatcher[_Write, None] = WriteBatcher(self.write)
         #: Streamers to wake after a commit, by topic (this process's receivers).
         self.streamers: list[PostgresStreamer] = []
+        #: The server processes of the connections of this write's events statements (their
+        #: notifications are this process's own: see :meth:`PostgresStreamer.wrote`).
+        self._backends: set[int] = set()
 
     async def write(self, items: Sequence[_Write]) -> list[BaseException | None]:
         results: list[BaseException | None] = [None] * len(items)
+        backends = self._backends = set()
         for group in _groups(items):
             try:
                 outcomes = await self._statement(group)
@@ -216,9 +220,10 @@ class _RecordWriter:
             for item, result in zip(items, results, strict=True)
             if result is None and item.publish
         }
-        for streamer in self.streamers:
-            for topic in topics:
-                streamer.wrote(topic)
+        if topics:
+            for streamer in self.streamers:
+                for topic in topics:
+                    streamer.wrote(topic, backends)
         return results
 
     def _error(self, item: _Write, exc: BaseException) -> BaseException:
@@ -243,6 +248,8 @@ class _RecordWriter:
             rows = await self.db.fetch(self.events_sql, *arrays, self.db.channel, idempotent=False)
         else:
             rows = await self.db.fetch(self.outbox_sql, *arrays, idempotent=False)
+        if publish and rows:
+            self._backends.add(rows[0][4])
         by_ord = {row[0]: (row[1], row[2]) for row in rows}
         return [_outcome(w, *by_ord[n]) for n, (_, w) in enumerate(group)]
 

@@ -108,13 +108,16 @@ class PostgresStreamer:
         self._listening: asyncio.Task[None] | None = None
         self._listen_lock: asyncio.Lock | None = None
         self._closed = False
+        #: Server process IDs of this process's connections that wrote events (their
+        #: notifications are left out: the writes woke the receivers at once).
+        self._own: set[int] = set()
         sql = db.sql
         self._publish = sql(
             "WITH ev AS (INSERT INTO {prefix}events (topic, key, type, headers, data, "
             "created_at, key_hash) SELECT $1, k, t, h, d, c, kh FROM unnest($2::text[], "
             "$3::bigint[], $4::text[], $5::bytea[], $6::bigint[], $7::bigint[]) WITH ORDINALITY "
             "AS u(k, t, h, d, c, kh, n) ORDER BY n RETURNING 1) "
-            "SELECT (SELECT count(*) FROM ev), pg_notify($8, $9)"
+            "SELECT (SELECT count(*) FROM ev), pg_notify($8, $9), pg_backend_pid()"
         )
         self._select = sql(_read_statement(""))
         self._select_shard = sql(_read_statement(" AND key_hash % $5 = $6"))
@@ -153,7 +156,7 @@ class PostgresStreamer:
         for m in messages:
             check_text("an event's key", m.key)
         payload = topic if len(topic.encode("utf-8", "surrogatepass")) < 4000 else ""
-        await self.db.fetch(
+        rows = await self.db.fetch(
             self._publish,
             topic,
             [m.key for m in messages],
@@ -166,15 +169,17 @@ class PostgresStreamer:
             payload,
             idempotent=False,
         )
-        self.wrote(topic)
+        self.wrote(topic, (rows[0][2],))
 
-    def wrote(self, topic: str) -> None:
-        """This process committed events to ``topic``: wake its receivers, unless the LISTEN
-        connection is up (its notification, a moment later, wakes them; waking them now as
-        well would cost each a second read)."""
-        listener = self._listener
-        if listener is None or listener.is_closed():
-            self.wake(topic)
+    def wrote(self, topic: str, backends: Collection[int]) -> None:
+        """This process committed events to ``topic`` on the server processes ``backends``: wake
+        its receivers now, without waiting for the notification.
+
+        The notifications of this process's own connections are then left out (see
+        :meth:`_notified`): a receiver is woken once per write either way, never twice (a
+        second wake-up would cost it a read that finds nothing)."""
+        self._own.update(backends)
+        self.wake(topic)
 
     def wake(self, topic: str) -> None:
         """Wake this process's receivers of ``topic`` ("": all): new events were committed."""
@@ -192,6 +197,11 @@ class PostgresStreamer:
     # ------------------------------------------------------------ LISTEN
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if pid in self._own:
+            # A write of this process, which woke its receivers when it returned. (Were its
+            # outcome lost with the connection, the safety poll finds its events; a server
+            # process ID reused by another client after ours closed costs it the same.)
+            return
         self.wake(payload)
 
     async def _listen(self) -> None:

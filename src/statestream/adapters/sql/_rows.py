@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, TimeoutRecord
 from ..._core.runstate import RunState
 from ...errors import InvalidInput
@@ -21,6 +23,7 @@ __all__ = [
     "check_text",
     "event_from_row",
     "from_us",
+    "headers_from_json",
     "headers_json",
     "key_hash",
     "parked_from_row",
@@ -66,9 +69,31 @@ def key_hash(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass"))
 
 
+_encode_json = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
 def headers_json(headers: Mapping[str, str]) -> str:
-    # ensure_ascii (the default): NUL and lone surrogates become \u escapes, storable anywhere.
+    """Headers as ASCII JSON text: NUL and lone surrogates become \\u escapes, storable
+    anywhere. msgspec writes it (an event's headers are encoded on every write) when the
+    result is ASCII; other text goes through ``json.dumps`` and its ``ensure_ascii``."""
+    try:
+        text = _encode_json(headers if type(headers) is dict else dict(headers)).decode()
+    except UnicodeEncodeError:  # a lone surrogate
+        text = ""
+    if text and text.isascii():
+        return text
     return json.dumps(dict(headers), separators=(",", ":"))
+
+
+def headers_from_json(text: str | bytes) -> dict[str, str]:
+    """The headers :func:`headers_json` wrote (msgspec reads them on every event; an escaped
+    lone surrogate, which it refuses, goes through ``json.loads``)."""
+    try:
+        return _decode_headers(text)
+    except msgspec.DecodeError:
+        headers: dict[str, str] = json.loads(text)
+        return headers
 
 
 def check_text(name: str, value: object) -> None:
@@ -126,7 +151,9 @@ def record_from_row(row: Sequence[Any]) -> Record:
 
 def event_from_row(topic: str, row: Sequence[Any]) -> Event:
     """An event from ``id, key, type, headers, data, created_at``."""
-    return Event(row[0], topic, row[1], row[2], json.loads(row[3]), from_us(row[5]), bytes(row[4]))
+    return Event(
+        row[0], topic, row[1], row[2], headers_from_json(row[3]), from_us(row[5]), bytes(row[4])
+    )
 
 
 def timeout_from_row(row: Sequence[Any]) -> TimeoutRecord:
@@ -146,7 +173,7 @@ def timeout_from_row(row: Sequence[Any]) -> TimeoutRecord:
 
 def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
     event = Event(
-        row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), bytes(row[8])
+        row[3], row[4], row[5], row[6], headers_from_json(row[7]), from_us(row[9]), bytes(row[8])
     )
     return ParkedEvent(
         row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
