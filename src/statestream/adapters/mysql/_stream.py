@@ -80,6 +80,54 @@ class MysqlStreamer:
     def __init__(self, db: MysqlDatabase) -> None:
         self.db = db
         self._receivers: dict[str, set[MysqlReceiver]] = {}
+        #: Receivers with an acknowledged position not yet written: one statement (one
+        #: commit) writes them all, every ack_interval, whatever the number of receivers.
+        self._dirty: set[MysqlReceiver] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._sleeping = False
+
+    def _acked(self, receiver: MysqlReceiver) -> None:
+        self._dirty.add(receiver)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        self._sleeping = True
+        try:
+            await asyncio.sleep(self.ack_interval)
+        finally:
+            self._sleeping = False
+        await self._flush_dirty()
+
+    def _clean(self, receiver: MysqlReceiver) -> None:
+        """``receiver`` writes its own position (it closes): nothing left to write, the
+        waiting flush is dropped."""
+        self._dirty.discard(receiver)
+        flusher = self._flusher
+        if not self._dirty and self._sleeping and flusher is not None and not flusher.done():
+            flusher.cancel()
+            self._flusher = None
+
+    async def _flush_dirty(self) -> None:
+        """Write the acknowledged positions of the receivers that moved, in one statement."""
+        dirty, self._dirty = self._dirty, set()
+        due = [(r, r._acked) for r in dirty if r._acked > r._written and not r.ephemeral]
+        if not due:
+            return
+        now = _now_us()
+        rows = [(r._t, r._n, position, now) for r, position in due]
+
+        def build(bind: Bind) -> list[str]:
+            values = ", ".join(bind("(%s, %s, %s, %s)", row) for row in rows)
+            return [
+                f"INSERT INTO {self.db.prefix}cursors (topic, name, last_id, updated_at) "
+                f"VALUES {values} ON DUPLICATE KEY UPDATE last_id = GREATEST(last_id, "
+                "VALUES(last_id)), updated_at = VALUES(updated_at)"
+            ]
+
+        await self.db.script(build, transaction=False, idempotent=True)
+        for r, position in due:
+            r._written = max(r._written, position)
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         if not messages:
@@ -288,6 +336,11 @@ class MysqlStreamer:
         for receivers in list(self._receivers.values()):
             for receiver in list(receivers):
                 await receiver.close()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
 
 
 class MysqlReceiver:
@@ -332,7 +385,6 @@ class MysqlReceiver:
         self._stale = False
         self._acked = position
         self._written = position
-        self._flusher: asyncio.Task[None] | None = None
         self._idle_acked = time.monotonic()
 
     async def recv(self, limit: int = 100) -> list[Event]:
@@ -465,12 +517,8 @@ class MysqlReceiver:
         if position <= self._acked:
             return
         self._acked = position
-        if not self._closed and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.ensure_future(self._flush_later())
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._streamer.ack_interval)
-        await self._flush()
+        if not self._closed:
+            self._streamer._acked(self)
 
     async def _flush(self) -> None:
         position = self._acked
@@ -490,9 +538,5 @@ class MysqlReceiver:
         self._closed = True
         self._wake.set()
         self._streamer._forget(self)
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        self._streamer._clean(self)
         await self._flush()
