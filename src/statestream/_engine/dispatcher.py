@@ -114,9 +114,12 @@ class KeyedDispatcher:
         self._lag_logged = -math.inf
         self._parked_dirty = True
         self._parked_counted = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set, then let in-flight events finish and acknowledge."""
+        # Looked up once: each look-up is a getpid system call under Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._stopping = stopping
         self._held = held = HELD.get()
         stop = asyncio.ensure_future(stopping.wait())
@@ -208,7 +211,8 @@ class KeyedDispatcher:
         self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_slot(slot))
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._run_slot(slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
