@@ -502,11 +502,10 @@ class SqliteDatabase:
                     except queue.Empty:
                         break
                 if batch:
-                    with self._writer_lock:
-                        started = time.perf_counter()
-                        self._execute(conn, batch)
-                        if len(batch) == 1:
-                            self._timed(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    self._execute(conn, batch)
+                    if len(batch) == 1:
+                        self._timed(time.perf_counter() - started)
                 if stop is not None:
                     with self._lock:
                         self._thread = None
@@ -583,28 +582,31 @@ class SqliteDatabase:
                     op.error = _translate(exc, self.path)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Run the batch in one transaction under the writer lock, then answer its callers
+        (after releasing the lock, so that an answered caller finds the connection free)."""
         writes = [op for op in batch if op.write]
         in_tx = False
-        try:
-            if writes:
-                self._begin(conn)
-                in_tx = True
-            if len(batch) == 1 and in_tx:
-                in_tx = self._write_alone(conn, batch[0])
-            elif not (in_tx and self._run_optimistic(conn, batch)):
-                self._run_batch(conn, batch)
-            if in_tx:
-                conn.execute("COMMIT")
-                in_tx = False
-                self.commits += 1
-                self.writes += len(writes)
-        except Exception as exc:
-            error = _translate(exc, self.path)
-            if in_tx and conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("statestream: rollback failed on %s", self.path)
-            for op in batch:
-                op.error = error  # nothing of the batch was committed; reads may have seen it
+        with self._writer_lock:
+            try:
+                if writes:
+                    self._begin(conn)
+                    in_tx = True
+                if len(batch) == 1 and in_tx:
+                    in_tx = self._write_alone(conn, batch[0])
+                elif not (in_tx and self._run_optimistic(conn, batch)):
+                    self._run_batch(conn, batch)
+                if in_tx:
+                    conn.execute("COMMIT")
+                    in_tx = False
+                    self.commits += 1
+                    self.writes += len(writes)
+            except Exception as exc:
+                error = _translate(exc, self.path)
+                if in_tx and conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("statestream: rollback failed on %s", self.path)
+                for op in batch:
+                    op.error = error  # nothing of the batch was committed; reads may have seen it
         _answer_all(batch)
