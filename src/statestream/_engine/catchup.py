@@ -230,6 +230,14 @@ class CatchingUp:
 
         return fresh
 
+    def through(self) -> EventReceiver | None:
+        """The receiver underneath, once this one only passes its events through (the
+        catch-up is marked done and the stream is past it), so that the dispatcher can read
+        and acknowledge it directly; None before."""
+        if self._settled and self._pending is None and self._seen is None:
+            return self._receiver
+        return None
+
     async def ack(self, event: Event) -> None:
         if event.id >= 0:  # a synthetic event has no position on the stream
             await self._receiver.ack(event)

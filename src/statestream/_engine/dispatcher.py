@@ -30,7 +30,7 @@ from .lease import HELD, Abandon, Held, LeaseExpired
 from .parking import Parker, ParkEvent, describe_error
 from .supervisor import backoff, sleep_unless
 
-__all__ = ["ErrorPolicy", "Handler", "KeyedDispatcher"]
+__all__ = ["ErrorPolicy", "Handler", "KeyedDispatcher", "Settled"]
 
 log = logging.getLogger("statestream")
 
@@ -39,6 +39,9 @@ Handler = Callable[[Event], Awaitable[None]]
 #: retry it after a backoff. Raising :class:`ParkEvent` parks the event; raising anything else
 #: (the policy itself failed, say a step's auto-pause) parks it too, when parking is available.
 ErrorPolicy = Callable[[Event, BaseException, int], Awaitable[bool]]
+#: What a consumer reads once a wrapper around its receiver has done its work (a catch-up):
+#: the receiver underneath, and the ``accept`` filter to use from then on.
+Settled = tuple[EventReceiver, Callable[[Event], bool] | None]
 
 #: Consecutive failed acknowledgements before the consumer gives up and is restarted.
 ACK_ATTEMPTS = 5
@@ -79,9 +82,12 @@ class KeyedDispatcher:
         max_error_backoff: float = 60.0,
         accept: Callable[[Event], bool] | None = None,
         lag_alert: float = 0.0,
+        settle: Callable[[], Settled | None] | None = None,
     ) -> None:
         self._receiver = receiver
         self._accept = accept
+        #: Asked after each receive until it answers: then the receiver and filter to use.
+        self._settle = settle
         self._scope = scope = observe.current()
         self._handle = handle if scope is None else scope.wrap(handle, lag_alert)
         self._on_error = on_error
@@ -108,9 +114,12 @@ class KeyedDispatcher:
         self._lag_logged = -math.inf
         self._parked_dirty = True
         self._parked_counted = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set, then let in-flight events finish and acknowledge."""
+        # Looked up once: each look-up is a getpid system call under Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._stopping = stopping
         self._held = held = HELD.get()
         stop = asyncio.ensure_future(stopping.wait())
@@ -168,6 +177,12 @@ class KeyedDispatcher:
             limit = min(self._concurrency - self._active, self._window - len(self._slots))
             for event in await receiver.recv(limit):
                 self._submit(event)
+            if self._settle is not None:
+                settled = self._settle()
+                if settled is not None:
+                    self._settle = None
+                    receiver, self._accept = settled
+                    self._receiver = receiver
 
     # ------------------------------------------------------------------ events
 
@@ -196,7 +211,8 @@ class KeyedDispatcher:
         self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_slot(slot))
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._run_slot(slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -292,7 +308,12 @@ class KeyedDispatcher:
     def _finish(self, slot: _Slot) -> None:
         slot.done = True
         self._active -= 1
-        self._next_of(slot.event.key)
+        key = slot.event.key  # _next_of, inline: once per event
+        queue = self._busy[key]
+        if queue and not self._stopping.is_set():
+            self._start(queue.popleft())
+        else:
+            del self._busy[key]
         self._advance()
 
     def _next_of(self, key: str) -> None:

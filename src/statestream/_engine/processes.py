@@ -25,7 +25,7 @@ from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
 from .catchup import CatchingUp, CatchUp
-from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent
+from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent, Settled
 from .runtime import H_PAUSED_BY, H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
@@ -76,9 +76,11 @@ def consumer_body(
             source, wanted = receiver, accept
             if new_since is not None and receiver.is_new:
                 wanted = _created_since(new_since, accept)
+            settle: Callable[[], Settled | None] | None = None
             if catch_up is not None:
                 source = await catch_up.wrap(receiver)
                 if isinstance(source, CatchingUp):
+                    settle = _settler(source, wanted)
                     wanted = source.accepting(wanted)
             await KeyedDispatcher(
                 source,
@@ -91,11 +93,25 @@ def consumer_body(
                 max_error_backoff=opts.max_error_backoff,
                 accept=wanted,
                 lag_alert=opts.lag_alert,
+                settle=settle,
             ).run(stopping)
         finally:
             await source.close()
 
     return body
+
+
+def _settler(
+    source: CatchingUp, accept: Callable[[Event], bool] | None
+) -> Callable[[], Settled | None]:
+    """Once the catch-up is over, the dispatcher reads the receiver underneath with the
+    consumer's own ``accept``: no wrapper call per receive, event and acknowledgement."""
+
+    def settle() -> Settled | None:
+        inner = source.through()
+        return None if inner is None else (inner, accept)
+
+    return settle
 
 
 def _created_since(
