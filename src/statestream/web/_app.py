@@ -179,6 +179,7 @@ class _UI:
                 request.scope.get("query_string", b"").decode("utf-8", "strict"),
                 keep_blank_values=True,
                 max_num_fields=32,
+                errors="strict",
             )
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"the query string cannot be read ({exc})") from None
@@ -186,9 +187,11 @@ class _UI:
     @staticmethod
     async def form(request: Request) -> dict[str, str]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        declared = request.headers.get("content-length", "0")
+        if not kind and declared == "0":
+            return {}  # an empty post: no fields (so no CSRF token either)
         if kind != "application/x-www-form-urlencoded":
             raise _Refused(415, "send the form as application/x-www-form-urlencoded")
-        declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_BODY:
             raise _Refused(413, f"the form is larger than {MAX_BODY} bytes")
         body = b""
@@ -198,7 +201,10 @@ class _UI:
                 raise _Refused(413, f"the form is larger than {MAX_BODY} bytes")
         try:
             pairs = parse_qsl(
-                body.decode("utf-8", "strict"), keep_blank_values=True, max_num_fields=16
+                body.decode("utf-8", "strict"),
+                keep_blank_values=True,
+                max_num_fields=16,
+                errors="strict",
             )
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"the form cannot be read ({exc})") from None
