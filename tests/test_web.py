@@ -86,7 +86,7 @@ async def test_security_headers_on_pages_errors_and_static(wf: Any) -> None:
             assert "frame-ancestors 'none'" in csp, url
             assert "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
             assert r.headers["x-content-type-options"] == "nosniff"
-            assert r.headers["referrer-policy"] == "no-referrer"
+            assert r.headers["referrer-policy"] == "same-origin"
             assert r.headers["x-frame-options"] == "DENY"
         assert (await c.get("/")).headers["cache-control"] == "no-store"
 

@@ -107,6 +107,7 @@ class Page:
         return (
             "<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="data:,">'
             f"<title>{e(heading)} · {e(self.title)}</title>"
             f'<link rel="stylesheet" href="{e(self.url("/static/app.css"))}">{tags}</head>'
             f"<body{live_attr}><header><span class=brand>{e(self.title)}</span>"
@@ -378,6 +379,8 @@ class Page:
             '<p class="hint">Events a consumer gave up on after repeated errors. Retry asks the '
             "consumer holding the role to handle one again.</p>"
             f"{table}<h2>Processes of this instance</h2>"
+            '<p class="hint">The background processes as this process sees them: Unknown when '
+            "this process serves only the UI and a separate worker runs the workflow.</p>"
             "<table><thead><tr><th>Process</th><th>Role</th><th>State</th><th>Lag</th>"
             f"<th>Errors</th><th>Parked</th><th>Last error</th></tr></thead><tbody>{rows}</tbody>"
             "</table>"
