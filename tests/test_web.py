@@ -398,3 +398,17 @@ def test_mermaid_is_pinned_and_its_licence_ships() -> None:
     assert digest == "336df803d87a38b70a01e736e666c8f7601d2ce42f5e47c8fafe5d721074b9a3"
     assert "MIT License" in (static / "mermaid.LICENSE").read_text()
     assert "12.3.0" in (static / "README.txt").read_text()
+
+
+def test_cli_web_refuses_to_serve_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from statestream.cli import main
+
+    monkeypatch.delenv("STATESTREAM_WEB_TOKEN", raising=False)
+    monkeypatch.delenv("STATESTREAM_WEB_READ_TOKEN", raising=False)
+    assert main(["web", "web_support:make_workflow"]) == 2
+    assert "STATESTREAM_WEB_TOKEN" in capsys.readouterr().err
+    assert main(["web", "web_support:make_workflow", "--port", "70000"]) == 2
+    assert main(["web", "--help"]) == 0
+    assert "--open-reads" in capsys.readouterr().out

@@ -281,6 +281,7 @@ class Counts:
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
+        #: workflow -> (valid until, counts)
         self._cache: dict[str, tuple[float, dict[int, int]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -288,10 +289,13 @@ class Counts:
         lock = self._locks.setdefault(wf.name, asyncio.Lock())
         async with lock:
             hit = self._cache.get(wf.name)
-            if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            if hit is not None and time.monotonic() < hit[0]:
                 return hit[1]
+            started = time.monotonic()
             counts = {int(s): await self._count(wf, int(s)) for s in wf.graph}
-            self._cache[wf.name] = (time.monotonic(), counts)
+            took = time.monotonic() - started
+            # A slow count (a big store) is repeated at most once per ten times its duration.
+            self._cache[wf.name] = (time.monotonic() + max(self.ttl, 10 * took), counts)
             return counts
 
     @staticmethod
