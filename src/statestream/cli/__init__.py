@@ -11,6 +11,7 @@ Commands (``statestream COMMAND --help`` for each)::
     statestream runs parked TARGET [--consumer NAME] [--limit N] [--json]
     statestream runs retry-parked TARGET PARKED_ID [--json]
     statestream graph TARGET [--direction LR|RL|TB|BT]
+    statestream web TARGET [TARGET ...] [--host H] [--port N] [--open-reads]
     statestream schema create|migrate PATH [--allow-foreign]
     statestream schema version PATH
     statestream db migrate|version --url URL [--prefix PREFIX]
@@ -79,6 +80,7 @@ from .target import (
     CliError,
     parse_target,
 )
+from .web import add_web_arguments, cmd_web
 
 __all__ = [
     "EXIT_BACKEND",
@@ -340,6 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="LR, RL, TB or BT (default: LR)",
     )
+
+    # web
+    web = add(
+        commands,
+        "web",
+        "serve the web UI: list, inspect and control runs in a browser",
+        cmd_web,
+        description=(
+            "Serve the web UI of the workflows the targets give (it does not start them: run a\n"
+            "worker for that). Writes need the token in STATESTREAM_WEB_TOKEN, reads that or\n"
+            "STATESTREAM_WEB_READ_TOKEN, unless --open-reads. Needs pip install 'statestream[web]'."
+        ),
+    )
+    web.add_argument(
+        "targets", metavar="TARGET", nargs="+", type=parse_target, help="module:attribute"
+    )
+    add_web_arguments(web)
 
     # schema
     schema = add(commands, "schema", "create, inspect or migrate a SQLite database file", None)
