@@ -161,10 +161,11 @@ async def test_continue_trace_joins_a_callers_traceparent() -> None:
     )
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with wf:
-        with continue_trace(f"00-{trace_id}-00f067aa0ba902b7-01"):
+        with continue_trace(f"00-{trace_id}-00f067aa0ba902b7-01", "vendor=x"):
             run_id = await wf.trigger("c-1")
         await wf.wait_for("c-1", run_id, S.DONE, timeout=10)
         await eventually(lambda: len(of_run(exporter.get_finished_spans(), run_id)) == 5)
     spans = of_run(exporter.get_finished_spans(), run_id)
     assert {format(s.context.trace_id, "032x") for s in spans} == {trace_id}
+    assert {s.context.trace_state.get("vendor") for s in spans} == {"x"}  # tracestate travels
     assert check_one_chain(spans, root_parent=0x00F067AA0BA902B7) == EXPECTED
