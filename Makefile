@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-smoke bench-peers clean
+.PHONY: demo test lint typecheck pytest bench bench-smoke bench-peers bench-peers-sqlite clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "statestream needs Python 3.11 or newer")'
@@ -35,7 +35,7 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --quick $(ARGS)
 
-# DBOS on SQLite, side by side (its own venv: its dependencies stay out of the project's).
+# DBOS side by side (its own venv: its dependencies stay out of the project's).
 PEERS_VENV := .venv-peers
 
 $(PEERS_VENV)/.installed:
@@ -43,7 +43,12 @@ $(PEERS_VENV)/.installed:
 	$(PEERS_VENV)/bin/python -m pip install --quiet 'dbos==3.4.0'
 	@touch $@
 
-bench-peers: $(PEERS_VENV)/.installed
+# statestream (postgres when available, and sqlite) and DBOS on PostgreSQL, alternating.
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python bench/peers/side_by_side.py --ours-python $(BIN)/python $(ARGS)
+
+# DBOS on its SQLite system database alone.
+bench-peers-sqlite: $(PEERS_VENV)/.installed
 	$(PEERS_VENV)/bin/python bench/peers/dbos_sqlite.py $(ARGS)
 
 clean:

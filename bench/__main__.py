@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .workloads import BACKENDS, WORKLOADS
+from .workloads import BACKENDS, WORKLOADS, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,6 +34,8 @@ METRICS = (
     "per_step_ms",
     "peak_rss_mb",
     "cpu_us_per_transition",
+    "server_cpu_us_per_transition",
+    "server_own_cpu_us_per_transition",
 )
 
 
@@ -149,6 +151,9 @@ COLUMNS = (
     ("p99_ms", "p99 ms"),
     ("per_step_ms", "per-step ms"),
     ("peak_rss_mb", "peak RSS MB"),
+    ("cpu_us_per_transition", "client CPU µs/tr"),
+    ("server_cpu_us_per_transition", "server CPU µs/tr"),
+    ("server_own_cpu_us_per_transition", "of it ours"),
     ("note", "note"),
 )
 
@@ -164,6 +169,8 @@ def fmt(key: str, value: Any) -> str:
         return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
     if key == "peak_rss_mb":
         return f"{value:.1f}"
+    if key.endswith("cpu_us_per_transition"):
+        return f"{value:,.0f}"
     if key == "runs":
         return f"{value:,}" if value else "-"
     return str(value)
@@ -207,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=list(BACKENDS),
         help="backend to run on (repeatable; default: each workload's own list: memory, "
-        "plus sqlite and sqlite-normal for throughput and latency)",
+        "plus sqlite and sqlite-normal for throughput and latency, postgres and mysql for "
+        "throughput, latency and workers-3; a server backend whose adapter or server is "
+        "missing is reported as skipped)",
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per workload (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repetition")
@@ -238,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
 
     reps = 1 if args.quick else args.reps
     output = args.output or RESULTS / ("quick.json" if args.quick else "latest.json")
+    skipped = {
+        b: reason
+        for b in backends
+        if any(wanted(n, b) for n in names) and (reason := unavailable(b)) is not None
+    }
+    for backend, reason in skipped.items():
+        print(f"{backend}: skipped: {reason}", file=sys.stderr)
 
     meta = metadata()
     print(
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(reps):
         for backend in backends:
             for name in names:
-                if not wanted(name, backend):
+                if not wanted(name, backend) or backend in skipped:
                     continue
                 w = WORKLOADS[name]
                 size = w.quick_size if args.quick else w.size
@@ -276,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         for name in names:
             if not wanted(name, backend):
+                continue
+            if backend in skipped:
+                row = {"workload": name, "backend": backend, "reps": 0, "runs": 0}
+                row["note"] = f"skipped: {skipped[backend]}"
+                rows.append(row)
                 continue
             row = aggregate(name, backend, samples[(name, backend)])
             row.update(meta)

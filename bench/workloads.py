@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from statestream import (
     Builder,
@@ -59,6 +59,8 @@ from statestream.adapters.sqlite import (
     SqliteStreamer,
     SqliteTimeoutStore,
 )
+
+from . import servers
 
 __all__ = [
     "BACKENDS",
@@ -88,18 +90,31 @@ class Adapters:
     store: RecordStore
     scheduler: RoleScheduler
     timeout_store: TimeoutStore | None = None
+    #: Where another process finds the same data (a SQLite file, a server's table prefix), for
+    #: the multi-process workloads; None for a backend that lives in one process.
+    location: str | None = None
+    #: The database server's processes, whose CPU time a workload reports beside its own.
+    server: servers.ServerCpu | None = None
 
 
-BackendFactory = Callable[[], contextlib.AbstractAsyncContextManager[Adapters]]
+class BackendFactory(Protocol):
+    """Opens a backend: a fresh one that is removed afterwards, or (``location``, from another
+    process's :attr:`Adapters.location`) an existing one that is left in place."""
+
+    def __call__(
+        self, location: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Adapters]: ...
 
 
 @contextlib.asynccontextmanager
-async def make_memory_adapters() -> AsyncIterator[Adapters]:
+async def make_memory_adapters(location: str | None = None) -> AsyncIterator[Adapters]:
     """The in-memory adapters, configured as a long-running service would use them.
 
     ``keep_snapshots=False``: the store's debugging history of every version of every run is
     off, as its docstring recommends for long-running processes.
     """
+    if location is not None:
+        raise ValueError("the memory backend lives in one process: it has no location to share")
     streamer = MemoryStreamer()
     try:
         yield Adapters(
@@ -117,9 +132,12 @@ def make_sqlite_adapters(synchronous: Literal["FULL", "NORMAL"]) -> BackendFacto
     store publishing straight into the event table (no outbox relay on the path)."""
 
     @contextlib.asynccontextmanager
-    async def make() -> AsyncIterator[Adapters]:
-        with tempfile.TemporaryDirectory(prefix="statestream-bench-") as tmp:
-            db = SqliteDatabase(Path(tmp) / "bench.db", synchronous=synchronous)
+    async def make(location: str | None = None) -> AsyncIterator[Adapters]:
+        with contextlib.ExitStack() as stack:
+            if location is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="statestream-bench-"))
+                location = str(Path(tmp) / "bench.db")
+            db = SqliteDatabase(Path(location), synchronous=synchronous)
             streamer = SqliteStreamer(db)
             try:
                 yield Adapters(
@@ -127,10 +145,39 @@ def make_sqlite_adapters(synchronous: Literal["FULL", "NORMAL"]) -> BackendFacto
                     store=SqliteRecordStore(db, publish_to=streamer),
                     scheduler=SqliteRoleScheduler(db),
                     timeout_store=SqliteTimeoutStore(db),
+                    location=location,
                 )
             finally:
                 await streamer.close()
                 await db.close()
+
+    return make
+
+
+def make_server_adapters(kind: str) -> BackendFactory:
+    """Every adapter on a database server (``kind``: ``postgres`` or ``mysql``, see
+    :mod:`bench.servers`), records and events in the same database, under a table prefix of
+    the run's own; a fresh prefix's tables are dropped afterwards."""
+
+    @contextlib.asynccontextmanager
+    async def make(location: str | None = None) -> AsyncIterator[Adapters]:
+        prefix = location or servers.new_prefix()
+        try:
+            db, streamer, store, scheduler, timeout_store = servers.open_adapters(kind, prefix)
+            try:
+                yield Adapters(
+                    streamer=streamer,
+                    store=store,
+                    scheduler=scheduler,
+                    timeout_store=timeout_store,
+                    location=prefix,
+                    server=await servers.server_cpu(kind),
+                )
+            finally:
+                await servers.close_all(streamer.close, db.close)
+        finally:
+            if location is None:
+                await servers.drop_prefixed(kind, prefix)
 
     return make
 
@@ -141,7 +188,16 @@ BACKENDS: dict[str, BackendFactory] = {
     "sqlite": make_sqlite_adapters("FULL"),
     # WAL + synchronous=NORMAL: a power cut may lose the last commits (never corrupts).
     "sqlite-normal": make_sqlite_adapters("NORMAL"),
+    # Records and events in the server's database; fsync and synchronous_commit as the server
+    # has them (on by default), innodb_flush_log_at_trx_commit likewise (1 by default).
+    "postgres": make_server_adapters("postgres"),
+    "mysql": make_server_adapters("mysql"),
 }
+
+
+def unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run here, or None: the harness prints a "skipped" row for it."""
+    return servers.unavailable(backend) if backend in servers.SERVERS else None
 
 
 # ------------------------------------------------------------------------------------ results
@@ -162,8 +218,15 @@ class Result:
     p99_ms: float | None = None
     per_step_ms: float | None = None
     peak_rss_mb: float | None = None
-    #: CPU time (user + system) of this process in the measured window, per transition
+    #: CPU time (user + system) of this process in the measured window, per transition (for a
+    #: multi-process workload: of every client process, the driver and the workers)
     cpu_us_per_transition: float | None = None
+    #: CPU time of the database server's processes in the window, per transition (every
+    #: session's, not only this workload's); None without a server, or not on this host
+    server_cpu_us_per_transition: float | None = None
+    #: The part of it in this workload's own sessions (their backends or threads): a lower
+    #: bound, without the server's shared work (see :class:`bench.servers.ServerCpu`)
+    server_own_cpu_us_per_transition: float | None = None
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +253,49 @@ def percentile(values: list[float], q: float) -> float:
 
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cpu:
+    """CPU seconds in a window: this process's, the server's, the server's in our sessions."""
+
+    client: float
+    server: float | None = None
+    server_own: float | None = None
+
+    def per_transition(self, transitions: int) -> dict[str, float | None]:
+        """The two server figures in µs per transition, as :class:`Result` fields."""
+        return {
+            "server_cpu_us_per_transition": _per(self.server, transitions),
+            "server_own_cpu_us_per_transition": _per(self.server_own, transitions),
+        }
+
+
+class CpuWindow:
+    """CPU time of this process, and of the database server when there is one, over a window
+    opened by :meth:`start` and read by :meth:`stop`."""
+
+    def __init__(self, adapters: Adapters) -> None:
+        self._server = adapters.server
+        self.start()
+
+    def start(self) -> None:
+        self._client = time.process_time()
+        self._snapshot = self._server.snapshot() if self._server else None
+
+    async def stop(self, clients: tuple[int, ...] = ()) -> Cpu:
+        """Close the window; ``clients``: other processes whose server sessions are ours."""
+        client = time.process_time() - self._client
+        if self._server is None or self._snapshot is None:
+            return Cpu(client)
+        after = self._server.snapshot()
+        total = self._server.total(self._snapshot, after)
+        own = await self._server.own(self._snapshot, after, [os.getpid(), *clients])
+        return Cpu(client, total, own)
+
+
+def _per(seconds: float | None, transitions: int) -> float | None:
+    return None if seconds is None else seconds / transitions * 1e6
 
 
 # ------------------------------------------------------------------------------------ workflows
@@ -225,13 +331,15 @@ def build_chain(
     *,
     parallel_count: int = 1,
     on_complete: HookFn | None = None,
+    advance: Callable[[enum.IntEnum], StepFn] = _advance,
 ) -> tuple[Workflow[Payload, Any], type[enum.IntEnum]]:
-    """A workflow whose runs go ``S1 -> S2 -> ... -> S{steps+1}`` (terminal)."""
+    """A workflow whose runs go ``S1 -> S2 -> ... -> S{steps+1}`` (terminal); ``advance(to)``
+    makes the step that returns ``to``."""
     status = chain(steps)
     members = list(status)
     b: Builder[Payload, Any] = Builder(WORKFLOW, Payload, status)
     for src, dst in itertools.pairwise(members):
-        b.add_step(src, _advance(dst), dst, parallel_count=parallel_count)
+        b.add_step(src, advance(dst), dst, parallel_count=parallel_count)
     if on_complete is not None:
         b.on_complete(on_complete)
     wf = b.build(
@@ -318,7 +426,7 @@ async def _fan_out(
         wf, _ = build_chain(adapters, steps, parallel_count=parallel_count, on_complete=count)
         async with wf:
             started = time.perf_counter()
-            cpu = time.process_time()
+            window = CpuWindow(adapters)
             # As fast as the API allows: up to TRIGGER_CONCURRENCY triggers in flight at once
             # (as many request handlers of a service would), so a store may commit them together.
             for start in range(0, size, TRIGGER_CONCURRENCY):
@@ -335,7 +443,7 @@ async def _fan_out(
                     f"{name}: only {completed} of {size} runs completed in {DEADLINE_S:.0f}s"
                 ) from None
             elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu
+            cpu = await window.stop()
     transitions = size * (steps + 1)
     return Result(
         workload=name,
@@ -348,7 +456,8 @@ async def _fan_out(
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note="latency under load (all runs triggered at once)",
     )
 
@@ -372,7 +481,7 @@ async def awaited(backend: str, size: int) -> Result:
         last = list(status)[-1]
         async with wf:
             started = time.perf_counter()
-            cpu = time.process_time()
+            window = CpuWindow(adapters)
             waiters: list[asyncio.Task[Run[Payload, Any]]] = []
             for start in range(0, size, TRIGGER_CONCURRENCY):
                 ids = range(start, min(size, start + TRIGGER_CONCURRENCY))
@@ -383,7 +492,7 @@ async def awaited(backend: str, size: int) -> Result:
                 )
             runs = await asyncio.gather(*waiters)
             elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu
+            cpu = await window.stop()
     latencies = [(run.updated_at - run.created_at).total_seconds() for run in runs]
     transitions = size * (steps + 1)
     return Result(
@@ -397,9 +506,17 @@ async def awaited(backend: str, size: int) -> Result:
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note=f"completion seen by {size} concurrent wait_for calls",
     )
+
+
+async def workers_3(backend: str, size: int) -> Result:
+    """Workload 1 with 3 worker processes on one database; this process only triggers."""
+    from .multiproc import workers  # it imports this module
+
+    return await workers(backend, size, count=3, name="workers-3")
 
 
 async def parallel_1(backend: str, size: int) -> Result:
@@ -421,11 +538,11 @@ async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> R
         last = list(status)[-1]
         async with wf:
             started = time.perf_counter()
-            cpu = time.process_time()
+            window = CpuWindow(adapters)
             for i in range(warmup + size):
                 if i == warmup:
                     started = time.perf_counter()
-                    cpu = time.process_time()
+                    window.start()
                 t0 = time.perf_counter()
                 foreign_id = f"run-{i}"
                 run_id = await wf.trigger(foreign_id)
@@ -433,7 +550,7 @@ async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> R
                 if i >= warmup:
                     latencies.append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu
+            cpu = await window.stop()
     transitions = size * (steps + 1)
     p50 = percentile(latencies, 50)
     return Result(
@@ -448,7 +565,8 @@ async def _one_at_a_time(backend: str, size: int, *, name: str, steps: int) -> R
         p99_ms=_ms(percentile(latencies, 99)),
         per_step_ms=_ms(p50 / steps),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / transitions * 1e6,
+        cpu_us_per_transition=cpu.client / transitions * 1e6,
+        **cpu.per_transition(transitions),
         note=f"after {warmup} warm-up run{'s' if warmup > 1 else ''}",
     )
 
@@ -528,7 +646,7 @@ async def timeouts(backend: str, size: int) -> Result:
                     f"timeouts: only {timers} of {size} timers were set before they expired; "
                     "raise the lead time"
                 )
-            cpu = time.process_time()  # nearly idle until the expiry instant
+            window = CpuWindow(adapters)  # nearly idle until the expiry instant
             try:
                 await asyncio.wait_for(all_done.wait(), lead + DEADLINE_S)
             except TimeoutError:
@@ -536,7 +654,7 @@ async def timeouts(backend: str, size: int) -> Result:
                     f"timeouts: only {completed} of {size} runs completed in time"
                 ) from None
             elapsed = time.perf_counter() - (started + lead)
-            cpu = time.process_time() - cpu
+            cpu = await window.stop()
     return Result(
         workload="timeouts",
         backend=backend,
@@ -548,7 +666,8 @@ async def timeouts(backend: str, size: int) -> Result:
         p50_ms=_ms(percentile(latencies, 50)),
         p99_ms=_ms(percentile(latencies, 99)),
         peak_rss_mb=peak_rss_mb(),
-        cpu_us_per_transition=cpu / size * 1e6,
+        cpu_us_per_transition=cpu.client / size * 1e6,
+        **cpu.per_transition(size),
         note=f"from the common expiry instant (poller interval {POLL_S:g}s)",
     )
 
@@ -566,9 +685,14 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
-    "throughput": Workload(throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal")),
+    "throughput": Workload(
+        throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal", "postgres", "mysql")
+    ),
     "awaited": Workload(awaited, 10_000, 200, 1, ("memory", "sqlite")),
-    "latency": Workload(latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal")),
+    "latency": Workload(
+        latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal", "postgres", "mysql")
+    ),
+    "workers-3": Workload(workers_3, 10_000, 200, 1, ("sqlite", "postgres", "mysql")),
     "depth-5": Workload(_depth(5), 100, 3, 3),
     "depth-10": Workload(_depth(10), 100, 3, 3),
     "depth-100": Workload(_depth(100), 30, 2, 3),

@@ -5,7 +5,9 @@ No timing is asserted: this only proves that ``python -m bench`` would not crash
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is a top-level package next to src/, not installed
     sys.path.insert(0, str(ROOT))
 
-from bench import workloads  # noqa: E402
-from bench.__main__ import aggregate, select, table  # noqa: E402
+from bench import servers, workloads  # noqa: E402
+from bench.__main__ import aggregate, main, select, table  # noqa: E402
+from bench.peers.proc_cpu import ProcessTreeCpu  # noqa: E402
 
 TINY = 20
 TINY_DEPTH = 2
@@ -31,7 +34,7 @@ async def test_workload_reports_sane_fields(name: str) -> None:
 
     assert row["workload"] == name
     assert row["backend"] == "memory"
-    if row["note"] == "not implemented yet":
+    if row["note"] == "not implemented yet" or row["note"].startswith("not applicable"):
         assert row["runs"] == 0
         return
     assert row["runs"] == size
@@ -82,3 +85,95 @@ def test_aggregate_takes_medians_and_keeps_failures() -> None:
     assert row["per_step_ms"] is None
     assert "FAILED: exit 1: boom" in row["note"]
     assert "| throughput |" in table([row])
+
+
+@pytest.fixture
+def quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """workers-3 starts at once, without waiting for the roles to be divided."""
+    monkeypatch.setenv("BENCH_SETTLE_S", "0")
+
+
+@pytest.mark.usefixtures("quick_settle")
+def test_workers_3_on_sqlite_runs_every_step() -> None:
+    """Three worker processes on one SQLite file; the driver only triggers."""
+    result = asyncio.run(workloads.run_workload("workers-3", "sqlite", TINY))
+    row = result.to_dict()
+    assert row["runs"] == TINY
+    assert row["transitions"] == TINY * 4
+    assert row["runs_per_s"] > 0
+    assert row["p50_ms"] is not None
+    assert row["cpu_us_per_transition"] > 0
+    assert row["note"].startswith("3 worker processes, roles held at the start ")
+    per_worker = row["note"].split("steps run per worker ")[1].split(",")[0]
+    assert sum(int(n) for n in per_worker.split("/")) >= TINY * 3  # at least once each
+
+
+def _server_or_skip(kind: str) -> None:
+    reason = servers.unavailable(kind)
+    if reason is None:
+        return
+    if "unreachable" in reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(f"{kind} backend not runnable here: {reason}")
+
+
+@pytest.mark.usefixtures("quick_settle")
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.parametrize("name", ["throughput", "latency", "workers-3"])
+def test_server_rows_quick(kind: str, name: str) -> None:
+    _server_or_skip(kind)
+    size = 5 if name == "latency" else TINY
+    row = asyncio.run(workloads.run_workload(name, kind, size)).to_dict()
+    assert row["runs"] == size
+    assert row["runs_per_s"] > 0
+    assert row["cpu_us_per_transition"] > 0
+    assert row["server_cpu_us_per_transition"] is not None  # the server runs on this host
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+async def test_server_backend_drops_its_tables(kind: str) -> None:
+    _server_or_skip(kind)
+    async with workloads.BACKENDS[kind]() as adapters:
+        prefix = adapters.location
+        assert prefix is not None
+        await adapters.store.list(workloads.WORKFLOW, limit=1)
+    assert prefix.startswith("b_")
+    assert await servers.drop_prefixed(kind, prefix) == []  # nothing was left to drop
+
+
+async def test_drop_refuses_a_prefix_it_did_not_make() -> None:
+    for prefix in ("", "t_", "b_%_", "statestream_", "b_0123456789"):
+        with pytest.raises(ValueError, match="refusing"):
+            await servers.drop_prefixed("postgres", prefix)
+
+
+def test_unavailable_backend_is_a_skipped_row(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import bench.__main__ as harness
+
+    monkeypatch.setattr(
+        harness, "unavailable", lambda b: f"no {b} here" if b == "postgres" else None
+    )
+    out = tmp_path / "rows.json"
+    code = main(["--quick", "--only", "latency", "--backend", "postgres", "--output", str(out)])
+    assert code == 0
+    (row,) = json.loads(out.read_text(encoding="utf-8"))
+    assert row["backend"] == "postgres"
+    assert row["note"] == "skipped: no postgres here"
+    assert row["reps"] == 0
+
+
+def test_process_tree_cpu_counts_a_child_that_exited() -> None:
+    tree = ProcessTreeCpu(os.getpid())
+    before = tree.snapshot()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass",
+        ],
+        check=True,
+        timeout=30,
+    )
+    assert tree.seconds(before, tree.snapshot()) > 0

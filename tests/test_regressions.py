@@ -126,3 +126,36 @@ async def test_schedule_rejects_an_initial_of_the_wrong_type() -> None:
     wf, _ = build(order_builder())
     with pytest.raises(errors.WorkflowError):
         wf.schedule("x", "@every 1h", initial="not an Order")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ a failure's traceback
+
+
+async def test_a_failed_step_is_logged_with_its_own_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The warning for a failed step passed exc_info=True; called outside the except block,
+    # logging found no current exception and printed "NoneType: None" instead of the error's
+    # traceback (seen for every store write cut off by a database restart).
+    boom = RuntimeError("boom")
+    calls = 0
+
+    async def pay_once_failing(run):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise boom
+        return Status.PAID
+
+    wf, _ = build(order_builder(pay_once_failing))
+    caplog.set_level("WARNING", logger="statestream")
+    async with wf:
+        run_id = await wf.trigger("o-1", initial=Order("o-1"))
+        await wf.wait_for("o-1", run_id, Status.SHIPPED, timeout=5.0)
+    records = [r for r in caplog.records if "failed for run" in r.getMessage()]
+    assert records, "the failure was not logged"
+    exc_info = records[0].exc_info
+    assert exc_info is not None
+    assert exc_info[1] is not None, "logged without the error's traceback (NoneType: None)"
+    assert "boom" in caplog.text
+    assert "NoneType: None" not in caplog.text

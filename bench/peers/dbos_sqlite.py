@@ -126,8 +126,23 @@ def sqlite_settings(path: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------ one repetition
 
 
-async def _run(workload: str, size: int, db: Path) -> dict[str, Any]:
-    """One repetition in this process: launch DBOS on ``db``, drive the workload, destroy DBOS."""
+class Window:
+    """Marks the measured window; a subclass measures more inside it (the server's CPU)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, row: dict[str, Any]) -> None:
+        pass
+
+
+async def _run(
+    workload: str, size: int, db: Path | str, window: Window | None = None
+) -> dict[str, Any]:
+    """One repetition in this process: launch DBOS on ``db`` (a SQLite file, or a database URL),
+    drive the workload, destroy DBOS."""
+    window = window or Window()
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
     from dbos import DBOS
 
     @DBOS.step()
@@ -144,22 +159,22 @@ async def _run(workload: str, size: int, db: Path) -> dict[str, Any]:
     DBOS(
         config={
             "name": "statestream-bench-peer",
-            "system_database_url": f"sqlite:///{db}",
+            "system_database_url": url,
             "log_level": "WARNING",
         }
     )
     DBOS.launch()
     try:
         if workload == "throughput":
-            row = await _throughput(DBOS, chain, size)
+            row = await _throughput(DBOS, chain, size, window)
         else:
-            row = await _latency(DBOS, chain, size)
+            row = await _latency(DBOS, chain, size, window)
     finally:
         DBOS.destroy(destroy_registry=True)
     return row
 
 
-async def _throughput(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
+async def _throughput(dbos: Any, chain: Any, size: int, window: Window) -> dict[str, Any]:
     latencies: list[float] = []
 
     async def finish(handle: Any, t0: float) -> int:
@@ -174,6 +189,7 @@ async def _throughput(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
 
     started = time.perf_counter()
     cpu = time.process_time()
+    window.start()
     waiters: list[asyncio.Task[int]] = []
     for first in range(0, size, TRIGGER_CONCURRENCY):
         waiters.extend(
@@ -184,6 +200,8 @@ async def _throughput(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
     results = await asyncio.wait_for(asyncio.gather(*waiters), DEADLINE_S)
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
+    stopped: dict[str, Any] = {}
+    window.stop(stopped)
     if len(results) != size or any(r != STEPS + 1 for r in results):
         raise RuntimeError("a workflow returned the wrong status")
     transitions = size * (STEPS + 1)
@@ -199,11 +217,24 @@ async def _throughput(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
         "per_step_ms": None,
         "peak_rss_mb": peak_rss_mb(),
         "cpu_us_per_transition": cpu / transitions * 1e6,
+        **_per_transition(stopped, transitions),
         "note": "latency under load (all runs started at once)",
     }
 
 
-async def _latency(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
+def _per_transition(measured: dict[str, Any], transitions: int) -> dict[str, Any]:
+    """A window's extra CPU seconds (``server_cpu_s``, ``server_own_cpu_s``) as µs per
+    transition."""
+    out = {}
+    for key in ("server_cpu", "server_own_cpu"):
+        if f"{key}_s" in measured:
+            seconds = measured[f"{key}_s"]
+            per = None if seconds is None else seconds / transitions * 1e6
+            out[f"{key}_us_per_transition"] = per
+    return out
+
+
+async def _latency(dbos: Any, chain: Any, size: int, window: Window) -> dict[str, Any]:
     warmup = min(WARMUP, max(1, size // 10))
     latencies: list[float] = []
     started = time.perf_counter()
@@ -212,6 +243,7 @@ async def _latency(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
         if i == warmup:
             started = time.perf_counter()
             cpu = time.process_time()
+            window.start()
         t0 = time.perf_counter()
         handle = await dbos.start_workflow_async(chain, f"run-{i}")
         result = await asyncio.wait_for(handle.get_result(), DEADLINE_S)
@@ -221,6 +253,8 @@ async def _latency(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
             raise RuntimeError("a workflow returned the wrong status")
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
+    stopped: dict[str, Any] = {}
+    window.stop(stopped)
     transitions = size * (STEPS + 1)
     p50 = percentile(latencies, 50)
     return {
@@ -235,6 +269,7 @@ async def _latency(dbos: Any, chain: Any, size: int) -> dict[str, Any]:
         "per_step_ms": p50 / STEPS * 1000.0,
         "peak_rss_mb": peak_rss_mb(),
         "cpu_us_per_transition": cpu / transitions * 1e6,
+        **_per_transition(stopped, transitions),
         "note": f"after {warmup} warm-up runs",
     }
 

@@ -6,6 +6,7 @@
 
 from . import errors
 from ._builder import Builder
+from ._core.actions import Callback, Trigger
 from ._core.clock import SystemClock
 from ._core.protocols import (
     Clock,
@@ -71,6 +72,7 @@ __all__ = [
     "AdapterConnectionError",
     "AdapterError",
     "Builder",
+    "Callback",
     "CallbackOutcome",
     "CallbackResult",
     "Cancel",
@@ -118,6 +120,7 @@ __all__ = [
     "TimeoutNotFound",
     "TimeoutRecord",
     "TimeoutStore",
+    "Trigger",
     "UnknownStatus",
     "UserCodeError",
     "VersionConflict",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Generic, Unpack
+from typing import Any, Generic, TypeAlias, TypeVar, Unpack
 
 from ._codec import check_status_values, codec_for
+from ._core.actions import Callback, Trigger
 from ._core.clock import SystemClock
 from ._core.protocols import (
     Clock,
@@ -20,7 +21,7 @@ from ._core.protocols import (
     TimeoutStore,
 )
 from ._core.records import Event
-from ._core.run import CallbackFn, HookFn, StepFn, TimeoutFn, TimerFn
+from ._core.run import CallbackFn, HookFn, Run, StepFn, TimeoutFn, TimerFn
 from ._core.runstate import RunState
 from ._core.types import Seconds, StatusT, T, is_async_callable, to_seconds
 from ._definition.graph import Graph
@@ -34,6 +35,7 @@ from ._definition.options import (
 )
 from ._definition.specs import (
     CallbackSpec,
+    ConnectionSpec,
     ConnectorSpec,
     Definition,
     HookSpec,
@@ -43,7 +45,14 @@ from ._definition.specs import (
 from ._workflow import Workflow
 from .errors import ConfigurationError
 
-__all__ = ["Builder"]
+__all__ = ["Builder", "ConnectResult"]
+
+#: The other workflow's object and status types, in ``Builder.connect``.
+OT = TypeVar("OT")
+OS = TypeVar("OS", bound=enum.IntEnum)
+
+#: What a connection's function returns: what to do in this workflow (nothing for ``None``).
+ConnectResult: TypeAlias = "Trigger[T] | Callback | list[Trigger[T] | Callback] | None"
 
 
 class Builder(Generic[T, StatusT]):
@@ -95,6 +104,7 @@ class Builder(Generic[T, StatusT]):
         self._timeouts: dict[int, tuple[Any, ...]] = {}
         self._connectors: dict[str, tuple[ConnectorSource, Any, dict[str, Any]]] = {}
         self._delete_fn: Callable[[T], T] | None = None
+        self._connections: dict[str, tuple[Any, ...]] = {}
 
     @property
     def name(self) -> str:
@@ -253,6 +263,115 @@ class Builder(Generic[T, StatusT]):
         overrides = validate_overrides(options, ConnectorOptions, "add_connector()")
         self._connectors[name] = (source, handler, overrides)
         return self
+
+    def connect(
+        self,
+        other: Workflow[OT, OS] | Builder[OT, OS],
+        *,
+        at: OS,
+        to: Callable[[Run[OT, OS]], Awaitable[ConnectResult[T]] | ConnectResult[T]],
+        name: str | None = None,
+        streamer: EventStreamer | None = None,
+        store: RecordStore | None = None,
+        catch_up: bool = True,
+        **options: Unpack[ConnectorOptions],
+    ) -> Builder[T, StatusT]:
+        """React to runs of another workflow reaching a status: ``to(other_run)`` runs (at least
+        once) for every run of ``other`` that arrives at ``at``, with that run decoded by the
+        other workflow's codec (a typed ``Run[Other, OtherStatus]``), and returns what to do
+        here: :class:`~statestream.Trigger` a run, deliver a :class:`~statestream.Callback` to a
+        run waiting at a status, a list of those, or ``None``.
+
+        Both are idempotent per visit: a redelivered event of the other workflow starts no
+        second run (the run ID is derived from the other run's ID and version) and moves no run
+        twice (a callback moves the run off the status it waited at). A callback that comes
+        before its run (not triggered yet, or still before the status) waits for it, retried
+        with backoff; see :class:`~statestream.Callback`.
+
+        Args:
+            other: the other workflow, or its Builder (in a process that does not run it).
+            at: a status of the other workflow. For a terminal one, the arrivals are the runs'
+                completions there.
+            to: ``fn(run)``, async or plain (a plain ``def`` runs in a worker thread).
+            name: the connection's name, in its role and process names (default
+                ``"<other>-<at>"``); unique per workflow.
+            streamer, store: where the other workflow's events and records are. Default: the
+                other workflow's own when ``other`` is a Workflow, else this workflow's.
+            catch_up: when the connection is new (its consumer name was never seen), it starts
+                at the newest event, not at the other workflow's history; with ``catch_up`` it
+                also picks up the runs at ``at`` now (Initiated or Running) from the other
+                workflow's record store. Never for a terminal ``at``: those runs are history.
+            parallel_count: ... and the other options: as :meth:`add_connector`; runs of the
+                other workflow are spread over the shards by a stable hash of their run ID.
+        """
+        from ._workflow import Workflow
+
+        if isinstance(other, Workflow):
+            source = other.name
+            status_type: type[enum.IntEnum] = other._def.status_type
+        elif isinstance(other, Builder):
+            source = other.name
+            status_type = other._status_type
+        else:
+            raise ConfigurationError(f"connect() needs a Workflow or a Builder, got {other!r}")
+        if not isinstance(at, status_type) or int(at) == 0:
+            raise ConfigurationError(
+                f"connect(at=) must be a member of {status_type.__name__} other than 0, got {at!r}"
+            )
+        if not callable(to):
+            raise ConfigurationError(f"connect(to=) must be callable, got {to!r}")
+        if name is None:
+            name = f"{source}-{at.name.lower()}"
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"connection name must be a non-empty string, got {name!r}")
+        if name in self._connections:
+            raise ConfigurationError(
+                f"a connection named {name!r} is already declared: pass connect(name=...)"
+            )
+        if streamer is not None and not isinstance(streamer, EventStreamer):
+            raise ConfigurationError(f"streamer does not implement EventStreamer: {streamer!r}")
+        if store is not None and not isinstance(store, RecordStore):
+            raise ConfigurationError(f"store does not implement RecordStore: {store!r}")
+        if not isinstance(catch_up, bool):
+            raise ConfigurationError(f"catch_up must be a bool, got {catch_up!r}")
+        overrides = validate_overrides(options, ConnectorOptions, "connect()")
+        self._connections[name] = (other, at, to, streamer, store, catch_up, overrides)
+        return self
+
+    def _connection_specs(self) -> list[ConnectionSpec]:
+        from ._workflow import Workflow
+
+        specs = []
+        for name, (other, at, fn, streamer, store, catch_up, over) in self._connections.items():
+            if isinstance(other, Workflow):
+                d = other._def
+                codec, statuses, graph = d.codec, d.statuses, d.graph
+                streamer = streamer or other.streamer
+                store = store or other.store
+            else:
+                codec, graph = other._codec, other._graph
+                statuses = {int(s): s for s in other._status_type}
+            if int(at) not in graph:
+                raise ConfigurationError(
+                    f"connection {name!r}: {at!r} is not a status of workflow {other.name!r}"
+                )
+            specs.append(
+                ConnectionSpec(
+                    name=name,
+                    source=other.name,
+                    codec=codec,
+                    statuses=dict(statuses),
+                    at=at,
+                    terminal=graph.is_terminal(int(at)),
+                    fn=fn,
+                    is_async=is_async_callable(fn),
+                    streamer=streamer,
+                    store=store,
+                    catch_up=catch_up,
+                    options=resolve_options(self._defaults, over),
+                )
+            )
+        return specs
 
     def on_delete_data(self, fn: Callable[[T], T]) -> Builder[T, StatusT]:
         """How to scrub a run's object when its data is deleted: ``fn(obj)`` returns the object
@@ -420,6 +539,7 @@ class Builder(Generic[T, StatusT]):
                 ConnectorSpec(name, source, fn, resolve_options(self._defaults, over))
                 for name, (source, fn, over) in self._connectors.items()
             ],
+            connections=self._connection_specs(),
             delete_fn=self._delete_fn,
             pause_retry=retry,
             pause_retry_limit=pause_retry_limit,

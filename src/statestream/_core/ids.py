@@ -8,13 +8,14 @@ one run IDs always had (32 hex digits, no dashes): ``uuid.UUID(hex=run_id)`` rea
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import uuid
 from collections.abc import Callable
 from time import time_ns
 
-__all__ = ["IdFactory", "new_id"]
+__all__ = ["IdFactory", "derived_id", "new_id"]
 
 IdFactory = Callable[[], str]
 
@@ -98,3 +99,26 @@ def _stdlib_uuid7_hex() -> str:  # pragma: no cover - Python >= 3.14
 
 #: A new run or event ID: ``uuid.uuid7()`` where the standard library has it, else our own.
 new_id: IdFactory = _uuid7_hex if _stdlib_uuid7 is None else _stdlib_uuid7_hex
+
+
+def derived_id(origin: str, key: str) -> str:
+    """A run ID made from ``key`` alone: the same key always gives the same ID.
+
+    It has the form of a UUIDv7 (32 hex digits, version 7, RFC 9562 variant). Its time is that of
+    ``origin`` when ``origin`` is a UUIDv7 (the run that caused this one), so that derived IDs
+    land near their cause in the stores' indexes; the rest are bits of a BLAKE2b hash of ``key``.
+    """
+    data = key.encode("utf-8", "surrogatepass")
+    digest = int.from_bytes(hashlib.blake2b(data, digest_size=10).digest())
+    try:
+        value = uuid.UUID(hex=origin)
+        ms = value.int >> 80 if value.version == 7 else digest >> 32
+    except ValueError:
+        ms = digest >> 32
+    rand_a = (digest >> 62) & 0xFFF
+    rand_b = digest & ((1 << 62) - 1)
+    return (
+        ((ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+        .to_bytes(16)
+        .hex()
+    )

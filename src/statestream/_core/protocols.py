@@ -57,7 +57,10 @@ class RecordStore(Protocol):
     * ``create`` inserts a run and its outbox event atomically, and refuses with
       :class:`~statestream.errors.WorkflowInProgress` when the latest run of the same
       ``(workflow_name, foreign_id)`` is not finished (``RunState.finished``). The check and the
-      insert are one atomic step: two concurrent ``create`` calls never both succeed.
+      insert are one atomic step: two concurrent ``create`` calls never both succeed. A
+      ``create`` whose run ID exists already raises
+      :class:`~statestream.errors.VersionConflict` and writes nothing (connections derive run
+      IDs to make their triggers idempotent).
     * ``update`` is a compare-and-set: it stores ``record`` only if the stored version is exactly
       ``record.version - 1``, together with ``event``, atomically; otherwise it raises
       :class:`~statestream.errors.VersionConflict` and writes nothing. A missing run raises
@@ -145,9 +148,12 @@ class EventReceiver(Protocol):
     """Reads one topic under a durable consumer name.
 
     ``recv`` waits (without spinning) until at least one event after the last one it returned is
-    available and returns up to ``limit`` of them in ID order. ``ack(e)`` commits the consumer's
-    position: every event up to and including ``e`` is handled. A new receiver with the same name
-    starts after the last acknowledged event, so unacknowledged events are delivered again
+    available and returns up to ``limit`` of them in ID order (for a partitioned backend such as
+    Kafka: in ID order within each partition, hence within each key, interleaved across
+    partitions). ``ack(e)`` commits the consumer's position: every event this receiver returned
+    up to and including ``e``, in the order returned, is handled (a partitioned backend commits
+    each partition's offset after the last of those events in it). A new receiver with the same
+    name starts after the last acknowledged event, so unacknowledged events are delivered again
     (at-least-once).
 
     ``is_new`` is True when the consumer name had no committed position when the receiver was
@@ -400,7 +406,8 @@ class Work:
         status: the status the work is about (the event's type, the timer's or the callback's
             status).
         run_id: the run; the event's key for connectors; ``""`` for a callback (it finds the
-            latest run of ``foreign_id`` itself).
+            latest run of ``foreign_id`` itself). For a connection (``Builder.connect``),
+            ``status``, ``run_id`` and ``foreign_id`` are those of the other workflow's run.
         foreign_id: the run's foreign ID when known, else ``""``.
         headers: the event's headers (with the trace context an observer's
             :meth:`Observer.propagate` put there when the event was written); empty otherwise.
@@ -447,7 +454,13 @@ class Observer(Protocol):
         """A process took ``event`` and left it: ``"record not found"``, ``"event record
         version lower than latest record version"``, ``"record stopped"``, ``"record status
         not in expected state"``, ``"filtered out"``, or ``"next value specified skip"`` (the
-        user's function skipped; ``event`` is None when that was a timeout or a callback)."""
+        user's function skipped; ``event`` is None when that was a timeout or a callback).
+        A connection to another workflow (``Builder.connect``) also reports ``"already
+        triggered"`` and ``"run in progress for '<foreign ID>'"`` (a Trigger not made),
+        ``"record finished"`` and ``"run of '<foreign ID>' not at <STATUS>"`` (a Callback not
+        delivered), and, for messages that are not the other workflow's arrivals, ``"not a run
+        of ..."``, ``"not at ..."``, ``"not an arrival ..."``, ``"no record version ..."`` and
+        ``"unable to unmarshal object: ..."``."""
         ...
 
     def lag(self, workflow: str, process: str, seconds: float, alert: bool) -> None:

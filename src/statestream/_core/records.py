@@ -83,7 +83,14 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event as received; ``id`` is assigned by the streamer and grows within a topic."""
+    """An event as received.
+
+    ``id`` is assigned by the streamer: unique within the topic, never negative (the engine
+    gives its synthetic events negative IDs), and increasing in publication order among the
+    events of one key. A streamer with one ordered log per topic (memory, SQL tables) makes IDs
+    grow across all keys; a partitioned one (Kafka: ``offset << 12 | partition``) only within a
+    partition, which holds every event of a key. The engine relies on the per-key order only.
+    """
 
     id: int
     topic: str

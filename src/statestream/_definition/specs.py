@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
-from .._core.protocols import Codec, ConnectorSource
+from .._core.protocols import Codec, ConnectorSource, EventStreamer, RecordStore
 from .._core.records import Event
 from .._core.run import CallbackFn, HookFn, StepFn, TimeoutFn, TimerFn
 from .._core.runstate import RunState
@@ -16,6 +17,7 @@ from .options import ProcessOptions
 
 __all__ = [
     "CallbackSpec",
+    "ConnectionSpec",
     "ConnectorSpec",
     "Definition",
     "HookSpec",
@@ -64,6 +66,28 @@ class ConnectorSpec(Generic[T, StatusT]):
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionSpec:
+    """``Builder.connect``: react to another workflow's runs reaching a status."""
+
+    name: str
+    #: the other workflow: its name, object codec and statuses (value -> member)
+    source: str
+    codec: Codec[Any]
+    statuses: dict[int, enum.IntEnum]
+    at: enum.IntEnum
+    #: ``at`` is terminal in the other workflow (its arrivals are Completed run-state changes)
+    terminal: bool
+    #: ``fn(other_run)`` -> Trigger | Callback | a sequence of them | None
+    fn: Callable[[Any], Any]
+    is_async: bool
+    #: where the other workflow's events and records are (None: this workflow's own)
+    streamer: EventStreamer | None
+    store: RecordStore | None
+    catch_up: bool
+    options: ProcessOptions
+
+
+@dataclass(frozen=True, slots=True)
 class HookSpec(Generic[T, StatusT]):
     run_state: RunState
     fn: HookFn[T, StatusT]
@@ -89,6 +113,7 @@ class Definition(Generic[T, StatusT]):
     callbacks: dict[int, list[CallbackSpec[T, StatusT]]] = field(default_factory=dict)
     timeouts: dict[int, TimeoutSpec[T, StatusT]] = field(default_factory=dict)
     connectors: list[ConnectorSpec[T, StatusT]] = field(default_factory=list)
+    connections: list[ConnectionSpec] = field(default_factory=list)
     delete_fn: Callable[[T], T] | None = None
     pause_retry: float | None = 3600.0
     pause_retry_limit: int = 5

@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from .._core.protocols import EventReceiver
+from .._core.protocols import EventReceiver, EventStreamer, RecordStore
 from .._core.records import Event, Record, RecordFilter, shard_of
 from .._core.runstate import RunState
 from .logfields import fields
@@ -79,6 +79,9 @@ class CatchUp:
         consumer: the consumer's name (its role).
         statuses, run_states: which runs are in flight for this consumer.
         shard, shards: only the runs of this shard.
+        source: (workflow name, streamer, store) of the workflow whose runs are picked up, when
+            it is not this one (a connection to another workflow); the marker is kept on that
+            streamer, under this workflow's marker topic.
     """
 
     def __init__(
@@ -91,11 +94,15 @@ class CatchUp:
         run_states: Sequence[RunState] = _IN_FLIGHT,
         shard: int = 0,
         shards: int = 1,
+        source: tuple[str, EventStreamer, RecordStore] | None = None,
     ) -> None:
         self._rt = rt
         self._topic = topic
         self._consumer = consumer
         self._marker = marker_topic(rt.name)
+        # The workflow whose runs are picked up, where its events and records are: another
+        # workflow's, for a connection (``Builder.connect``); this one's otherwise.
+        self._workflow, self._streamer, self._store = source or (rt.name, rt.streamer, rt.store)
         self._filter = RecordFilter(statuses=tuple(statuses), run_states=tuple(run_states))
         self._shard = shard
         self._shards = shards
@@ -103,21 +110,23 @@ class CatchUp:
     async def wrap(self, receiver: EventReceiver) -> EventReceiver:
         """``receiver`` itself if this consumer has caught up before, else one that catches up
         first. Call it after ``receiver`` is open, so that nothing falls between the two."""
-        probe = await self._rt.streamer.receiver(self._marker, self._consumer)
+        probe = await self._streamer.receiver(self._marker, self._consumer)
         try:
             done = not probe.is_new
         finally:
             await probe.close()
         if done:
             return receiver
-        return CatchingUp(receiver, self._events(), self._mark, self._rt.clock.now())
+        clock = self._rt.clock
+        return CatchingUp(receiver, self._events(), self._mark, clock.now(), clock.now)
 
     async def _events(self) -> AsyncGenerator[Event, None]:
-        rt = self._rt
         after: str | None = None
         n = 0
         while True:
-            page = await rt.store.list(rt.name, limit=_PAGE, filter=self._filter, after=after)
+            page = await self._store.list(
+                self._workflow, limit=_PAGE, filter=self._filter, after=after
+            )
             for record in page:
                 if self._shards > 1 and shard_of(record.run_id, self._shards) != self._shard:
                     continue
@@ -128,7 +137,7 @@ class CatchUp:
             after = page[-1].run_id
 
     async def _mark(self, caught_up: int) -> None:
-        marker = await self._rt.streamer.receiver(self._marker, self._consumer, from_latest=True)
+        marker = await self._streamer.receiver(self._marker, self._consumer, from_latest=True)
         await marker.close()
         log.info(
             "statestream: consumer %s caught up with %d runs in flight",
@@ -148,6 +157,8 @@ class CatchingUp:
     skipped (or a timer function) would run again, so :meth:`accepting` passes over real events
     of visits already handed out (the dispatcher still acknowledges them in order), until the
     stream brings an event newer than the catch-up (at most ``_SEEN`` visits are remembered).
+    "Newer" is measured from the end of the store read (``clock()`` once the last page is read):
+    a run written after the receiver opened but before the read reached it is in both.
     """
 
     def __init__(
@@ -156,11 +167,13 @@ class CatchingUp:
         pending: AsyncGenerator[Event, None],
         mark: Callable[[int], Awaitable[None]],
         since: datetime,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._receiver = receiver
         self._pending: AsyncGenerator[Event, None] | None = pending
         self._mark = mark
         self._since = since
+        self._clock = clock
         self._seen: dict[str, str] | None = {}  # run ID -> version of the visits handed out
         self._handed = 0  # synthetic events returned so far
         self._settled = False  # marked, or given up (never mark then)
@@ -187,6 +200,8 @@ class CatchingUp:
                 event = await anext(pending)
             except StopAsyncIteration:
                 self._pending = None
+                if self._clock is not None:  # every page is read: nothing newer is in them
+                    self._since = max(self._since, self._clock())
                 break
             except BaseException:
                 # The store failed or we are stopping: this catch-up never completes here (the
@@ -209,9 +224,12 @@ class CatchingUp:
             if seen is not None and event.id >= 0:
                 if event.created_at > self._since:
                     self._seen = None  # the stream is past the catch-up: stop looking
-                elif seen.get(event.key) == event.headers.get(H_VERSION):
-                    del seen[event.key]
-                    return False  # handled from the store already
+                else:
+                    handed = seen.get(event.key)
+                    # (An event without a version, of an outside writer, is never a duplicate.)
+                    if handed is not None and handed == event.headers.get(H_VERSION, ""):
+                        del seen[event.key]
+                        return False  # handled from the store already
             return accept is None or accept(event)
 
         return fresh

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._definition.options import ProcessOptions
+from .connect import connection_body
 from .dispatch import Body
 from .processes import (
     connector_body,
@@ -58,6 +59,11 @@ def process_specs(
         for i in range(n):
             role = role_name(cspec.name, "connector-to", name, "consumer", i + 1, "of", n)
             specs.append((role, role, connector_body(rt, cspec, i, n, role), cspec.options))
+    for conn in d.connections:
+        n = conn.options.parallel_count
+        for i in range(n):
+            role = role_name(conn.name, "connection-to", name, "consumer", i + 1, "of", n)
+            specs.append((role, role, connection_body(rt, conn, i, n, role), conn.options))
     for state, hook in d.hooks.items():
         label = state.name.lower()
         role = role_name(name, label, "run-state-change-hook-consumer")

@@ -335,8 +335,11 @@ class Runtime(Generic[T, StatusT]):
         if self.waiters.by_run:
             self.waiters.written(record)
 
-    async def create(self, foreign_id: str, status: StatusT, initial: T | None) -> Record:
-        """Store a new run at ``status`` with its first event (refused while one is unfinished)."""
+    async def create(
+        self, foreign_id: str, status: StatusT, initial: T | None, run_id: str | None = None
+    ) -> Record:
+        """Store a new run at ``status`` with its first event (refused while one is unfinished;
+        a given ``run_id`` that exists already is refused with VersionConflict)."""
         if initial is None:
             try:
                 initial = self.d.object_type()
@@ -351,7 +354,7 @@ class Runtime(Generic[T, StatusT]):
         record = Record(
             workflow_name=self.name,
             foreign_id=foreign_id,
-            run_id=new_id(),
+            run_id=run_id or new_id(),
             run_state=RunState.INITIATED,
             status=int(status),
             object=data,
@@ -553,7 +556,9 @@ class Runtime(Generic[T, StatusT]):
             count,
             f" of {limit}" if limit else "",
             exc,
-            exc_info=not isinstance(exc, StaleRead),
+            # The exception itself: callers are often past their except block, where
+            # exc_info=True would find no current exception (and log "NoneType: None").
+            exc_info=None if isinstance(exc, StaleRead) else exc,
             extra=where,
         )
         if not limit or count < limit:

@@ -89,6 +89,9 @@ class ProcessInfo:
         last_error: the last of those failures, ``""`` if none.
         parked: events of this consumer parked in the store (counted up to 1000, after it parks
             or retries one and every minute while it holds its role); see ``Workflow.parked()``.
+        skipped: events it passed over as not its own since it started: messages on the topic
+            of another workflow's connection (``Builder.connect``) that are not that workflow's
+            or do not decode. Runs left alone because they moved on are not counted.
     """
 
     state: ProcessState
@@ -97,6 +100,7 @@ class ProcessInfo:
     errors: int
     last_error: str
     parked: int
+    skipped: int = 0
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -142,6 +146,7 @@ class Process:
     lag: float = 0.0
     lagging: bool = False
     parked: int = 0
+    skipped: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def failed(self, what: str, exc: BaseException) -> None:
@@ -161,7 +166,13 @@ class Process:
 
     def info(self) -> ProcessInfo:
         return ProcessInfo(
-            self.report(), self.role, self.lag, self.errors, self.last_error, self.parked
+            self.report(),
+            self.role,
+            self.lag,
+            self.errors,
+            self.last_error,
+            self.parked,
+            self.skipped,
         )
 
 

@@ -103,8 +103,17 @@ class EventStreamerContract:
     """Conformance tests for an :class:`~statestream.EventStreamer`.
 
     Subclass it as ``TestXxxStreamer`` and define a ``streamer`` fixture that gives the streamer
-    under test.
+    under test. A backend with its own retention (Kafka), whose ``prune`` and ``forget`` do
+    nothing, sets ``supports_prune = False``: the cases of deletion are skipped, and the no-op
+    is checked instead.
     """
+
+    #: Whether ``prune`` deletes events and ``forget`` drops positions.
+    supports_prune: bool = True
+
+    def _requires_prune(self) -> None:
+        if not self.supports_prune:
+            pytest.skip("the backend has its own retention: prune and forget do nothing")
 
     @pytest.mark.asyncio
     async def test_receives_published_events_in_order_with_every_field(
@@ -407,9 +416,23 @@ class EventStreamerContract:
     # -- prune ---------------------------------------------------------------------------------
 
     @pytest.mark.asyncio
+    async def test_prune_and_forget_do_nothing_without_pruning(
+        self, streamer: EventStreamer
+    ) -> None:
+        if self.supports_prune:
+            pytest.skip("the backend prunes: the cases below check it")
+        topic, name = unique("topic"), unique("consumer")
+        await streamer.publish(topic, _messages(3, at=now() - timedelta(hours=2)))
+        assert await streamer.prune([topic], now()) == 0
+        assert await streamer.forget(topic, [], now() + timedelta(hours=1)) == []
+        async with _opened(streamer, topic, name) as receiver:
+            assert _keys(await _collect(receiver, 3)) == ["run-0", "run-1", "run-2"]
+
+    @pytest.mark.asyncio
     async def test_prune_of_topics_without_consumers_deletes_old_events(
         self, streamer: EventStreamer
     ) -> None:
+        self._requires_prune()
         # Given three topics with ten old and five recent events each, and no consumers
         pruned, other = [unique("topic"), unique("topic")], unique("topic")
         old, recent = now() - timedelta(hours=2), now()
@@ -436,6 +459,7 @@ class EventStreamerContract:
     async def test_prune_keeps_every_event_a_consumer_has_not_acknowledged(
         self, streamer: EventStreamer
     ) -> None:
+        self._requires_prune()
         # Given ten old events, acknowledged up to the sixth by one consumer, the third by another
         topic, fast, slow = unique("topic"), unique("consumer"), unique("consumer")
         await streamer.publish(topic, _messages(10, at=now() - timedelta(hours=2)))
@@ -465,6 +489,7 @@ class EventStreamerContract:
     async def test_forget_drops_unused_stale_positions_so_that_prune_goes_on(
         self, streamer: EventStreamer
     ) -> None:
+        self._requires_prune()
         # Given old events acknowledged in full by a current consumer, and only in part by a
         # consumer name no longer in use (an old shard) and by a kept one
         topic = unique("topic")
@@ -497,6 +522,7 @@ class EventStreamerContract:
     async def test_prune_keeps_acknowledged_events_created_at_or_after_before(
         self, streamer: EventStreamer
     ) -> None:
+        self._requires_prune()
         # Given three old and two recent events, all acknowledged
         topic, name = unique("topic"), unique("consumer")
         cutoff = now() - timedelta(hours=1)
@@ -516,6 +542,7 @@ class EventStreamerContract:
     async def test_prune_keeps_what_a_from_latest_consumer_has_not_read(
         self, streamer: EventStreamer
     ) -> None:
+        self._requires_prune()
         # Given a from_latest consumer that opened after five events and closed without an ack
         topic, name = unique("topic"), unique("consumer")
         old = now() - timedelta(hours=2)
@@ -531,6 +558,7 @@ class EventStreamerContract:
 
     @pytest.mark.asyncio
     async def test_ids_keep_increasing_after_a_prune(self, streamer: EventStreamer) -> None:
+        self._requires_prune()
         # Given a topic whose every event was acknowledged and pruned
         topic, name = unique("topic"), unique("consumer")
         await streamer.publish(topic, _messages(3, at=now() - timedelta(hours=1)))
@@ -549,6 +577,7 @@ class EventStreamerContract:
 
     @pytest.mark.asyncio
     async def test_prune_racing_consumers_loses_nothing(self, streamer: EventStreamer) -> None:
+        self._requires_prune()
         # Given three consumers with committed positions on a topic (acknowledged, and closed so
         # that a backend that buffers acknowledgements has written them)
         topic = unique("topic")

@@ -14,6 +14,7 @@ Commands (``statestream COMMAND --help`` for each)::
     statestream graph TARGET [--direction LR|RL|TB|BT]
     statestream schema create|migrate PATH [--allow-foreign]
     statestream schema version PATH
+    statestream db migrate|version --url URL [--prefix PREFIX]
     statestream demo [--orders N] [--payment-window S] [--db PATH | --memory]
     statestream --version
 
@@ -67,6 +68,7 @@ from .commands import (
     cmd_worker,
     run_state_of,
 )
+from .dbcmd import cmd_db
 from .output import Style
 from .target import (
     EXIT_BACKEND,
@@ -388,6 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="add the statestream tables to a database that holds other tables",
             )
+        sub.set_defaults(action=action)
+
+    # db (servers by URL, and SQLite as sqlite:///PATH)
+    db = add(commands, "db", "create, inspect or migrate the schema of a database by URL", None)
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("migrate", "create the statestream schema, or migrate it to this release's"),
+        ("version", "print the statestream schema version (nothing is changed)"),
+    ):
+        sub = add(db_commands, action, text, cmd_db)
+        sub.add_argument(
+            "--url",
+            required=True,
+            help="postgresql://USER:PASSWORD@HOST:PORT/DB, mysql://..., or sqlite:///PATH",
+        )
+        sub.add_argument(
+            "--prefix", default="statestream_", help="table-name prefix (default: statestream_)"
+        )
         sub.set_defaults(action=action)
 
     # demo

@@ -1,0 +1,267 @@
+"""MySQL record store, with its outbox and parked events."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
+from ...errors import ConfigurationError, InvalidInput, RecordNotFound
+from ..sql._rows import RECORD_COLUMNS
+from ._batch import Batcher, make_write
+from ._db import MysqlDatabase
+from ._rows import (
+    PARKED_COLUMNS,
+    encode,
+    fits,
+    from_us,
+    headers_json,
+    parked_from_row,
+    printable,
+    record_from_row,
+    text,
+    to_us,
+)
+from ._stream import MysqlStreamer
+
+__all__ = ["MysqlRecordStore"]
+
+
+class MysqlRecordStore:
+    """Runs and their events on a MySQL / MariaDB server; every write is one transaction.
+
+    ``create`` relies on a unique key on ``(workflow, foreign ID, active)``, where ``active`` is
+    1 while a run is unfinished and NULL after, so two concurrent triggers (even on two hosts)
+    cannot both succeed; ``update`` is a compare-and-set on the version, never read-then-write.
+    Concurrent writes share one transaction and one round trip (see ``_batch``).
+
+    Args:
+        db: the database.
+        publish_to: a :class:`MysqlStreamer` on the same database. Each write then inserts its
+            event straight into the streamer's events table in the same transaction, instead of
+            an outbox row that the relay moves later: one commit per state change, and no relay
+            on the path. The outbox stays empty.
+    """
+
+    #: The largest ``offset`` ``list`` accepts; deeper pages use ``after=``.
+    max_offset = 10_000
+
+    def __init__(self, db: MysqlDatabase, *, publish_to: MysqlStreamer | None = None) -> None:
+        if publish_to is not None and publish_to.db is not db:
+            raise ConfigurationError(
+                "publish_to must be a MysqlStreamer on the same MysqlDatabase as the store"
+            )
+        self.db = db
+        self._streamer = publish_to
+        self._batcher = Batcher(db, publish_to)
+        #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
+        #: by every write (it still polls, for rows another configuration left).
+        self.publishes_in_transaction = publish_to is not None
+
+    async def create(self, record: Record, event: OutboxEvent) -> None:
+        await self._batcher.submit(make_write(True, record, event))
+
+    async def update(self, record: Record, event: OutboxEvent) -> None:
+        await self._batcher.submit(make_write(False, record, event))
+
+    async def lookup(self, run_id: str) -> Record:
+        key = fits("run ID", run_id)
+        rows = (
+            await self.db.fetch(
+                f"SELECT {RECORD_COLUMNS} FROM {self.db.prefix}records WHERE run_id = %s", (key,)
+            )
+            if key is not None
+            else ()
+        )
+        if not rows:
+            raise RecordNotFound(f"no run {run_id}")
+        return record_from_row(rows[0])
+
+    async def latest(self, workflow_name: str, foreign_id: str) -> Record:
+        workflow = fits("workflow name", workflow_name)
+        foreign = fits("foreign ID", foreign_id)
+        rows: Sequence[Any] = ()
+        if workflow is not None and foreign is not None:
+            rows = await self.db.fetch(
+                f"SELECT {RECORD_COLUMNS} FROM {self.db.prefix}records "
+                "WHERE workflow_name = %s AND foreign_id = %s ORDER BY seq DESC LIMIT 1",
+                (workflow, foreign),
+            )
+        if not rows:
+            raise RecordNotFound(f"no run of {foreign_id!r} in workflow {workflow_name!r}")
+        return record_from_row(rows[0])
+
+    async def list(
+        self,
+        workflow_name: str | None = None,
+        *,
+        offset: int = 0,
+        limit: int = 25,
+        order: Order = Order.ASC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> builtins.list[Record]:
+        """Runs in creation order (``seq``). ``after`` (a run ID) starts the page after that
+        run: one index seek, however deep the page. ``offset`` is bounded by
+        :attr:`max_offset`."""
+        if offset < 0 or limit < 0:
+            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+        if offset > self.max_offset:
+            raise InvalidInput(
+                f"offset {offset} is larger than {self.max_offset}: the server skips offset "
+                "rows one by one; page with after= (the run ID of the last run of the "
+                "previous page)"
+            )
+        p = self.db.prefix
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if workflow_name is not None:
+            where.append("workflow_name = %s")
+            args.append(workflow_name.encode("utf-8", "surrogatepass"))
+        if filter is not None:
+            for column, values in (
+                (
+                    "foreign_id",
+                    [f.encode("utf-8", "surrogatepass") for f in filter.foreign_ids],
+                ),
+                ("status", [int(s) for s in filter.statuses]),
+                ("run_state", [int(s) for s in filter.run_states]),
+            ):
+                if values:
+                    where.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
+                    args.extend(values)
+            if filter.created_after is not None:
+                where.append("created_at > %s")
+                args.append(to_us(filter.created_after))
+            if filter.created_before is not None:
+                where.append("created_at < %s")
+                args.append(to_us(filter.created_before))
+        descending = order is Order.DESC
+        if after is not None:
+            key = fits("run ID", after)
+            found = (
+                await self.db.fetch(f"SELECT seq FROM {p}records WHERE run_id = %s", (key,))
+                if key is not None
+                else ()
+            )
+            if not found:
+                raise RecordNotFound(f"no run {after} (the after= of list)")
+            where.append("seq < %s" if descending else "seq > %s")
+            args.append(int(found[0][0]))
+        sql = f"SELECT {RECORD_COLUMNS} FROM {p}records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT %s OFFSET %s"
+        rows = await self.db.fetch(sql, [*args, limit, offset])
+        return [record_from_row(row) for row in rows]
+
+    async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
+        workflow = fits("workflow name", workflow_name)
+        if workflow is None:
+            return []
+        rows = await self.db.fetch(
+            "SELECT id, workflow_name, topic, `key`, type, headers, data, created_at "
+            f"FROM {self.db.prefix}outbox WHERE workflow_name = %s ORDER BY seq LIMIT %s",
+            (workflow, limit),
+        )
+        return [
+            OutboxEvent(
+                text(row[0]),
+                text(row[1]),
+                text(row[2]),
+                Message(
+                    text(row[3]), int(row[4]), json.loads(row[5]), from_us(row[7]), bytes(row[6])
+                ),
+            )
+            for row in rows
+        ]
+
+    async def delete_outbox(self, ids: Sequence[str]) -> None:
+        keys = [k for k in (fits("outbox event ID", i) for i in ids) if k is not None]
+        if not keys:
+            return
+        await self.db.execute(
+            f"DELETE FROM {self.db.prefix}outbox WHERE id IN ({', '.join(['%s'] * len(keys))})",
+            keys,
+            idempotent=True,
+        )
+
+    async def park(self, parked: ParkedEvent) -> None:
+        """Store an event a consumer gave up on; an upsert on its ID (every field replaced).
+        The error text comes from user code, so a lone surrogate in it is escaped rather than
+        refused: it is for people to read."""
+        e = parked.event
+        values = (
+            encode("parked event ID", parked.id),
+            encode("workflow name", parked.workflow_name),
+            encode("consumer name", parked.consumer),
+            e.id,
+            encode("topic", e.topic),
+            encode("event key", e.key),
+            e.type,
+            headers_json(e.headers),
+            e.data,
+            to_us(e.created_at),
+            printable(parked.error),
+            parked.attempts,
+            to_us(parked.parked_at),
+            int(parked.retry_requested),
+        )
+        updates = ", ".join(f"{c} = VALUES({c})" for c in PARKED_COLUMNS.split(", ")[1:])
+        await self.db.execute(
+            f"INSERT INTO {self.db.prefix}parked ({PARKED_COLUMNS}) VALUES "
+            f"({', '.join(['%s'] * 14)}) ON DUPLICATE KEY UPDATE {updates}",
+            values,
+            idempotent=True,
+        )
+
+    async def list_parked(
+        self,
+        workflow_name: str,
+        *,
+        consumer: str | None = None,
+        retry_requested: bool | None = None,
+        limit: int = 100,
+    ) -> builtins.list[ParkedEvent]:
+        """The workflow's parked events, oldest ``parked_at`` first (ties: first parked
+        first), at most ``limit``."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        workflow = fits("workflow name", workflow_name)
+        if workflow is None:
+            return []
+        sql = f"SELECT {PARKED_COLUMNS} FROM {self.db.prefix}parked WHERE workflow_name = %s"
+        args: builtins.list[Any] = [workflow]
+        if consumer is not None:
+            sql += " AND consumer = %s"
+            args.append(consumer.encode("utf-8", "surrogatepass"))
+        if retry_requested is not None:
+            sql += " AND retry_requested = %s"
+            args.append(int(retry_requested))
+        sql += " ORDER BY parked_at, seq LIMIT %s"
+        args.append(limit)
+        return [parked_from_row(row) for row in await self.db.fetch(sql, args)]
+
+    async def retry_parked(self, parked_id: str) -> None:
+        key = fits("parked event ID", parked_id)
+        if key is not None:
+            p = self.db.prefix
+            changed = await self.db.execute(
+                f"UPDATE {p}parked SET retry_requested = 1 WHERE id = %s",
+                (key,),
+                idempotent=True,
+            )
+            if changed == 1 or await self.db.fetch(
+                f"SELECT 1 FROM {p}parked WHERE id = %s", (key,)
+            ):
+                return
+        raise RecordNotFound(f"no parked event with ID {parked_id!r}")
+
+    async def delete_parked(self, parked_id: str) -> None:
+        key = fits("parked event ID", parked_id)
+        if key is not None:
+            await self.db.execute(
+                f"DELETE FROM {self.db.prefix}parked WHERE id = %s", (key,), idempotent=True
+            )

@@ -1,0 +1,148 @@
+"""Role leases in a server database: one row per role, renewed by its holder.
+
+The logic is the SQLite scheduler's, with one difference: the row's expiry is the *server's*
+clock (``now()`` plus the ttl), written and compared by the server, so that processes on hosts
+whose clocks disagree still agree on when a lease has expired. A dialect subclass supplies the
+three statements (:meth:`ServerRoleScheduler._try`, ``_extend``, ``_release``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from ...errors import InvalidInput
+
+__all__ = ["ServerLease", "ServerRoleScheduler"]
+
+
+class ServerLease:
+    """A role held through a lease row that the holder renews.
+
+    ``valid_until`` (a ``time.monotonic()`` value) is the moment at which the last successful
+    acquire or renewal was *sent*, plus the ttl, minus the scheduler's margin. The server sets
+    the row's expiry to its own clock plus the ttl when it runs the statement, which is after
+    it was sent; another process takes the role only once the server's clock is past that
+    expiry. So ``valid_until`` passes at least ``margin`` before anyone else can hold the role,
+    whatever the clocks of the hosts say (the monotonic clock of one host and the server's
+    clock must only run at the same rate, to within the margin over a ttl).
+
+    The lease is lost (``lost()`` returns, and it stays lost) when a renewal fails, when the
+    row was taken, or when the holder finds its deadline passed; the row is then deleted so
+    that the next holder need not wait for it to expire.
+    """
+
+    def __init__(
+        self, scheduler: ServerRoleScheduler, role: str, holder: str, valid_until: float
+    ) -> None:
+        self._scheduler = scheduler
+        self._role = role
+        self.holder = holder
+        #: The local deadline (see :class:`~statestream.Lease`); a plain attribute, as the
+        #: engine reads it before every step and write.
+        self.valid_until = valid_until
+        self._lost = asyncio.Event()
+        self._released = False
+        self._renewer = asyncio.ensure_future(self._renew())
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    async def _renew(self) -> None:
+        s = self._scheduler
+        while True:
+            await asyncio.sleep(s.renew_interval)
+            if self._released:
+                return
+            started = time.monotonic()
+            if started < self.valid_until:
+                try:
+                    held = await s._extend(self._role, self.holder)
+                except Exception:
+                    held = False
+                if held and time.monotonic() < self.valid_until:
+                    self.valid_until = started + s.ttl - s.margin
+                    continue
+            self._lost.set()
+            if not self._released:
+                self._released = True
+                with contextlib.suppress(Exception):
+                    await s._release(self._role, self.holder)
+            return
+
+    async def lost(self) -> None:
+        await self._lost.wait()
+
+    async def release(self) -> None:
+        if self._released:
+            self._lost.set()
+            return
+        self._released = True
+        self._renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewer
+        self._lost.set()
+        await self._scheduler._release(self._role, self.holder)
+
+
+class ServerRoleScheduler:
+    """At most one holder per role across every process on the database, through lease rows.
+
+    A holder renews every :attr:`renew_interval` (half of ``ttl - margin``); a process that
+    dies or is cut off loses its roles within ``ttl`` seconds (its ``valid_until`` passes
+    ``margin`` before that), and another process takes them. ``margin`` is
+    ``max(ttl / 5, 1 s)``, capped at ``ttl / 2``. Waiters try again every ``poll_interval``,
+    and at once when a lease of this scheduler is released.
+    """
+
+    def __init__(self, *, ttl: float = 10.0, poll_interval: float = 0.5) -> None:
+        if ttl <= 0 or poll_interval <= 0:
+            raise InvalidInput("ttl and poll_interval must be > 0")
+        self.ttl = ttl
+        self.poll_interval = poll_interval
+        self.margin = min(max(ttl / 5, 1.0), ttl / 2)
+        self.renew_interval = (ttl - self.margin) / 2
+        self._released = asyncio.Event()
+
+    async def _try(self, role: str, holder: str) -> bool:
+        """Take the role's row if it is free or expired (server clock); whether taken."""
+        raise NotImplementedError
+
+    async def _extend(self, role: str, holder: str) -> bool:
+        """Move the expiry of our row to the server's now + ttl; whether it was still ours."""
+        raise NotImplementedError
+
+    async def _delete(self, role: str, holder: str) -> None:
+        raise NotImplementedError
+
+    async def _release(self, role: str, holder: str) -> None:
+        try:
+            await self._delete(role, holder)
+        finally:
+            self._released.set()
+            self._released = asyncio.Event()
+
+    async def acquire(self, role: str) -> ServerLease:
+        holder = uuid.uuid4().hex
+        while True:
+            started = time.monotonic()
+            try:
+                taken = await self._try(role, holder)
+            except BaseException:
+                # Cancelled (or failed) while the statement was on its way: it may still have
+                # taken the row, so delete any row under our holder ID.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._release(role, holder))
+                raise
+            if taken:
+                valid_until = started + self.ttl - self.margin
+                if time.monotonic() < valid_until:
+                    return ServerLease(self, role, holder, valid_until)
+                await self._release(role, holder)  # so slow that it is born expired
+                continue
+            released = self._released
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), self.poll_interval)

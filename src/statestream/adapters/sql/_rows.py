@@ -1,0 +1,153 @@
+"""Row mapping shared by the server dialects: times, headers, keys and the values refused."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, TimeoutRecord
+from ..._core.runstate import RunState
+from ...errors import InvalidInput
+
+__all__ = [
+    "PARKED_COLUMNS",
+    "RECORD_COLUMNS",
+    "TIMEOUT_COLUMNS",
+    "check_event",
+    "check_record",
+    "check_text",
+    "event_from_row",
+    "from_us",
+    "headers_json",
+    "key_hash",
+    "parked_from_row",
+    "printable",
+    "record_from_row",
+    "timeout_from_row",
+    "to_us",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+RECORD_COLUMNS = (
+    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
+    "version, run_state_reason, status_description, auto_resumes"
+)
+TIMEOUT_COLUMNS = (
+    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
+    "claimed_until"
+)
+PARKED_COLUMNS = (
+    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
+    "error, attempts, parked_at, retry_requested"
+)
+
+# Timer states: 0 pending (a literal in SQL, for the partial index), 1 completed, 2 cancelled.
+COMPLETED, CANCELLED = 1, 2
+
+
+def to_us(when: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, sortable)."""
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise InvalidInput(f"{when!r} is not a timezone-aware datetime")
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def key_hash(key: str) -> int:
+    """crc32 of the key's UTF-8 bytes, as :func:`statestream._core.records.shard_of`."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+def headers_json(headers: Mapping[str, str]) -> str:
+    # ensure_ascii (the default): NUL and lone surrogates become \u escapes, storable anywhere.
+    return json.dumps(dict(headers), separators=(",", ":"))
+
+
+def check_text(name: str, value: object) -> None:
+    """Refuse text the servers cannot store: NUL (PostgreSQL's text has none)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidInput(
+            f"{name} contains a NUL character (\\x00) at index {value.index(chr(0))}: SQL "
+            "servers store text without NUL; remove it, or encode the value"
+        )
+
+
+def check_record(record: Record) -> None:
+    for name in ("workflow_name", "foreign_id", "run_id", "run_state_reason", "status_description"):
+        value = getattr(record, name)
+        if "\x00" in value:
+            check_text(f"the record's {name}", value)
+
+
+def check_event(event: OutboxEvent) -> None:
+    if "\x00" in event.topic:
+        check_text("the event's topic", event.topic)
+    if "\x00" in event.message.key:
+        check_text("the event's key", event.message.key)
+    if "\x00" in event.id:
+        check_text("the outbox event's ID", event.id)
+
+
+def printable(text: str) -> str:
+    """Text for people (an error message): NUL and lone surrogates escaped, not refused."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    return Record(
+        row[0],
+        row[1],
+        row[2],
+        RunState(row[3]),
+        row[4],
+        bytes(row[5]),
+        from_us(row[6]),
+        from_us(row[7]),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def event_from_row(topic: str, row: Sequence[Any]) -> Event:
+    """An event from ``id, key, type, headers, data, created_at``."""
+    return Event(row[0], topic, row[1], row[2], json.loads(row[3]), from_us(row[5]), bytes(row[4]))
+
+
+def timeout_from_row(row: Sequence[Any]) -> TimeoutRecord:
+    return TimeoutRecord(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        from_us(row[6]),
+        from_us(row[7]),
+        row[8] == COMPLETED,
+        None if row[9] is None else from_us(row[9]),
+    )
+
+
+def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
+    event = Event(
+        row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), bytes(row[8])
+    )
+    return ParkedEvent(
+        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
+    )

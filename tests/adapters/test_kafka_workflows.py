@@ -1,0 +1,227 @@
+"""Workflows with records (and the outbox) in SQLite and events in Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statestream import Builder, Run, RunState, Workflow
+from statestream._core.records import Message, status_topic
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteTimeoutStore,
+)
+from statestream.adaptertest import AdapterSet, WorkflowContract
+
+pytest.importorskip("confluent_kafka")
+
+from statestream.adapters.kafka import KafkaReceiver, KafkaStreamer
+
+
+def _streamer(bootstrap: str, partitions: int) -> KafkaStreamer:
+    return KafkaStreamer(
+        bootstrap,
+        partitions=partitions,
+        topic_prefix=f"t_{uuid.uuid4().hex[:10]}_",
+        consumer_config={"session.timeout.ms": 6000},
+    )
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    database = SqliteDatabase(tmp_path / "records.db", synchronous="NORMAL")
+    yield database
+    await database.close()
+
+
+class TestKafkaAcceptance(WorkflowContract):
+    """Records and the outbox in SQLite (no ``publish_to``: the relay publishes to Kafka)."""
+
+    @pytest.fixture
+    async def adapters(self, kafka_bootstrap: str, db: SqliteDatabase) -> AsyncIterator[AdapterSet]:
+        streamer = _streamer(kafka_bootstrap, partitions=10)  # the 5 shards map onto them
+        yield AdapterSet(
+            streamer,
+            SqliteRecordStore(db),
+            SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
+            SqliteTimeoutStore(db),
+        )
+        await streamer.close()
+
+
+class Stage(enum.IntEnum):
+    STARTED = 1
+    MIDDLE = 2
+    DONE = 3
+
+
+@dataclass
+class Item:
+    steps: list[str] = field(default_factory=list)
+
+
+def _builder(
+    name: str, calls: Counter[tuple[str, str]], delay: float = 0.0
+) -> Builder[Item, Stage]:
+    async def first(run: Run[Item, Stage]) -> Stage:
+        calls[("first", run.foreign_id)] += 1
+        if delay:
+            await asyncio.sleep(delay)  # work in flight when a member leaves
+        run.object.steps.append("first")
+        return Stage.MIDDLE
+
+    async def second(run: Run[Item, Stage]) -> Stage:
+        calls[("second", run.foreign_id)] += 1
+        run.object.steps.append("second")
+        return Stage.DONE
+
+    b = Builder(name, Item, Stage)
+    b.defaults(error_backoff=0.01, max_error_backoff=0.05, polling_frequency=0.05)
+    b.add_step(Stage.STARTED, first, Stage.MIDDLE, parallel_count=2)
+    b.add_step(Stage.MIDDLE, second, Stage.DONE, parallel_count=2)
+    return b
+
+
+class _KilledAfterPublish:
+    """A KafkaStreamer whose first ``publish`` fails once the broker has acknowledged it: the
+    relay dies between publishing a batch and deleting it from the outbox."""
+
+    def __init__(self, inner: KafkaStreamer) -> None:
+        self.inner = inner
+        self.kills = 0
+        self.published: list[tuple[str, int]] = []
+        self.republished = asyncio.Event()  # the killed batch's topic was published to again
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        await self.inner.publish(topic, messages)
+        self.published.append((topic, len(messages)))
+        if self.kills and topic == self.published[0][0]:
+            self.republished.set()
+        if self.kills == 0:
+            self.kills += 1
+            raise RuntimeError("relay killed between publish and delete (test)")
+
+    async def receiver(self, topic: str, name: str, **kwargs: Any) -> KafkaReceiver:
+        return await self.inner.receiver(topic, name, **kwargs)
+
+    async def prune(self, topics: Sequence[str], before: datetime) -> int:
+        return await self.inner.prune(topics, before)
+
+    async def forget(self, topic: str, keep: Collection[str], before: datetime) -> list[str]:
+        return await self.inner.forget(topic, keep, before)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _build(b: Builder[Item, Stage], streamer: Any, db: SqliteDatabase) -> Workflow[Item, Stage]:
+    return b.build(
+        streamer,
+        SqliteRecordStore(db),
+        SqliteRoleScheduler(db, ttl=1.0, poll_interval=0.02),
+        pause_retry=None,
+    )
+
+
+async def _all_done(wf: Workflow[Item, Stage], runs: dict[str, str]) -> None:
+    for fid, run_id in runs.items():
+        run = await wf.wait_for(fid, run_id, Stage.DONE, timeout=20)
+        assert run.run_state is RunState.COMPLETED
+        assert run.object.steps == ["first", "second"], (fid, run.object.steps)
+
+
+async def test_a_relay_killed_between_publish_and_delete_republishes_harmlessly(
+    kafka_bootstrap: str, db: SqliteDatabase
+) -> None:
+    # Given twenty runs whose trigger events wait in the SQLite outbox
+    inner = _streamer(kafka_bootstrap, partitions=4)
+    streamer = _KilledAfterPublish(inner)
+    calls: Counter[tuple[str, str]] = Counter()
+    name = f"relay-{uuid.uuid4().hex[:8]}"
+    wf = _build(_builder(name, calls), streamer, db)
+    try:
+        runs = {f"item-{i}": await wf.trigger(f"item-{i}", initial=Item()) for i in range(20)}
+
+        # When the relay publishes them, dies before deleting them, and publishes them again
+        started = status_topic(name, Stage.STARTED)
+        async with wf:
+            await _all_done(wf, runs)
+            # (the runs may also have moved by the consumers' catch-up from the store: wait
+            # for the relay to come back and publish the batch again)
+            await asyncio.wait_for(streamer.republished.wait(), 20)
+        assert streamer.kills == 1
+        assert streamer.published[0] == (started, len(runs))
+
+        # Then Kafka holds the first batch twice, yet every step moved every run once
+        audit = await inner.receiver(started, "audit")
+        try:
+            seen: Counter[str] = Counter()
+            async with asyncio.timeout(20):
+                while sum(seen.values()) < 2 * len(runs):
+                    seen.update(e.key for e in await audit.recv(1000))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):  # nothing more comes
+                    seen.update(e.key for e in await audit.recv(1000))
+        finally:
+            await audit.close()
+        assert set(seen) == set(runs.values())
+        assert set(seen.values()) == {2}, streamer.published
+        assert set(calls.values()) == {1}
+        assert len(calls) == 2 * len(runs)
+    finally:
+        await inner.close()
+
+
+@pytest.mark.parametrize("grace", [10.0, 0.0], ids=["leaving-cleanly", "leaving-abruptly"])
+async def test_members_joining_and_leaving_under_load_lose_and_repeat_nothing(
+    kafka_bootstrap: str, db: SqliteDatabase, grace: float
+) -> None:
+    # Given a member consuming two-shard steps on four partitions
+    streamer = _streamer(kafka_bootstrap, partitions=4)
+    calls: Counter[tuple[str, str]] = Counter()
+    name = f"handover-{uuid.uuid4().hex[:8]}"
+    members = [_build(_builder(name, calls, delay=0.02), streamer, db) for _ in range(3)]
+    runs: dict[str, str] = {}
+    try:
+        await members[0].start()
+
+        async def load() -> None:
+            for i in range(80):
+                fid = f"item-{i}"
+                runs[fid] = await members[0].trigger(fid, initial=Item())
+                await asyncio.sleep(0.01)
+
+        loading = asyncio.create_task(load())
+        # When a second member joins, the first leaves, a third joins and the second leaves,
+        # all while runs keep coming (abruptly: steps in flight are cancelled, unacknowledged)
+        await asyncio.sleep(0.2)
+        await members[1].start()
+        await asyncio.sleep(0.2)
+        await members[0].stop(grace)
+        await members[2].start()
+        await asyncio.sleep(0.2)
+        await members[1].stop(grace)
+        await loading
+
+        # Then every run reached the end with each transition applied once (its steps list)
+        await _all_done(members[2], runs)
+        assert len(runs) == 80
+        assert len(calls) == 2 * len(runs)
+        if grace:
+            assert set(calls.values()) == {1}  # handed over cleanly: nothing even ran twice
+    finally:
+        for member in members:
+            await member.stop()
+        await streamer.close()

@@ -1,0 +1,1 @@
+"""Workflow modules the fault tests run in worker subprocesses."""

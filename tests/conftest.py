@@ -1,0 +1,5 @@
+"""Session fixtures shared by the test modules."""
+
+from kafka_broker import kafka_bootstrap
+
+__all__ = ["kafka_bootstrap"]
