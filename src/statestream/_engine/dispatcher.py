@@ -27,6 +27,7 @@ from .._core.protocols import EventReceiver
 from .._core.records import Event, ParkedEvent, shard_of
 from . import observe
 from .lease import HELD, Abandon, Held, LeaseExpired
+from .logfields import of_event
 from .parking import Parker, ParkEvent, describe_error
 from .supervisor import backoff, sleep_unless
 
@@ -271,6 +272,7 @@ class KeyedDispatcher:
             event.id,
             event.key,
             exc_info=failed,
+            extra=of_event(event),
         )
         return await self._park(event, exc, attempt, f"handling the error failed: {failed!r}")
 
@@ -289,7 +291,12 @@ class KeyedDispatcher:
         try:
             entry = await parker.park(role, event, error, attempts)
         except Exception:
-            log.exception("statestream: %s: parking event %s failed; retrying it", role, event.id)
+            log.exception(
+                "statestream: %s: parking event %s failed; retrying it",
+                role,
+                event.id,
+                extra=of_event(event),
+            )
             return False
         held.process.parked += 1
         self._parked_dirty = True
@@ -302,6 +309,7 @@ class KeyedDispatcher:
             attempts,
             error,
             entry.id,
+            extra=of_event(event),
         )
         return True
 
@@ -464,7 +472,12 @@ class KeyedDispatcher:
             error = exc
         else:
             await parker.done(entry)
-            log.info("statestream: %s: retried parked event %s; it succeeded", role, entry.id)
+            log.info(
+                "statestream: %s: retried parked event %s; it succeeded",
+                role,
+                entry.id,
+                extra=of_event(entry.event),
+            )
             return
         await parker.park_again(entry, describe_error(error))
         log.warning(
@@ -472,6 +485,7 @@ class KeyedDispatcher:
             role,
             entry.id,
             error,
+            extra=of_event(entry.event),
         )
 
 

@@ -26,6 +26,7 @@ from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
 from .catchup import CatchingUp, CatchUp
 from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent, Settled
+from .logfields import of_event, of_record
 from .runtime import H_PAUSED_BY, H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
@@ -138,6 +139,7 @@ def _retry_forever(what: str, opts: ProcessOptions) -> ErrorPolicy:
             f" of {limit}" if limit else "",
             exc,
             exc_info=attempt == 1,
+            extra=of_event(event),
         )
         if limit and attempt >= limit:
             raise ParkEvent(f"{what} failed {attempt} times", exc)
@@ -241,7 +243,11 @@ def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Bod
                 object=scrubbed,
             )
         except VersionConflict:
-            log.info("statestream: run %s changed while its data was deleted", record.run_id)
+            log.info(
+                "statestream: run %s changed while its data was deleted",
+                record.run_id,
+                extra=of_record(record),
+            )
 
     topic = delete_topic(rt.name)
 
@@ -277,6 +283,7 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
                 "statestream: run %s stays paused: it was resumed automatically %d times",
                 record.run_id,
                 record.auto_resumes,
+                extra=of_record(record),
             )
             return
         # A conflict means it was resumed, cancelled or paused again by someone else meanwhile.

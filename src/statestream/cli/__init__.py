@@ -3,6 +3,7 @@
 Commands (``statestream COMMAND --help`` for each)::
 
     statestream worker TARGET [TARGET ...] [--grace S] [--log-level LEVEL]
+                       [--log-format text|json] [--metrics-port PORT]
     statestream runs list TARGET [--status NAME] [--state NAME] [--foreign-id ID]
                                  [--limit N] [--offset N] [--desc] [--json]
     statestream runs show TARGET RUN_ID [--json]
@@ -148,6 +149,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
+    return value
+
+
 def _direction(text: str) -> str:
     value = text.upper()
     if value not in ("LR", "RL", "TB", "BT"):
@@ -238,6 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=("debug", "info", "warning", "error", "critical"),
         help="logging level (default: info)",
+    )
+    worker.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line with the run's fields (default: text)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs statestream[metrics])",
+    )
+    worker.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="the address to serve metrics on (default: 0.0.0.0)",
+    )
+    worker.add_argument(
+        "--metrics-interval",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often the metrics read the stores (runs, outbox, timers; default: 15)",
     )
 
     # runs
