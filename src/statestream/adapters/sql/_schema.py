@@ -283,9 +283,14 @@ async def ensure_schema(
     """Check the schema under ``prefix``; create it in an empty database, migrate an older one
     when ``migrate`` is set. Returns the version found before (0: created)."""
     found = await _inspect(conn, dialect, prefix)
-    action = _judge(
-        found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
-    )
+    try:
+        action = _judge(
+            found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
+        )
+    except SchemaError:
+        # Half-made tables may be another worker creating them right now (MySQL's DDL is not
+        # transactional): judge again under the schema lock, which that worker holds until done.
+        action = "locked"
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)
