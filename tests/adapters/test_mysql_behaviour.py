@@ -505,3 +505,29 @@ def test_db_migrate_and_version_on_mysql(capsys: pytest.CaptureFixture[str]) -> 
                 await database.close()
 
         asyncio.run(drop())
+
+
+async def test_the_receivers_positions_are_written_in_one_statement(db: MysqlDatabase) -> None:
+    # Given three receivers of three topics, each with an event acknowledged
+    streamer = MysqlStreamer(db)
+    streamer.ack_interval = 0.05
+    topics = ["a", "b", "c"]
+    for topic in topics:
+        await streamer.publish(topic, [message("k")])
+    receivers = [await streamer.receiver(topic, "consumer") for topic in topics]
+    events = [(await r.recv())[0] for r in receivers]
+    before = db.round_trips
+    # When they acknowledge them together
+    for receiver, event in zip(receivers, events, strict=True):
+        await receiver.ack(event)
+    await asyncio.sleep(0.3)
+    # Then one statement wrote the three positions
+    assert db.round_trips - before == 1
+    rows = await db.fetch(
+        f"SELECT topic, last_id FROM {db.prefix}cursors WHERE name = %s ORDER BY topic",
+        (b"consumer",),
+    )
+    assert [(bytes(t).decode(), int(n)) for t, n in rows] == [
+        (topic, event.id) for topic, event in zip(topics, events, strict=True)
+    ]
+    await streamer.close()
