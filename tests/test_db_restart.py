@@ -46,6 +46,13 @@ STOP_AT = 1 / 3  # of all step effects
 DOWN_FOR = 2.0  # seconds the server stays down
 #: What a worker's log must say about the outage: a statestream logger (the adapter's or the
 #: engine's, not the driver's own) warning about the lost connection or the reconnect.
+#: A WARNING or worse from a statestream logger, in the worker's log format.
+WARNING_PLUS = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL)\s+statestream[\w.]*: ", re.MULTILINE)
+#: The INFO line of the database at the end of the outage.
+RECONNECTED = re.compile(r"INFO\s+statestream[\w.]*: .*reconnected to .* after [\d.]+ s")
+#: An outage of DOWN_FOR seconds reads as a few lines, not one per call (issue 9): the lost
+#: connection, a lost role or two, a summary of the retries.
+MAX_WARNINGS_PER_WORKER = 10
 CONNECTION_LOG = re.compile(
     r"(WARNING|ERROR)\s+statestream[\w.]*: .*(connection|reconnect|cannot reach|unreachable)",
     re.IGNORECASE,
@@ -121,8 +128,19 @@ async def test_restart_under_running_workers_loses_nothing(
                 ]
                 for w in workers
             }
+            during_outage = {w.name: w.output()[logs_before[w.name] :] for w in workers}
             for worker in workers:
                 assert await worker.terminate() == 0, worker.log()
+            for worker_name, text in during_outage.items():
+                warnings = WARNING_PLUS.findall(text)
+                assert len(warnings) <= MAX_WARNINGS_PER_WORKER, (
+                    f"{worker_name} logged {len(warnings)} statestream warnings for a "
+                    f"{DOWN_FOR:g} s outage:\n{text[-6000:]}"
+                )
+                assert RECONNECTED.search(text), (
+                    f"{worker_name} never logged the reconnect:\n{text[-6000:]}"
+                )
+                assert "InternalClientError" not in text, text[-6000:]
             silent = [name for name, lines in outages.items() if not lines]
             assert not silent, (
                 f"{silent} logged nothing about the lost connection or the reconnect\n"

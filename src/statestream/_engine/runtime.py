@@ -36,6 +36,7 @@ from .._definition.graph import describe_status
 from .._definition.options import ProcessOptions
 from .._definition.specs import Definition
 from ..errors import (
+    AdapterConnectionError,
     InvalidInput,
     InvalidTransition,
     RecordNotFound,
@@ -522,7 +523,11 @@ class Runtime(Generic[T, StatusT]):
         version = int(event.headers.get(H_VERSION, -1)) if event is not None else -1
         count = self.errors.add(process, run_id, version)
         limit = opts.pause_after_errors
-        log.warning(
+        # The backend unreachable is expected and transient, and its adapter logs the outage
+        # (once, rate-limited): one line per run and attempt would drown that out.
+        transient = isinstance(exc, AdapterConnectionError)
+        log.log(
+            logging.DEBUG if transient else logging.WARNING,
             "statestream: %s of %s failed for run %s (error %d%s): %r",
             what,
             self.name,
@@ -532,7 +537,7 @@ class Runtime(Generic[T, StatusT]):
             exc,
             # The exception itself: callers are often past their except block, where
             # exc_info=True would find no current exception (and log "NoneType: None").
-            exc_info=None if isinstance(exc, StaleRead) else exc,
+            exc_info=None if transient or isinstance(exc, StaleRead) else exc,
         )
         if not limit or count < limit:
             return False

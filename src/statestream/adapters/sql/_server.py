@@ -28,6 +28,25 @@ log = logging.getLogger("statestream.sql")
 
 R = TypeVar("R")
 
+#: While the server stays unreachable, how often the outage is reported again (seconds).
+OUTAGE_REPORT_EVERY = 5.0
+#: A loss this soon (seconds) after a reconnect continues the outage before it (a call that got
+#: through on a connection not cut yet does not end an outage).
+OUTAGE_RESUMED_WITHIN = 1.0
+
+
+class _Outage:
+    """The server has been unreachable since :attr:`since` (monotonic): one WARNING when it
+    starts, one every :data:`OUTAGE_REPORT_EVERY` seconds while it lasts, one INFO at its end,
+    whatever the number of calls that meet it."""
+
+    __slots__ = ("attempts", "reported", "since")
+
+    def __init__(self, now: float) -> None:
+        self.since = now
+        self.reported = now
+        self.attempts = 1
+
 
 @dataclass(frozen=True)
 class ServerURL:
@@ -123,6 +142,9 @@ class ServerDatabase:
         self._closed = False
         self._opening: asyncio.Lock | None = None
         self._failure: BaseException | None = None  # a schema error: not worth retrying
+        self._outage: _Outage | None = None  # the server is unreachable since then
+        self._last_outage: _Outage | None = None  # the one that ended at _back_at
+        self._back_at = -OUTAGE_RESUMED_WITHIN
         #: The loop that owns the pool: the one running when this object was made, else the
         #: first to use it (see :meth:`retrying`).
         self._home: asyncio.AbstractEventLoop | None = None
@@ -335,26 +357,69 @@ class ServerDatabase:
         await self._ready()
         delay = 0.05
         deadline: float | None = None
-        attempt = 0
         while True:
             try:
                 self.round_trips += 1
-                return await fn()
+                result = await fn()
             except Exception as exc:
-                if not self.is_connection_error(exc) or not idempotent or self._closed:
+                if not self.is_connection_error(exc) or self._closed:
+                    raise self.translate(exc) from exc
+                self.connection_lost(exc)
+                if not idempotent:
                     raise self.translate(exc) from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.reconnect_timeout
                 if now >= deadline:
                     raise self.translate(exc) from exc
-                attempt += 1
-                log.warning(
-                    "statestream: lost the connection to %s (%s); retrying in %.2f s (attempt %d)",
-                    self.where,
-                    exc,
-                    delay,
-                    attempt,
-                )
                 await asyncio.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 2.0)
+            else:
+                if self._outage is not None:
+                    self.connection_back()
+                return result
+
+    def connection_lost(self, exc: BaseException) -> None:
+        """Note a call that found the server unreachable: the first one of an outage logs a
+        WARNING naming the server and database; later ones only a summary every
+        :data:`OUTAGE_REPORT_EVERY` seconds (the calls of a busy process meet an outage by
+        the hundred)."""
+        now = time.monotonic()
+        outage = self._outage
+        if outage is None and now - self._back_at < OUTAGE_RESUMED_WITHIN:
+            # One call got through on a connection that was not cut yet: the same outage.
+            outage = self._outage = self._last_outage
+        if outage is None:
+            self._outage = _Outage(now)
+            log.warning(
+                "statestream: lost the connection to %s (%s); reconnecting with backoff",
+                self.where,
+                str(exc).strip() or type(exc).__name__,
+            )
+            return
+        outage.attempts += 1
+        if now - outage.reported >= OUTAGE_REPORT_EVERY:
+            outage.reported = now
+            log.warning(
+                "statestream: %s still unreachable after %.0f s, %d attempts",
+                self.where,
+                now - outage.since,
+                outage.attempts,
+            )
+
+    def connection_back(self) -> None:
+        """A call succeeded after an outage: one INFO line."""
+        outage, self._outage = self._outage, None
+        self._last_outage, self._back_at = outage, time.monotonic()
+        if outage is not None:
+            log.info(
+                "statestream: reconnected to %s after %.1f s (%d failed attempts)",
+                self.where,
+                time.monotonic() - outage.since,
+                outage.attempts,
+            )
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the last call found the server unreachable (an outage is going on)."""
+        return self._outage is not None
