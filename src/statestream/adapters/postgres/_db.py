@@ -113,8 +113,6 @@ class PostgresDatabase(ServerDatabase):
         self.channel = f"{self.prefix}events"
         #: The streamers on this database (closed with it).
         self.streamers: set[Any] = set()
-        #: Statements whose callers were cancelled, still running (see :meth:`_run`).
-        self._abandoned: set[asyncio.Future[Any]] = set()
 
     async def close(self) -> None:
         """Close the streamers' LISTEN connections and the pool."""
@@ -123,11 +121,6 @@ class PostgresDatabase(ServerDatabase):
         writer = self.record_writer
         if writer is not None:
             await writer.batcher.close()
-        if self._abandoned:  # statements of cancelled callers: let them end, briefly
-            _, pending = await asyncio.wait(set(self._abandoned), timeout=self.connect_timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
         await super().close()
 
     def _dsn(self) -> str:
@@ -195,21 +188,26 @@ class PostgresDatabase(ServerDatabase):
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         """One statement on a pooled connection, acquired and released by a task of its own
-        that the caller's cancellation does not interrupt: the caller is cancelled at once,
-        the statement ends (it is short) and the connection goes back to the pool from a task
-        that was never cancelled.
+        that the caller's cancellation does not interrupt: a cancelled caller waits for the
+        statement to end (statements are short; on a lost connection they end at once), then
+        gets its ``CancelledError``. So a cancelled call's statement is over when the call
+        returns (a role scheduler that deletes the row a cancelled take may have written
+        relies on that), and the connection goes back to the pool from a task that was never
+        cancelled.
 
-        A statement cancelled mid-flight, with the connection released from the cancelled
-        task, leaves asyncpg's pool racing a background release against the next user of
-        the same holder; during an outage that ends in ``InternalClientError:
+        Cancelling asyncpg mid-statement and releasing the connection from the cancelled
+        task leaves its pool racing a background release against the next user of the same
+        holder; during an outage that ends in ``InternalClientError:
         PoolConnectionHolder.release() called on a free connection holder``."""
         task = asyncio.ensure_future(self._on_connection(self.pool, method, sql, args))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
-                self._abandoned.add(task)
-                task.add_done_callback(self._forget)
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller was cancelled, the outcome is moot
             raise
 
     @staticmethod
@@ -218,12 +216,6 @@ class PostgresDatabase(ServerDatabase):
     ) -> Any:
         async with pool.acquire() as conn:
             return await getattr(conn, method)(sql, *args)
-
-    def _forget(self, task: asyncio.Future[Any]) -> None:
-        """A statement whose caller was cancelled ended: nobody wants its outcome."""
-        self._abandoned.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so that asyncio does not report it
 
     async def drop_tables(self) -> None:
         """Drop every table under this database's prefix (tests, and ``statestream db``)."""

@@ -40,10 +40,11 @@ class _Outage:
     starts, one every :data:`OUTAGE_REPORT_EVERY` seconds while it lasts, one INFO at its end,
     whatever the number of calls that meet it."""
 
-    __slots__ = ("attempts", "reported", "since")
+    __slots__ = ("attempts", "ended", "reported", "since")
 
     def __init__(self, now: float) -> None:
         self.since = now
+        self.ended = now
         self.reported = now
         self.attempts = 1
 
@@ -143,8 +144,8 @@ class ServerDatabase:
         self._opening: asyncio.Lock | None = None
         self._failure: BaseException | None = None  # a schema error: not worth retrying
         self._outage: _Outage | None = None  # the server is unreachable since then
-        self._last_outage: _Outage | None = None  # the one that ended at _back_at
-        self._back_at = -OUTAGE_RESUMED_WITHIN
+        self._last_outage: _Outage | None = None  # the one whose end is to be reported
+        self._back: asyncio.TimerHandle | None = None  # reports that end
         #: The loop that owns the pool: the one running when this object was made, else the
         #: first to use it (see :meth:`retrying`).
         self._home: asyncio.AbstractEventLoop | None = None
@@ -233,6 +234,10 @@ class ServerDatabase:
     async def close(self) -> None:
         """Close the pool. Further calls raise :class:`AdapterError`."""
         self._closed = True
+        back, self._back = self._back, None
+        if back is not None:  # the end of an outage not reported yet: now
+            back.cancel()
+            self._report_back()
         if self._opened:
             self._opened = False
         await self._close_pool()
@@ -386,8 +391,11 @@ class ServerDatabase:
         the hundred)."""
         now = time.monotonic()
         outage = self._outage
-        if outage is None and now - self._back_at < OUTAGE_RESUMED_WITHIN:
-            # One call got through on a connection that was not cut yet: the same outage.
+        if outage is None and self._back is not None:
+            # A call got through on a connection not cut yet, or the server went away again
+            # at once: the same outage (its end was not reported yet).
+            handle, self._back = self._back, None
+            handle.cancel()
             outage = self._outage = self._last_outage
         if outage is None:
             self._outage = _Outage(now)
@@ -408,14 +416,23 @@ class ServerDatabase:
             )
 
     def connection_back(self) -> None:
-        """A call succeeded after an outage: one INFO line."""
+        """A call succeeded after an outage: one INFO line, once no call failed for
+        :data:`OUTAGE_RESUMED_WITHIN` seconds."""
         outage, self._outage = self._outage, None
-        self._last_outage, self._back_at = outage, time.monotonic()
+        if outage is None or self._back is not None:
+            return
+        self._last_outage = outage
+        outage.ended = time.monotonic()
+        self._back = asyncio.get_running_loop().call_later(OUTAGE_RESUMED_WITHIN, self._report_back)
+
+    def _report_back(self) -> None:
+        self._back = None
+        outage = self._last_outage
         if outage is not None:
             log.info(
                 "statestream: reconnected to %s after %.1f s (%d failed attempts)",
                 self.where,
-                time.monotonic() - outage.since,
+                outage.ended - outage.since,
                 outage.attempts,
             )
 
