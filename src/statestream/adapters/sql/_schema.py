@@ -283,9 +283,14 @@ async def ensure_schema(
     """Check the schema under ``prefix``; create it in an empty database, migrate an older one
     when ``migrate`` is set. Returns the version found before (0: created)."""
     found = await _inspect(conn, dialect, prefix)
-    action = _judge(
-        found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
-    )
+    try:
+        action = _judge(
+            found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
+        )
+    except SchemaError:
+        # Maybe another process is creating the schema right now (MySQL's DDL commits each
+        # table at once: the tables exist before the version row): judged again under the lock.
+        action = "recheck"
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)
@@ -295,7 +300,7 @@ async def ensure_schema(
         action = _judge(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
-        if action == "ok":
+        if action == "ok" or (action == "create" and not create):
             return found.version
         migrations = load_migrations(dialect, prefix)
         await conn.begin()
