@@ -54,7 +54,8 @@ log = logging.getLogger("statestream")
 #: How long a process handing its role over to another worker may take to finish the events in
 #: hand before they are cancelled (and handled again by the next holder).
 HANDOVER_GRACE = 30.0
-#: Roles lost within this many seconds of a logged loss are logged at INFO (one WARNING each).
+#: A role lost within this many seconds of a loss logged at WARNING is logged at INFO (roles
+#: are lost together: an outage, a stalled event loop).
 LOSS_BURST = 5.0
 
 
@@ -213,7 +214,9 @@ class Supervisor:
         #: The roles whose acquiring last failed because the backend was unreachable (one
         #: WARNING for the first of an outage, not one traceback per role and attempt).
         self._unreachable: set[str] = set()
-        self._lost_logged = -math.inf  # when a lost role was last logged at WARNING
+        #: When a lost role (key: lost by its deadline) or a failed acquire ("acquire") was
+        #: last logged at WARNING.
+        self._lost_logged: dict[bool | str, float] = {}
         #: This instance's side of the division of the roles (None: the scheduler cannot).
         self.share: Share | None = None
 
@@ -442,12 +445,18 @@ class Supervisor:
 
     def _acquire_failed(self, role: str, exc: Exception) -> None:
         """Log a failed acquire. The backend unreachable (:class:`AdapterConnectionError`) is
-        expected and transient: a WARNING without traceback for the first role of an outage,
-        DEBUG for the others until one acquires again; anything else keeps its traceback."""
+        expected and transient: a WARNING without traceback for the first role of an outage
+        (at most one each :data:`LOSS_BURST` seconds), DEBUG for the others until they acquire
+        again; anything else keeps its traceback."""
         if not isinstance(exc, AdapterConnectionError):
             log.error("statestream: acquiring role %s failed", role, exc_info=exc)
             return
-        first = not self._unreachable
+        now = time.monotonic()
+        first = not self._unreachable and now - self._lost_logged.get("acquire", -math.inf) >= (
+            LOSS_BURST
+        )
+        if first:
+            self._lost_logged["acquire"] = now
         self._unreachable.add(role)
         log.log(
             logging.WARNING if first else logging.DEBUG,
@@ -496,9 +505,10 @@ class Supervisor:
         # Roles are lost together (an outage, a stalled loop): the first loss of a burst is a
         # WARNING, the others of the next LOSS_BURST seconds INFO.
         now = time.monotonic()
-        level = logging.WARNING if now - self._lost_logged >= LOSS_BURST else logging.INFO
+        last = self._lost_logged.get(by_deadline, -math.inf)
+        level = logging.WARNING if now - last >= LOSS_BURST else logging.INFO
         if level == logging.WARNING:
-            self._lost_logged = now
+            self._lost_logged[by_deadline] = now
         if not by_deadline:
             log.log(level, "statestream: lost role %s; stopping its work", proc.role)
         else:
