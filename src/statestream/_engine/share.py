@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from .._core.protocols import RoleMembers
+from .logfields import fields
 
 __all__ = ["Share", "fair_share", "preference"]
 
@@ -203,6 +204,7 @@ class Share:
                 role,
                 len(self.held) - len(self.yielding),
                 self.quota,
+                extra=fields(role=role),
             )
             self.yielding.add(role)
             self.held[role]()

@@ -32,6 +32,7 @@ from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from ..errors import AdapterConnectionError
 from . import observe
 from .lease import HELD, Held, LeaseExpired
+from .logfields import fields
 from .share import Share
 from .usercode import SYNC_EXECUTOR
 
@@ -264,6 +265,7 @@ class Supervisor:
             proc.name,
             self._workflow,
             exc_info=exc,
+            extra=fields(self._workflow, role=proc.role),
         )
         proc.failed("supervisor", exc)
         proc.state = ProcessState.ERROR
@@ -295,6 +297,7 @@ class Supervisor:
                         proc.name,
                         self._workflow,
                         exc_info=result,
+                        extra=fields(self._workflow, role=proc.role),
                     )
                     proc.failed("stopping", result)
         for proc in self.processes:
@@ -341,7 +344,12 @@ class Supervisor:
                 return
             exc = task.exception()
             assert exc is not None
-            log.error("statestream: releasing a role of %s failed", self._workflow, exc_info=exc)
+            log.error(
+                "statestream: releasing a role of %s failed",
+                self._workflow,
+                exc_info=exc,
+                extra=fields(self._workflow),
+            )
             if proc is not None:
                 proc.failed("releasing the role", exc)
 
@@ -363,6 +371,7 @@ class Supervisor:
                 proc.role,
                 self._workflow,
                 exc_info=exc,
+                extra=fields(self._workflow, role=proc.role),
             )
             proc.failed("releasing the role", exc)
             return False
@@ -410,11 +419,21 @@ class Supervisor:
                     expired = await self._hold(proc, lease, handover)
                 except LeaseExpired as exc:
                     # Not a failure of the process: give the role up and wait for it again.
-                    log.warning("statestream: %s: %s; acquiring the role again", proc.role, exc)
+                    log.warning(
+                        "statestream: %s: %s; acquiring the role again",
+                        proc.role,
+                        exc,
+                        extra=fields(self._workflow, role=proc.role),
+                    )
                     expired = True
                 except Exception as exc:
                     ok = False
-                    log.exception("statestream: process %s of %s failed", proc.name, self._workflow)
+                    log.exception(
+                        "statestream: process %s of %s failed",
+                        proc.name,
+                        self._workflow,
+                        extra=fields(self._workflow, role=proc.role),
+                    )
                     proc.failed("process", exc)
                     proc.state = ProcessState.ERROR  # not RUNNING while it releases the role
                     if self.seam is not None:
@@ -449,7 +468,12 @@ class Supervisor:
         (at most one each :data:`LOSS_BURST` seconds), DEBUG for the others until they acquire
         again; anything else keeps its traceback."""
         if not isinstance(exc, AdapterConnectionError):
-            log.error("statestream: acquiring role %s failed", role, exc_info=exc)
+            log.error(
+                "statestream: acquiring role %s failed",
+                role,
+                exc_info=exc,
+                extra=fields(self._workflow, role=role),
+            )
             return
         now = time.monotonic()
         first = not self._unreachable and now - self._lost_logged.get("acquire", -math.inf) >= (
@@ -464,6 +488,7 @@ class Supervisor:
             role,
             self._workflow,
             exc,
+            extra=fields(self._workflow, role=role),
         )
 
     def _acquire_works(self, role: str) -> None:
@@ -510,13 +535,19 @@ class Supervisor:
         if level == logging.WARNING:
             self._lost_logged[by_deadline] = now
         if not by_deadline:
-            log.log(level, "statestream: lost role %s; stopping its work", proc.role)
+            log.log(
+                level,
+                "statestream: lost role %s; stopping its work",
+                proc.role,
+                extra=fields(self._workflow, role=proc.role),
+            )
         else:
             log.log(
                 level,
                 "statestream: the lease of role %s passed its deadline (the event loop stalled, "
                 "or renewing it is late); stopping its work",
                 proc.role,
+                extra=fields(self._workflow, role=proc.role),
             )
         body.cancel()
         results = await asyncio.gather(body, return_exceptions=True)
@@ -525,6 +556,7 @@ class Supervisor:
                 "statestream: process %s failed while stopping after the loss of its role",
                 proc.name,
                 exc_info=results[0],
+                extra=fields(self._workflow, role=proc.role),
             )
         return by_deadline
 
@@ -551,6 +583,7 @@ class Supervisor:
                 proc.name,
                 self._workflow,
                 HANDOVER_GRACE,
+                extra=fields(self._workflow, role=proc.role),
             )
             body.cancel()
 

@@ -288,9 +288,9 @@ async def ensure_schema(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
     except SchemaError:
-        # Maybe another process is creating the schema right now (MySQL's DDL commits each
-        # table at once: the tables exist before the version row): judged again under the lock.
-        action = "recheck"
+        # Half-made tables may be another worker creating them right now (MySQL's DDL is not
+        # transactional): judge again under the schema lock, which that worker holds until done.
+        action = "locked"
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)
@@ -300,7 +300,7 @@ async def ensure_schema(
         action = _judge(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
-        if action == "ok" or (action == "create" and not create):
+        if action == "ok":
             return found.version
         migrations = load_migrations(dialect, prefix)
         await conn.begin()
