@@ -546,14 +546,24 @@ class Runtime(Generic[T, StatusT]):
                 extra=where,
             )
             return False
+        # The backend unreachable is expected and transient, and its adapter logs the outage
+        # (once, rate-limited): one line per run and attempt would drown that out. It is not
+        # the run's fault either: it does not count towards ``pause_after_errors``, so that an
+        # outage longer than the retries does not leave every run in flight paused.
+        if isinstance(exc, AdapterConnectionError):
+            log.debug(
+                "statestream: %s of %s for run %s waits for the backend: %r",
+                what,
+                self.name,
+                run_id,
+                exc,
+                extra=where,
+            )
+            return False
         version = int(event.headers.get(H_VERSION, -1)) if event is not None else -1
         count = self.errors.add(process, run_id, version)
         limit = opts.pause_after_errors
-        # The backend unreachable is expected and transient, and its adapter logs the outage
-        # (once, rate-limited): one line per run and attempt would drown that out.
-        transient = isinstance(exc, AdapterConnectionError)
-        log.log(
-            logging.DEBUG if transient else logging.WARNING,
+        log.warning(
             "statestream: %s of %s failed for run %s (error %d%s): %r",
             what,
             self.name,
@@ -563,7 +573,7 @@ class Runtime(Generic[T, StatusT]):
             exc,
             # The exception itself: callers are often past their except block, where
             # exc_info=True would find no current exception (and log "NoneType: None").
-            exc_info=None if transient or isinstance(exc, StaleRead) else exc,
+            exc_info=None if isinstance(exc, StaleRead) else exc,
             extra=where,
         )
         if not limit or count < limit:
