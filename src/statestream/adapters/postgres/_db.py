@@ -147,7 +147,9 @@ class PostgresDatabase(ServerDatabase):
         asyncpg = _driver()
         self._pool = await asyncpg.create_pool(
             self._dsn(),
-            min_size=1,
+            # No floor of idle connections: during an outage asyncpg would log a traceback
+            # every second trying to restore it; our own reconnect loop reports the outage.
+            min_size=0,
             max_size=self.pool_size,
             timeout=self.connect_timeout,
             reset=_no_reset,
