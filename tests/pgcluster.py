@@ -65,8 +65,17 @@ def free_port() -> int:
 class PgCluster:
     """One private cluster: its directory, port and the postmaster it started."""
 
-    def __init__(self, root: Path, initdb: str, pg_ctl: str, run_as: list[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        initdb: str,
+        pg_ctl: str,
+        run_as: list[str],
+        password: str | None = None,
+    ) -> None:
         self.root = root
+        #: The password of user postgres (scram-sha-256 authentication); None: trust.
+        self.password = password
         self.data = root / "data"
         self.log_file = root / "server.log"
         self.port = free_port()
@@ -78,7 +87,8 @@ class PgCluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -101,14 +111,20 @@ class PgCluster:
             )
 
     def init(self) -> None:
+        auth = ["-A", "trust"]
+        if self.password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.password)
+            stat = self.root.stat()
+            os.chown(pwfile, stat.st_uid, stat.st_gid)
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
         result = self._run(
             self._initdb,
             "-D",
             str(self.data),
             "-U",
             "postgres",
-            "-A",
-            "trust",
+            *auth,
             "-E",
             "UTF8",
             "--no-sync",  # only initdb's own files: the server below runs with fsync on
@@ -177,8 +193,9 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def private_cluster() -> Iterator[PgCluster]:
-    """A started private cluster; stopped and deleted afterwards, whatever happens."""
+def private_cluster(password: str | None = None) -> Iterator[PgCluster]:
+    """A started private cluster; stopped and deleted afterwards, whatever happens. With a
+    ``password``, user postgres must give it (scram-sha-256), else trust."""
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     if initdb is None or pg_ctl is None:
         _unavailable("initdb or pg_ctl not found in /usr/local/bin nor on PATH")
@@ -197,7 +214,7 @@ def private_cluster() -> Iterator[PgCluster]:
     try:
         if owner is not None:
             os.chown(root, owner.pw_uid, owner.pw_gid)
-        cluster = PgCluster(root, initdb, pg_ctl, run_as)
+        cluster = PgCluster(root, initdb, pg_ctl, run_as, password)
         try:
             cluster.init()
             cluster.start()

@@ -159,6 +159,7 @@ async def test_three_workers_one_sigkilled_lose_nothing(
 
     assert outcome["touched_by_killed"] > 0, "the killed worker had done no work"
     workers_with_work = [pid for pid, n in outcome["effects_by_pid"].items() if n > 0]
+    assert len(workers_with_work) >= 2, "the killed worker did all the work, no survivor any"
     report(
         record_property,
         backend=cluster.name,

@@ -597,3 +597,24 @@ async def test_an_idle_shard_does_not_hold_prune_back(db: PostgresDatabase) -> N
         assert await streamer.prune(["topic"], _now()) == 5
     finally:
         await streamer.close()
+
+
+async def test_a_wrong_password_is_a_clear_error() -> None:
+    """The shared server trusts every local user: a private cluster with scram-sha-256
+    authentication (tests/pgcluster.py) tells a wrong password from the right one."""
+    from pgcluster import private_cluster
+
+    with private_cluster(password="right-password") as cluster:
+        wrong = PostgresDatabase(cluster.url.replace(":right-password@", ":wrong@"))
+        try:
+            async with asyncio.timeout(20):
+                with pytest.raises(errors.AdapterConnectionError, match="refused user 'postgres'"):
+                    await wrong.open()
+        finally:
+            await wrong.close()
+        right = PostgresDatabase(cluster.url, prefix=unique_prefix())
+        try:
+            await right.open()
+            await right.drop_tables()
+        finally:
+            await right.close()

@@ -36,6 +36,7 @@ from .._definition.graph import describe_status
 from .._definition.options import ProcessOptions
 from .._definition.specs import Definition
 from ..errors import (
+    AdapterConnectionError,
     InvalidInput,
     InvalidTransition,
     RecordNotFound,
@@ -540,6 +541,20 @@ class Runtime(Generic[T, StatusT]):
             log.info(
                 "statestream: %s for run %s abandoned: %s",
                 what,
+                run_id,
+                exc,
+                extra=where,
+            )
+            return False
+        # The backend unreachable is expected and transient, and its adapter logs the outage
+        # (once, rate-limited): one line per run and attempt would drown that out. It is not
+        # the run's fault either: it does not count towards ``pause_after_errors``, so that an
+        # outage longer than the retries does not leave every run in flight paused.
+        if isinstance(exc, AdapterConnectionError):
+            log.debug(
+                "statestream: %s of %s for run %s waits for the backend: %r",
+                what,
+                self.name,
                 run_id,
                 exc,
                 extra=where,

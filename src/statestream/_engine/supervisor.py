@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
+from ..errors import AdapterConnectionError
 from . import observe
 from .lease import HELD, Held, LeaseExpired
 from .logfields import fields
@@ -54,6 +55,9 @@ log = logging.getLogger("statestream")
 #: How long a process handing its role over to another worker may take to finish the events in
 #: hand before they are cancelled (and handled again by the next holder).
 HANDOVER_GRACE = 30.0
+#: A role lost within this many seconds of a loss logged at WARNING is logged at INFO (roles
+#: are lost together: an outage, a stalled event loop).
+LOSS_BURST = 5.0
 
 
 class ProcessState(enum.IntEnum):
@@ -208,6 +212,12 @@ class Supervisor:
         #: Set (and replaced) when an operator asks for parked events to be retried.
         self.parked_wake = asyncio.Event()
         self._cleanup: set[asyncio.Future[None]] = set()
+        #: The roles whose acquiring last failed because the backend was unreachable (one
+        #: WARNING for the first of an outage, not one traceback per role and attempt).
+        self._unreachable: set[str] = set()
+        #: When a lost role (key: lost by its deadline) or a failed acquire ("acquire") was
+        #: last logged at WARNING.
+        self._lost_logged: dict[bool | str, float] = {}
         #: This instance's side of the division of the roles (None: the scheduler cannot).
         self.share: Share | None = None
 
@@ -380,11 +390,7 @@ class Supervisor:
                 try:
                     lease = await self._acquire(proc.role)
                 except Exception as exc:
-                    log.exception(
-                        "statestream: acquiring role %s failed",
-                        proc.role,
-                        extra=fields(self._workflow, role=proc.role),
-                    )
+                    self._acquire_failed(proc.role, exc)
                     proc.failed("acquiring the role", exc)
                     proc.state = ProcessState.ERROR
                     attempt += 1
@@ -392,6 +398,8 @@ class Supervisor:
                         self.stopping, backoff(attempt, proc.error_backoff, proc.max_error_backoff)
                     )
                     continue
+                if self._unreachable:
+                    self._acquire_works(proc.role)
                 if lease is None:
                     continue  # stopping, or this instance's share filled up meanwhile
                 if share is not None and not share.room():
@@ -454,6 +462,40 @@ class Supervisor:
             if self.stopping.is_set() or proc.state is not ProcessState.ERROR:
                 proc.state = ProcessState.SHUTDOWN
 
+    def _acquire_failed(self, role: str, exc: Exception) -> None:
+        """Log a failed acquire. The backend unreachable (:class:`AdapterConnectionError`) is
+        expected and transient: a WARNING without traceback for the first role of an outage
+        (at most one each :data:`LOSS_BURST` seconds), DEBUG for the others until they acquire
+        again; anything else keeps its traceback."""
+        if not isinstance(exc, AdapterConnectionError):
+            log.error(
+                "statestream: acquiring role %s failed",
+                role,
+                exc_info=exc,
+                extra=fields(self._workflow, role=role),
+            )
+            return
+        now = time.monotonic()
+        first = not self._unreachable and now - self._lost_logged.get("acquire", -math.inf) >= (
+            LOSS_BURST
+        )
+        if first:
+            self._lost_logged["acquire"] = now
+        self._unreachable.add(role)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "statestream: acquiring role %s of %s failed: %s; retrying with backoff",
+            role,
+            self._workflow,
+            exc,
+            extra=fields(self._workflow, role=role),
+        )
+
+    def _acquire_works(self, role: str) -> None:
+        if role in self._unreachable and len(self._unreachable) == 1:
+            log.info("statestream: acquiring the roles of %s works again", self._workflow)
+        self._unreachable.discard(role)
+
     async def _hold(self, proc: Process, lease: Lease, handover: asyncio.Event) -> bool:
         """Run the body while the lease holds; True if its deadline ended it.
 
@@ -485,14 +527,23 @@ class Supervisor:
                 return False  # cancelled after the handover's grace
             body.result()
             return False
+        # Roles are lost together (an outage, a stalled loop): the first loss of a burst is a
+        # WARNING, the others of the next LOSS_BURST seconds INFO.
+        now = time.monotonic()
+        last = self._lost_logged.get(by_deadline, -math.inf)
+        level = logging.WARNING if now - last >= LOSS_BURST else logging.INFO
+        if level == logging.WARNING:
+            self._lost_logged[by_deadline] = now
         if not by_deadline:
-            log.warning(
+            log.log(
+                level,
                 "statestream: lost role %s; stopping its work",
                 proc.role,
                 extra=fields(self._workflow, role=proc.role),
             )
         else:
-            log.warning(
+            log.log(
+                level,
                 "statestream: the lease of role %s passed its deadline (the event loop stalled, "
                 "or renewing it is late); stopping its work",
                 proc.role,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -146,7 +147,9 @@ class PostgresDatabase(ServerDatabase):
         asyncpg = _driver()
         self._pool = await asyncpg.create_pool(
             self._dsn(),
-            min_size=1,
+            # No floor of idle connections: during an outage asyncpg would log a traceback
+            # every second trying to restore it; our own reconnect loop reports the outage.
+            min_size=0,
             max_size=self.pool_size,
             timeout=self.connect_timeout,
             reset=_no_reset,
@@ -174,16 +177,47 @@ class PostgresDatabase(ServerDatabase):
     # ------------------------------------------------------------ one round trip each
 
     async def fetch(self, sql: str, *args: Any, idempotent: bool = True) -> list[Any]:
-        return await self.retrying(lambda: self.pool.fetch(sql, *args), idempotent=idempotent)
+        return await self.retrying(lambda: self._run("fetch", sql, args), idempotent=idempotent)
 
     async def fetchrow(self, sql: str, *args: Any, idempotent: bool = True) -> Any:
-        return await self.retrying(lambda: self.pool.fetchrow(sql, *args), idempotent=idempotent)
+        return await self.retrying(lambda: self._run("fetchrow", sql, args), idempotent=idempotent)
 
     async def fetchval(self, sql: str, *args: Any, idempotent: bool = True) -> Any:
-        return await self.retrying(lambda: self.pool.fetchval(sql, *args), idempotent=idempotent)
+        return await self.retrying(lambda: self._run("fetchval", sql, args), idempotent=idempotent)
 
     async def execute(self, sql: str, *args: Any, idempotent: bool = True) -> str:
-        return await self.retrying(lambda: self.pool.execute(sql, *args), idempotent=idempotent)
+        return await self.retrying(lambda: self._run("execute", sql, args), idempotent=idempotent)
+
+    async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        """One statement on a pooled connection, acquired and released by a task of its own
+        that the caller's cancellation does not interrupt: a cancelled caller waits for the
+        statement to end (statements are short; on a lost connection they end at once), then
+        gets its ``CancelledError``. So a cancelled call's statement is over when the call
+        returns (a role scheduler that deletes the row a cancelled take may have written
+        relies on that), and the connection goes back to the pool from a task that was never
+        cancelled.
+
+        Cancelling asyncpg mid-statement and releasing the connection from the cancelled
+        task leaves its pool racing a background release against the next user of the same
+        holder; during an outage that ends in ``InternalClientError:
+        PoolConnectionHolder.release() called on a free connection holder``."""
+        task = asyncio.ensure_future(self._on_connection(self.pool, method, sql, args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller was cancelled, the outcome is moot
+            raise
+
+    @staticmethod
+    async def _on_connection(
+        pool: asyncpg.Pool, method: str, sql: str, args: tuple[Any, ...]
+    ) -> Any:
+        async with pool.acquire() as conn:
+            return await getattr(conn, method)(sql, *args)
 
     async def drop_tables(self) -> None:
         """Drop every table under this database's prefix (tests, and ``statestream db``)."""

@@ -233,12 +233,19 @@ class PostgresStreamer:
 
     async def _relisten(self) -> None:
         delay = 0.05
+        since = time.monotonic()
         while not self._closed and self._receivers:
             try:
                 await self._listen()
+                log.info(
+                    "statestream: LISTEN on %s again after %.1f s",
+                    self.db.where,
+                    time.monotonic() - since,
+                )
                 return
             except Exception as exc:
-                log.warning(
+                # Once per attempt: at DEBUG (the database logs the outage, rate-limited).
+                log.debug(
                     "statestream: LISTEN on %s failed (%s); retrying in %.2f s",
                     self.db.where,
                     exc,

@@ -28,6 +28,26 @@ log = logging.getLogger("statestream.sql")
 
 R = TypeVar("R")
 
+#: While the server stays unreachable, how often the outage is reported again (seconds).
+OUTAGE_REPORT_EVERY = 5.0
+#: A loss this soon (seconds) after a reconnect continues the outage before it (a call that got
+#: through on a connection not cut yet does not end an outage).
+OUTAGE_RESUMED_WITHIN = 1.0
+
+
+class _Outage:
+    """The server has been unreachable since :attr:`since` (monotonic): one WARNING when it
+    starts, one every :data:`OUTAGE_REPORT_EVERY` seconds while it lasts, one INFO at its end,
+    whatever the number of calls that meet it."""
+
+    __slots__ = ("attempts", "ended", "reported", "since")
+
+    def __init__(self, now: float) -> None:
+        self.since = now
+        self.ended = now
+        self.reported = now
+        self.attempts = 1
+
 
 @dataclass(frozen=True)
 class ServerURL:
@@ -123,6 +143,9 @@ class ServerDatabase:
         self._closed = False
         self._opening: asyncio.Lock | None = None
         self._failure: BaseException | None = None  # a schema error: not worth retrying
+        self._outage: _Outage | None = None  # the server is unreachable since then
+        self._last_outage: _Outage | None = None  # the one whose end is to be reported
+        self._back: asyncio.TimerHandle | None = None  # reports that end
         #: The loop that owns the pool: the one running when this object was made, else the
         #: first to use it (see :meth:`retrying`).
         self._home: asyncio.AbstractEventLoop | None = None
@@ -211,6 +234,10 @@ class ServerDatabase:
     async def close(self) -> None:
         """Close the pool. Further calls raise :class:`AdapterError`."""
         self._closed = True
+        back, self._back = self._back, None
+        if back is not None:  # the end of an outage not reported yet: now
+            back.cancel()
+            self._report_back()
         if self._opened:
             self._opened = False
         await self._close_pool()
@@ -335,26 +362,81 @@ class ServerDatabase:
         await self._ready()
         delay = 0.05
         deadline: float | None = None
-        attempt = 0
         while True:
             try:
                 self.round_trips += 1
-                return await fn()
+                result = await fn()
             except Exception as exc:
-                if not self.is_connection_error(exc) or not idempotent or self._closed:
+                if not self.is_connection_error(exc) or self._closed:
+                    raise self.translate(exc) from exc
+                self.connection_lost(exc)
+                if not idempotent:
                     raise self.translate(exc) from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.reconnect_timeout
                 if now >= deadline:
                     raise self.translate(exc) from exc
-                attempt += 1
-                log.warning(
-                    "statestream: lost the connection to %s (%s); retrying in %.2f s (attempt %d)",
-                    self.where,
-                    exc,
-                    delay,
-                    attempt,
-                )
                 await asyncio.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 2.0)
+            else:
+                if self._outage is not None:
+                    self.connection_back()
+                return result
+
+    def connection_lost(self, exc: BaseException) -> None:
+        """Note a call that found the server unreachable: the first one of an outage logs a
+        WARNING naming the server and database; later ones only a summary every
+        :data:`OUTAGE_REPORT_EVERY` seconds (the calls of a busy process meet an outage by
+        the hundred)."""
+        now = time.monotonic()
+        outage = self._outage
+        if outage is None and self._back is not None:
+            # A call got through on a connection not cut yet, or the server went away again
+            # at once: the same outage (its end was not reported yet).
+            handle, self._back = self._back, None
+            handle.cancel()
+            outage = self._outage = self._last_outage
+        if outage is None:
+            self._outage = _Outage(now)
+            log.warning(
+                "statestream: lost the connection to %s (%s); reconnecting with backoff",
+                self.where,
+                str(exc).strip() or type(exc).__name__,
+            )
+            return
+        outage.attempts += 1
+        if now - outage.reported >= OUTAGE_REPORT_EVERY:
+            outage.reported = now
+            log.warning(
+                "statestream: %s still unreachable after %.0f s, %d attempts",
+                self.where,
+                now - outage.since,
+                outage.attempts,
+            )
+
+    def connection_back(self) -> None:
+        """A call succeeded after an outage: one INFO line, once no call failed for
+        :data:`OUTAGE_RESUMED_WITHIN` seconds."""
+        outage, self._outage = self._outage, None
+        if outage is None or self._back is not None:
+            return
+        self._last_outage = outage
+        outage.ended = time.monotonic()
+        self._back = asyncio.get_running_loop().call_later(OUTAGE_RESUMED_WITHIN, self._report_back)
+
+    def _report_back(self) -> None:
+        self._back = None
+        outage = self._last_outage
+        if outage is not None:
+            log.info(
+                "statestream: reconnected to %s after %.1f s (%d failed attempts)",
+                self.where,
+                outage.ended - outage.since,
+                outage.attempts,
+            )
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the last call found the server unreachable (an outage is going on)."""
+        return self._outage is not None

@@ -1,0 +1,104 @@
+"""Every public call of the server adapters may be cancelled mid-flight, and the adapters stay
+usable afterwards (issue 9).
+
+A statement cancelled half-way must not leave a broken connection in the pool: asyncmy 0.2.18
+leaves a connection unusable after a query cancelled mid-way ("Cancelled during execution"), so
+the MySQL pool discards it; asyncpg's pool, released from a cancelled task while the server is
+away, can end in ``InternalClientError: PoolConnectionHolder.release() called on a free
+connection holder``, so PostgreSQL statements run in a task the caller's cancellation does not
+interrupt. The test cancels a mix of calls of every adapter (record store, streamer, timeout
+store, role scheduler) at random moments, round after round, then uses each adapter again, with
+more concurrent calls than the pool has connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import backends
+from apps import pipeline
+from statestream._core.records import Message
+
+SERVERS = [name for name in backends.NAMES if backends.BACKENDS[name].server]
+ROUNDS = 40
+TOPIC = "cancel-topic"
+
+
+def message(n: int) -> Message:
+    return Message(f"key-{n}", 1, {"n": str(n)}, datetime.now(UTC))
+
+
+@pytest.fixture(params=SERVERS)
+async def adapters(request: pytest.FixtureRequest) -> AsyncIterator[backends.AdapterSet]:
+    name: str = request.param
+    backends.require(name)
+    location, prefix = backends.server_url(name), backends.new_prefix()
+    try:
+        async with backends.adapter_set(name, location, prefix, ttl=5.0) as adapters:
+            yield adapters
+    finally:
+        await backends.drop_prefixed(name, location, prefix)
+
+
+async def test_calls_cancelled_mid_flight_leave_the_adapters_usable(
+    adapters: backends.AdapterSet,
+) -> None:
+    wf = pipeline.build(adapters)  # never started: it triggers
+    run_ids = [await wf.trigger(f"seed-{i}") for i in range(3)]
+    receiver = await adapters.streamer.receiver(TOPIC, "cancel-test")
+    rng = random.Random(9)
+    counter = 0
+
+    async def acquire_and_release() -> None:
+        lease = await adapters.scheduler.acquire(f"cancel-role-{rng.randrange(3)}")
+        await lease.release()
+
+    def calls() -> list[Callable[[], Awaitable[Any]]]:
+        nonlocal counter
+        counter += 1
+        n = counter
+        return [
+            lambda: wf.trigger(f"job-{n}"),
+            lambda: adapters.store.lookup(rng.choice(run_ids)),
+            lambda: adapters.store.list(pipeline.WORKFLOW, limit=50),
+            lambda: adapters.store.list_outbox(pipeline.WORKFLOW, 20),
+            lambda: receiver.recv(10),
+            lambda: adapters.streamer.publish(TOPIC, [message(n)]),
+            lambda: adapters.timeouts.list(pipeline.WORKFLOW),
+            acquire_and_release,
+        ]
+
+    cancelled = 0
+    for _ in range(ROUNDS):
+        tasks = [asyncio.ensure_future(call()) for call in calls()]
+        await asyncio.sleep(rng.random() * 0.004)
+        for task in tasks:
+            cancelled += task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert not errors, f"a call failed instead of being cancelled: {errors[0]!r}"
+    assert cancelled > ROUNDS, "the calls ended before they could be cancelled"
+
+    # Then every adapter works, with more calls at once than the pool has connections
+    fresh = await asyncio.gather(*(wf.trigger(f"after-{i}") for i in range(25)))
+    records = await asyncio.gather(*(adapters.store.lookup(r) for r in fresh))
+    assert [r.run_id for r in records] == list(fresh)
+    listed = await adapters.store.list(pipeline.WORKFLOW, limit=1000)
+    assert {r.run_id for r in listed} >= set(fresh) | set(run_ids)
+    await adapters.streamer.publish(TOPIC, [message(-1)])
+    events: list[Any] = []
+    async with asyncio.timeout(10):
+        while not any(e.headers.get("n") == "-1" for e in events):
+            events = await receiver.recv(100)
+            for event in events:
+                await receiver.ack(event)
+    await adapters.timeouts.list(pipeline.WORKFLOW)
+    lease = await asyncio.wait_for(adapters.scheduler.acquire("cancel-role-after"), 10)
+    await lease.release()
+    await receiver.close()
