@@ -145,7 +145,7 @@ class PostgresDatabase(ServerDatabase):
         if self._pool is not None:
             return
         asyncpg = _driver()
-        self._pool = await asyncpg.create_pool(
+        pool = await asyncpg.create_pool(
             self._dsn(),
             # No floor of idle connections: during an outage asyncpg would log a traceback
             # every second trying to restore it; our own reconnect loop reports the outage.
@@ -155,6 +155,13 @@ class PostgresDatabase(ServerDatabase):
             reset=_no_reset,
             server_settings={"application_name": "statestream"},
         )
+        try:
+            async with pool.acquire():  # a wrong URL, user or database fails here, at open
+                pass
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
