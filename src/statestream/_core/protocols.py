@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection, Mapping, Sequence
-from types import MappingProxyType
 from datetime import datetime
+from types import MappingProxyType
 from typing import Protocol, TypeVar, runtime_checkable
 
 from .records import (
@@ -420,7 +420,16 @@ class Work:
     path): treat it as read-only.
     """
 
-    __slots__ = ("event", "foreign_id", "headers", "kind", "process", "run_id", "status", "workflow")
+    __slots__ = (
+        "event",
+        "foreign_id",
+        "headers",
+        "kind",
+        "process",
+        "run_id",
+        "status",
+        "workflow",
+    )
 
     def __init__(
         self,
@@ -490,7 +499,10 @@ class Observer(Protocol):
 
     def lag(self, workflow: str, process: str, seconds: float, alert: bool) -> None:
         """A process took an event ``seconds`` after it was written (on the workflow's clock);
-        ``alert`` when that is more than the process's ``lag_alert`` option."""
+        ``alert`` when that is more than the process's ``lag_alert`` option. Sampled: each
+        process reports its first event and then every 16th (a gauge's worth, without reading
+        the clock per event); not called at all when the observer leaves it to
+        :class:`~statestream.NullObserver`."""
         ...
 
     def record_written(self, previous: Record | None, record: Record) -> None:
