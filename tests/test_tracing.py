@@ -169,3 +169,34 @@ async def test_continue_trace_joins_a_callers_traceparent() -> None:
     assert {format(s.context.trace_id, "032x") for s in spans} == {trace_id}
     assert {s.context.trace_state.get("vendor") for s in spans} == {"x"}  # tracestate travels
     assert check_one_chain(spans, root_parent=0x00F067AA0BA902B7) == EXPECTED
+
+
+async def test_unsampled_runs_make_no_spans_and_sampled_ones_still_do() -> None:
+    """With the SDK's ParentBased sampler the work of an unsampled trace starts no span (the
+    observer's shortcut); a sampled caller's trace is still recorded in full."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    observer = TracingObserver(tp)
+    assert observer._drops_unsampled  # the shortcut is on for this sampler
+    wf = observe_app.builder().build(
+        MemoryStreamer(),
+        MemoryRecordStore(),
+        MemoryRoleScheduler(),
+        timeout_store=MemoryTimeoutStore(),
+        observer=observer,
+    )
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with wf:
+        unsampled = await wf.trigger("u-1")  # a new trace: the root sampler drops it
+        with continue_trace(f"00-{trace_id}-b7ad6b7169203331-01"):
+            sampled = await wf.trigger("s-1")
+        await wf.wait_for("u-1", unsampled, S.DONE, timeout=10)
+        await wf.wait_for("s-1", sampled, S.DONE, timeout=10)
+        await eventually(lambda: len(of_run(exporter.get_finished_spans(), sampled)) == 5)
+    spans = exporter.get_finished_spans()
+    assert of_run(spans, unsampled) == []
+    assert {format(s.context.trace_id, "032x") for s in of_run(spans, sampled)} == {trace_id}
+    assert check_one_chain(of_run(spans, sampled), root_parent=0xB7AD6B7169203331) == EXPECTED

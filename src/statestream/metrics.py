@@ -350,24 +350,38 @@ class PrometheusObserver(NullObserver):
         self._lag, self._alert, self._latency = m.lag, m.lag_alert, m.latency
         self._errors, self._skipped, self._steps = m.errors, m.skipped, m.steps
         self._changes, self._names = m.state_changes, m.names
+        self._pairs: dict[tuple[str, str, str, int], tuple[_Histogram, _Histogram]] = {}
 
     # ------------------------------------------------------------------ the engine's moments
 
     def work_finished(
         self, work: Work, token: object, seconds: float, error: BaseException | None
     ) -> None:
+        # The work's two histograms (the process's latency, the step's duration), found with
+        # one look-up: bound once per (workflow, process, kind, status).
+        pair = self._pairs.get((work.workflow, work.process, work.kind, work.status))
+        if pair is None:
+            pair = self._bind(work)
+        hist, step = pair
+        hist.counts[bisect.bisect_left(hist.bounds, seconds)] += 1
+        hist.sum += seconds
+        step.counts[bisect.bisect_left(step.bounds, seconds)] += 1
+        step.sum += seconds
+        if error is not None and isinstance(error, Exception):
+            key = (work.workflow, work.process)
+            self._errors[key] = self._errors.get(key, 0) + 1
+
+    def _bind(self, work: Work) -> tuple[_Histogram, _Histogram]:
         key = (work.workflow, work.process)
         hist = self._latency.get(key)
         if hist is None:
             hist = self._latency[key] = _Histogram(self._m.latency_buckets)
-        hist.observe(seconds)
         step_key = (work.workflow, work.kind, work.status)
         step = self._steps.get(step_key)
         if step is None:
             step = self._steps[step_key] = _Histogram(self._m.step_buckets)
-        step.observe(seconds)
-        if error is not None and isinstance(error, Exception):
-            self._errors[key] = self._errors.get(key, 0) + 1
+        pair = self._pairs[(work.workflow, work.process, work.kind, work.status)] = (hist, step)
+        return pair
 
     def event_skipped(self, workflow: str, process: str, event: Event | None, reason: str) -> None:
         key = (workflow, process, reason)

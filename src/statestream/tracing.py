@@ -62,6 +62,8 @@ _ROOT = otel_context.Context()
 _VERSION_HEADER = "record_version"
 #: How many runs' last span contexts are kept for the timeouts (their timers carry no headers).
 _KEEP_RUNS = 10_000
+#: The last hex digit of a ``traceparent``'s flags when its sampled bit (0x01) is clear.
+_UNSAMPLED = frozenset("02468ace")
 
 
 def _extract(headers: Mapping[str, str]) -> Any:
@@ -87,6 +89,26 @@ def _extract(headers: Mapping[str, str]) -> Any:
         trace_state=TraceState.from_header([state]) if state else None,
     )
     return trace.set_span_in_context(NonRecordingSpan(parent), _ROOT)
+
+
+def _drops_unsampled(provider: trace.TracerProvider | None) -> bool:
+    """Whether ``provider`` samples like the SDK's default ``ParentBased``: it drops the child
+    of every unsampled remote parent. The work of an event whose ``traceparent`` is not
+    sampled then starts no span at all (no sampler call, no IDs, no attributes): it runs in
+    its parent's non-recording context, which it passes on to the events it writes."""
+    if provider is None:
+        provider = trace.get_tracer_provider()
+    sampler = getattr(provider, "sampler", None)
+    if sampler is None:
+        return False
+    try:
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+    except ImportError:  # pragma: no cover - a provider with a sampler is the SDK's
+        return False
+    return (
+        type(sampler) is ParentBased
+        and getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF
+    )
 
 
 def _inject(headers: dict[str, str], span: trace.Span) -> None:
@@ -126,6 +148,7 @@ class TracingObserver(NullObserver):
         #: the parent of work whose event or timer carries no trace headers (a fired timeout,
         #: a consumer's catch-up events, read from the record store when it first starts)
         self._runs: OrderedDict[str, trace.SpanContext] = OrderedDict()
+        self._drops_unsampled = _drops_unsampled(tracer_provider)
 
     def _parent(self, work: Work) -> tuple[Any, list[Link]]:
         """The context the work's span starts in, and its links.
@@ -145,6 +168,13 @@ class TracingObserver(NullObserver):
         return _ROOT, []
 
     def work_started(self, work: Work) -> object:
+        if self._drops_unsampled:
+            traceparent = work.headers.get("traceparent")
+            # "00-<trace>-<span>-<flags>": the sampled bit clear, the sampler would drop it
+            if traceparent is not None and len(traceparent) == 55 and traceparent[54] in _UNSAMPLED:
+                context = _extract(work.headers)
+                if context is not _ROOT:
+                    return None, otel_context.attach(context)
         parent, links = self._parent(work)
         attributes: dict[str, str | int] = {
             "statestream.workflow": work.workflow,
@@ -174,6 +204,9 @@ class TracingObserver(NullObserver):
         if not isinstance(token, tuple):
             return
         span, attached = token
+        if span is None:  # an unsampled trace: no span was made
+            otel_context.detach(attached)
+            return
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

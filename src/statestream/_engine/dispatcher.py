@@ -89,8 +89,11 @@ class KeyedDispatcher:
         self._accept = accept
         #: Asked after each receive until it answers: then the receiver and filter to use.
         self._settle = settle
-        self._scope = scope = observe.current()
-        self._handle = handle if scope is None else scope.wrap(handle, lag_alert)
+        #: The observer's scope (None without one): each event taken is reported to it inline in
+        #: _run_slot (no wrapping coroutine per event).
+        self._scope = observe.current()
+        self._lag_alert = lag_alert
+        self._handle = handle
         self._on_error = on_error
         self._concurrency = concurrency
         self._window = max(concurrency * 16, 256)
@@ -221,12 +224,26 @@ class KeyedDispatcher:
         event = slot.event
         held = self._held
         attempt = 0
+        scope = self._scope
+        work = None if scope is None else scope.taken(event, self._lag_alert)
         while True:
             if held is not None and monotonic() >= held.lease.valid_until:
                 self._expired.set()
                 return  # start nothing under an expired lease; the next holder gets it
             try:
-                await self._handle(event)
+                if work is None:
+                    await self._handle(event)
+                else:  # each attempt reported as work, inline (one try, no coroutine layer)
+                    assert scope is not None
+                    observer = scope.observer
+                    token = observer.work_started(work)
+                    started = monotonic()
+                    try:
+                        await self._handle(event)
+                    except BaseException as exc:
+                        observer.work_finished(work, token, monotonic() - started, exc)
+                        raise
+                    observer.work_finished(work, token, monotonic() - started, None)
                 break
             except LeaseExpired:
                 self._expired.set()

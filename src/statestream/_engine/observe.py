@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from .._core.protocols import Clock, Observer, Work
@@ -66,15 +66,55 @@ class NullObserver:
         pass
 
 
+#: The methods an observer may leave to :class:`NullObserver` (the engine then skips the work
+#: of preparing their arguments).
+_OPTIONAL = ("work_started", "work_finished", "lag")
+
+
+def _wants(observer: object, method: str) -> bool:
+    """Whether ``observer`` does something in ``method`` (not :class:`NullObserver`'s)."""
+    if isinstance(observer, Guarded):
+        return observer.wants_work if method != "lag" else observer.wants_lag
+    return getattr(type(observer), method, None) is not getattr(NullObserver, method)
+
+
 class Guarded:
     """Calls an observer for the engine; an exception it raises is logged once per method and
-    ignored. Also fans out to several observers, each guarded on its own."""
+    ignored. Also fans out to several observers, each guarded on its own.
 
-    __slots__ = ("_observers", "_warned")
+    With one observer (the common case) each method calls the observer's bound method directly
+    inside one ``try`` (no loop, no token list). ``wants_work`` and ``wants_lag`` say whether
+    any observer overrides :class:`NullObserver`'s ``work_started``/``work_finished`` and
+    ``lag``: when none does, the engine builds no :class:`Work` and reads no clock for them."""
+
+    __slots__ = (
+        "_observers",
+        "_one",
+        "_propagate",
+        "_record_written",
+        "_skipped",
+        "_warned",
+        "_work_finished",
+        "_work_started",
+        "wants_lag",
+        "wants_work",
+    )
 
     def __init__(self, *observers: Observer) -> None:
         self._observers = observers
         self._warned: set[tuple[int, str]] = set()
+        one = observers[0] if len(observers) == 1 else None
+        self._one = one
+        if one is not None:  # bound once: no bound method made per call
+            self._work_started = one.work_started
+            self._work_finished = one.work_finished
+            self._record_written = one.record_written
+            self._propagate = one.propagate
+            self._skipped = one.event_skipped
+        self.wants_work = any(
+            _wants(o, "work_started") or _wants(o, "work_finished") for o in observers
+        )
+        self.wants_lag = any(_wants(o, "lag") for o in observers)
 
     @property
     def observers(self) -> tuple[Observer, ...]:
@@ -101,6 +141,12 @@ class Guarded:
                 self._failed(i, method, exc)
 
     def work_started(self, work: Work) -> object:
+        if self._one is not None:
+            try:
+                return self._work_started(work)
+            except Exception as exc:
+                self._failed(0, "work_started", exc)
+                return None
         tokens: list[object] = []
         for i, observer in enumerate(self._observers):
             try:
@@ -113,6 +159,12 @@ class Guarded:
     def work_finished(
         self, work: Work, token: object, seconds: float, error: BaseException | None
     ) -> None:
+        if self._one is not None:
+            try:
+                self._work_finished(work, token, seconds, error)
+            except Exception as exc:
+                self._failed(0, "work_finished", exc)
+            return
         tokens = token if isinstance(token, list) else [None] * len(self._observers)
         # In reverse, so that observers that made a context current unwind it in order.
         for i in reversed(range(len(self._observers))):
@@ -122,15 +174,33 @@ class Guarded:
                 self._failed(i, "work_finished", exc)
 
     def event_skipped(self, workflow: str, process: str, event: Event | None, reason: str) -> None:
+        if self._one is not None:
+            try:
+                self._skipped(workflow, process, event, reason)
+            except Exception as exc:
+                self._failed(0, "event_skipped", exc)
+            return
         self._each("event_skipped", workflow, process, event, reason)
 
     def lag(self, workflow: str, process: str, seconds: float, alert: bool) -> None:
         self._each("lag", workflow, process, seconds, alert)
 
     def record_written(self, previous: Record | None, record: Record) -> None:
+        if self._one is not None:
+            try:
+                self._record_written(previous, record)
+            except Exception as exc:
+                self._failed(0, "record_written", exc)
+            return
         self._each("record_written", previous, record)
 
     def propagate(self, headers: dict[str, str]) -> None:
+        if self._one is not None:
+            try:
+                self._propagate(headers)
+            except Exception as exc:
+                self._failed(0, "propagate", exc)
+            return
         self._each("propagate", headers)
 
     def lease_changed(self, workflow: str, role: str, held: bool) -> None:
@@ -162,43 +232,54 @@ def guard(observer: object) -> Guarded | None:
 # ------------------------------------------------------------------ the process's scope
 
 
+#: A process reports its lag for its first event and then for every LAG_EVERY-th one: the lag
+#: is a gauge, and reading the clock and subtracting datetimes per event cost more than the
+#: rest of the observer's calls.
+LAG_EVERY = 16
+
+
 class Scope:
     """The observer and the process that the current task works for."""
 
-    __slots__ = ("clock", "observer", "process", "workflow")
+    __slots__ = ("_lag_alert", "_lag_due", "clock", "observer", "process", "workflow")
 
     def __init__(self, observer: Guarded, workflow: str, process: str, clock: Clock) -> None:
         self.observer = observer
         self.workflow = workflow
         self.process = process
         self.clock = clock
+        self._lag_due = 0
+        self._lag_alert = 0.0
 
     def skipped(self, event: Event | None, reason: str) -> None:
         self.observer.event_skipped(self.workflow, self.process, event, reason)
 
-    def wrap(
-        self, handle: Callable[[Event], Awaitable[None]], lag_alert: float = 0.0
-    ) -> Callable[[Event], Coroutine[Any, Any, None]]:
-        """``handle`` with every attempt reported as work, and each event's lag."""
-        observer, workflow, process, clock = self.observer, self.workflow, self.process, self.clock
-
-        async def observed(event: Event) -> None:
-            lag = (clock.now() - event.created_at).total_seconds()
-            observer.lag(workflow, process, lag, 0 < lag_alert < lag)
-            headers = event.headers
-            work = Work(
-                workflow,
-                process,
-                "event",
-                event.type,
-                event.key,
-                headers.get("foreign_id", ""),
-                headers,
-                event,
-            )
-            await _timed(observer, work, handle(event))
-
-        return observed
+    def taken(self, event: Event, lag_alert: float) -> Work | None:
+        """The process took ``event``: report its lag (sampled, see :data:`LAG_EVERY`) and
+        return the :class:`Work` to report its attempts as (``None`` when no observer wants
+        work reported)."""
+        observer = self.observer
+        if observer.wants_lag:
+            due = self._lag_due
+            if due <= 0:
+                self._lag_due = LAG_EVERY - 1
+                lag = (self.clock.now() - event.created_at).total_seconds()
+                observer.lag(self.workflow, self.process, lag, 0 < lag_alert < lag)
+            else:
+                self._lag_due = due - 1
+        if not observer.wants_work:
+            return None
+        headers = event.headers
+        return Work(
+            self.workflow,
+            self.process,
+            "event",
+            event.type,
+            event.key,
+            headers.get("foreign_id", ""),
+            headers,
+            event,
+        )
 
 
 async def _timed(observer: Guarded, work: Work, body: Awaitable[Any]) -> Any:
@@ -213,8 +294,11 @@ async def _timed(observer: Guarded, work: Work, body: Awaitable[Any]) -> Any:
     return result
 
 
-def timed(observer: Guarded, work: Work, body: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
-    """``body`` awaited as one unit of ``work`` (a timeout, a callback)."""
+def timed(observer: Guarded, work: Work, body: Awaitable[Any]) -> Awaitable[Any]:
+    """``body`` awaited as one unit of ``work`` (a timeout, a callback); ``body`` itself when
+    no observer wants work reported."""
+    if not observer.wants_work:
+        return body
     return _timed(observer, work, body)
 
 
