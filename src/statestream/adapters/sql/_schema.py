@@ -89,6 +89,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "claimed_until",
     ),
     "leases": ("role", "holder", "expires_at"),
+    "members": ("group_name", "member", "held", "expires_at"),
     "parked": (
         "id",
         "seq",
