@@ -48,6 +48,9 @@ KILL_AT = 0.4  # of all step effects
 #: Short, so that the killed worker's roles move within seconds; not so short that a survivor
 #: starved of CPU for a moment (2 cores, a loaded machine) loses its own leases.
 LEASE_TTL = 3.0
+#: The workers divide the roles (each holds some step shards) within about this; a survivor
+#: cut off from the membership for this long takes every free role.
+MEMBER_TTL = 1.5
 
 
 class Cluster:
@@ -69,6 +72,7 @@ class Cluster:
             "PIPELINE_PREFIX": self.prefix,
             "PIPELINE_EFFECTS": str(self.effects),
             "PIPELINE_TTL": str(LEASE_TTL),
+            "PIPELINE_MEMBER_TTL": str(MEMBER_TTL),
         }
 
     def spawn(self, name: str) -> Worker:
@@ -113,6 +117,8 @@ async def test_three_workers_one_sigkilled_lose_nothing(
             return all("ready" in w.output() for w in workers)
 
         await poll(ready, 30.0, workers, "the workers to start")
+        # A few beats, so that the workers have divided the roles before the runs come.
+        await asyncio.sleep(2 * MEMBER_TTL)
         # Trigger while the workers run, and kill one midway through the batch.
         triggering = asyncio.ensure_future(checks.trigger_batch(trigger_wf, RUNS))
         triggered = time.monotonic()
@@ -132,6 +138,9 @@ async def test_three_workers_one_sigkilled_lose_nothing(
         by_pid = Counter(pid for _, _, pid in at_kill)
         shipped_at_kill = len({key for key, step, _ in at_kill if step == "ship"})
         assert shipped_at_kill < RUNS, "the kill did not land in the middle of the batch"
+        # The workers divided the roles by kind (README, "Several workers"): each ran step
+        # shards, not just the first one to start.
+        assert len(by_pid) == WORKERS, f"effects by worker at the kill: {dict(by_pid)}"
         victim = max(workers, key=lambda w: by_pid.get(w.pid, 0))
         victim.sigkill()
         assert victim.proc.returncode == -signal.SIGKILL

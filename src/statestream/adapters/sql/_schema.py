@@ -284,9 +284,15 @@ async def ensure_schema(
     """Check the schema under ``prefix``; create it in an empty database, migrate an older one
     when ``migrate`` is set. Returns the version found before (0: created)."""
     found = await _inspect(conn, dialect, prefix)
-    action = _judge(
-        found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
-    )
+    try:
+        action = _judge(
+            found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
+        )
+    except SchemaError:
+        # Maybe another process is creating the schema right now: MySQL's DDL is not
+        # transactional, so its tables show before its version row does. Judge again under
+        # the schema lock, once that process is done.
+        action = "recheck"
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)
@@ -296,7 +302,7 @@ async def ensure_schema(
         action = _judge(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
-        if action == "ok":
+        if action == "ok" or (action == "create" and not create):
             return found.version
         migrations = load_migrations(dialect, prefix)
         await conn.begin()
