@@ -2,9 +2,10 @@
 
 ``FAIR_BACKEND`` names the backend (``sqlite``, ``postgres`` or ``mysql``, as in
 ``tests/backends.py``; default sqlite), ``FAIR_DB`` its location (the SQLite file or the server
-URL), ``FAIR_PREFIX`` the table prefix on a server, ``FAIR_HOLDS`` a directory: each worker process keeps
-``<pid>.json`` there, the roles it holds (rewritten by an observer at every change), so that
-the test sees how the roles are divided. Short ttls, so that a killed worker's roles move fast.
+URL), ``FAIR_PREFIX`` the table prefix on a server, ``FAIR_HOLDS`` a directory: each worker
+process keeps ``<pid>.json`` there, the roles it holds (rewritten by an observer at every
+change), so that the test sees how the roles are divided. Short ttls, so that a killed
+worker's roles move fast.
 
 The roles: six step shards, the timeout's consumer and poller, the completion hook and the
 engine's own processes.
