@@ -37,7 +37,9 @@ from typing import Any, Literal, Protocol
 
 from statestream import (
     Builder,
+    CompositeObserver,
     EventStreamer,
+    NullObserver,
     RecordStore,
     RoleScheduler,
     Run,
@@ -345,8 +347,56 @@ def build_chain(
         adapters.store,
         adapters.scheduler,
         timeout_store=adapters.timeout_store,
+        observer=bench_observer(),
     )
     return wf, status
+
+
+def bench_observer() -> Any:
+    """The observers ``STATESTREAM_BENCH_OBSERVE`` names, to measure what they cost (none by
+    default): ``null`` (the seam's own cost), ``metrics``, ``tracing``, ``tracing-sampled``
+    (1 % of the runs), or several (``metrics,tracing``).
+
+    ``tracing`` uses the OpenTelemetry SDK's ``TracerProvider`` with one batch span processor
+    whose exporter drops the spans: every span is made, recorded, queued and handed over, as
+    with a real exporter, without the export's own I/O."""
+    names = [n for n in os.environ.get("STATESTREAM_BENCH_OBSERVE", "").split(",") if n]
+    observers: list[Any] = []
+    for name in names:
+        if name == "null":  # the seam's own cost: an observer that does nothing
+            observers.append(NullObserver())
+        elif name == "metrics":
+            from prometheus_client import CollectorRegistry
+
+            from statestream.metrics import PrometheusObserver
+
+            observers.append(PrometheusObserver(CollectorRegistry()))
+        elif name in ("tracing", "tracing-sampled"):
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import (
+                BatchSpanProcessor,
+                SpanExporter,
+                SpanExportResult,
+            )
+
+            class Drop(SpanExporter):
+                def export(self, spans: Any) -> SpanExportResult:
+                    return SpanExportResult.SUCCESS
+
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+            from statestream.tracing import TracingObserver
+
+            # tracing-sampled: 1 % of the runs, as a busy service would sample
+            sampler = ParentBased(TraceIdRatioBased(0.01 if name == "tracing-sampled" else 1.0))
+            provider = TracerProvider(sampler=sampler)
+            provider.add_span_processor(BatchSpanProcessor(Drop()))
+            observers.append(TracingObserver(provider))
+        else:
+            raise SystemExit(f"STATESTREAM_BENCH_OBSERVE: unknown observer {name!r}")
+    if not observers:
+        return None
+    return observers[0] if len(observers) == 1 else CompositeObserver(*observers)
 
 
 # ------------------------------------------------------------------------------------ workloads

@@ -9,7 +9,7 @@ import pytest
 
 from servers import require_postgres, unique_prefix
 from statestream.adapters.postgres import PostgresDatabase
-from statestream.adapters.sqlite import SCHEMA_VERSION as SQLITE_VERSION
+from statestream.adapters.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from statestream.cli import main
 
 
@@ -53,4 +53,4 @@ def test_db_on_an_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.strip() == "0"
     assert main(["db", "migrate", "--url", url]) == 0
     assert main(["db", "version", "--url", url]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(SQLITE_VERSION)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(SQLITE_SCHEMA_VERSION)

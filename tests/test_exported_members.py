@@ -12,7 +12,17 @@ from statestream import errors
 
 #: Subpackages users import by path; they appear in ``vars(statestream)`` once anything (another
 #: test, for instance) imports them, and are not part of ``__all__``.
-IMPORTED_BY_PATH = {"adapters", "adaptertest", "cli", "demo", "testing"}
+IMPORTED_BY_PATH = {
+    "adapters",
+    "adaptertest",
+    "cli",
+    "demo",
+    "logs",
+    "metrics",
+    "testing",
+    "tracing",
+    "web",
+}
 
 
 def public_names(module: types.ModuleType, *, keep: tuple[str, ...] = ()) -> list[str]:

@@ -26,6 +26,7 @@ from ._core.types import Seconds, StatusT, T, to_seconds
 from ._definition.specs import Definition
 from ._engine.callbacks import CallbackResult, run_callback
 from ._engine.dispatch import Process, ProcessInfo, ProcessState
+from ._engine.observe import Guarded, Seam
 from ._engine.plan import ProcessSpec, process_specs
 from ._engine.runtime import H_PAUSED_BY, Runtime
 from ._engine.schedules import Schedule
@@ -135,6 +136,31 @@ class Workflow(Generic[T, StatusT]):
     @property
     def running(self) -> bool:
         return self._started
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers this instance reports to (``build(observer=)``, :meth:`add_observer`),
+        a :class:`~statestream.CompositeObserver` flattened into its members."""
+        current = self._rt.observer
+        return () if current is None else current.observers
+
+    def add_observer(self, observer: Observer) -> None:
+        """Report to ``observer`` too, as if it were given to ``build(observer=)`` with the
+        others (the worker's ``--metrics-port`` adds a metrics observer this way).
+
+        Raises:
+            InvalidInput: the workflow is started (add observers before :meth:`start`).
+            ConfigurationError: ``observer`` does not implement :class:`~statestream.Observer`.
+        """
+        if self._started:
+            raise InvalidInput(f"workflow {self.name!r} is started: add observers before start()")
+        if not isinstance(observer, Observer):
+            raise ConfigurationError(
+                f"observer does not implement Observer (subclass NullObserver): {observer!r}"
+            )
+        rt = self._rt
+        rt.observer = Guarded(*self.observers, observer)
+        rt.supervisor.seam = Seam(rt.observer, self.name, rt.clock)
 
     def states(self) -> dict[str, ProcessState]:
         """Each background process of this instance and what it is doing.

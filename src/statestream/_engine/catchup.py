@@ -39,6 +39,7 @@ from typing import Any
 from .._core.protocols import EventReceiver, EventStreamer, RecordStore
 from .._core.records import Event, Record, RecordFilter, shard_of
 from .._core.runstate import RunState
+from .logfields import fields
 from .runtime import H_RUN_STATE, H_VERSION, Runtime
 
 __all__ = ["CatchUp", "CatchingUp", "marker_topic", "synthetic_event"]
@@ -139,7 +140,10 @@ class CatchUp:
         marker = await self._streamer.receiver(self._marker, self._consumer, from_latest=True)
         await marker.close()
         log.info(
-            "statestream: consumer %s caught up with %d runs in flight", self._consumer, caught_up
+            "statestream: consumer %s caught up with %d runs in flight",
+            self._consumer,
+            caught_up,
+            extra=fields(self._rt.name, role=self._consumer),
         )
 
 
@@ -229,6 +233,14 @@ class CatchingUp:
             return accept is None or accept(event)
 
         return fresh
+
+    def through(self) -> EventReceiver | None:
+        """The receiver underneath, once this one only passes its events through (the
+        catch-up is marked done and the stream is past it), so that the dispatcher can read
+        and acknowledge it directly; None before."""
+        if self._settled and self._pending is None and self._seen is None:
+            return self._receiver
+        return None
 
     async def ack(self, event: Event) -> None:
         if event.id >= 0:  # a synthetic event has no position on the stream

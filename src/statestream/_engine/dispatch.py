@@ -8,7 +8,7 @@ keeps the names the process bodies import.
 from __future__ import annotations
 
 from .._core.records import shard_of
-from .dispatcher import ErrorPolicy, Handler, KeyedDispatcher
+from .dispatcher import ErrorPolicy, Handler, KeyedDispatcher, Settled
 from .lease import Abandon, LeaseExpired
 from .parking import ParkEvent
 from .supervisor import (
@@ -32,6 +32,7 @@ __all__ = [
     "Process",
     "ProcessInfo",
     "ProcessState",
+    "Settled",
     "Supervisor",
     "backoff",
     "shard_of",

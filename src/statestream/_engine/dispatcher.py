@@ -27,10 +27,11 @@ from .._core.protocols import EventReceiver
 from .._core.records import Event, ParkedEvent, shard_of
 from . import observe
 from .lease import HELD, Abandon, Held, LeaseExpired
+from .logfields import of_event
 from .parking import Parker, ParkEvent, describe_error
 from .supervisor import backoff, sleep_unless
 
-__all__ = ["ErrorPolicy", "Handler", "KeyedDispatcher"]
+__all__ = ["ErrorPolicy", "Handler", "KeyedDispatcher", "Settled"]
 
 log = logging.getLogger("statestream")
 
@@ -39,6 +40,9 @@ Handler = Callable[[Event], Awaitable[None]]
 #: retry it after a backoff. Raising :class:`ParkEvent` parks the event; raising anything else
 #: (the policy itself failed, say a step's auto-pause) parks it too, when parking is available.
 ErrorPolicy = Callable[[Event, BaseException, int], Awaitable[bool]]
+#: What a consumer reads once a wrapper around its receiver has done its work (a catch-up):
+#: the receiver underneath, and the ``accept`` filter to use from then on.
+Settled = tuple[EventReceiver, Callable[[Event], bool] | None]
 
 #: Consecutive failed acknowledgements before the consumer gives up and is restarted.
 ACK_ATTEMPTS = 5
@@ -79,9 +83,12 @@ class KeyedDispatcher:
         max_error_backoff: float = 60.0,
         accept: Callable[[Event], bool] | None = None,
         lag_alert: float = 0.0,
+        settle: Callable[[], Settled | None] | None = None,
     ) -> None:
         self._receiver = receiver
         self._accept = accept
+        #: Asked after each receive until it answers: then the receiver and filter to use.
+        self._settle = settle
         self._scope = scope = observe.current()
         self._handle = handle if scope is None else scope.wrap(handle, lag_alert)
         self._on_error = on_error
@@ -108,9 +115,12 @@ class KeyedDispatcher:
         self._lag_logged = -math.inf
         self._parked_dirty = True
         self._parked_counted = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set, then let in-flight events finish and acknowledge."""
+        # Looked up once: each look-up is a getpid system call under Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._stopping = stopping
         self._held = held = HELD.get()
         stop = asyncio.ensure_future(stopping.wait())
@@ -168,6 +178,12 @@ class KeyedDispatcher:
             limit = min(self._concurrency - self._active, self._window - len(self._slots))
             for event in await receiver.recv(limit):
                 self._submit(event)
+            if self._settle is not None:
+                settled = self._settle()
+                if settled is not None:
+                    self._settle = None
+                    receiver, self._accept = settled
+                    self._receiver = receiver
 
     # ------------------------------------------------------------------ events
 
@@ -196,7 +212,8 @@ class KeyedDispatcher:
         self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_slot(slot))
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._run_slot(slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -255,6 +272,7 @@ class KeyedDispatcher:
             event.id,
             event.key,
             exc_info=failed,
+            extra=of_event(event),
         )
         return await self._park(event, exc, attempt, f"handling the error failed: {failed!r}")
 
@@ -273,7 +291,12 @@ class KeyedDispatcher:
         try:
             entry = await parker.park(role, event, error, attempts)
         except Exception:
-            log.exception("statestream: %s: parking event %s failed; retrying it", role, event.id)
+            log.exception(
+                "statestream: %s: parking event %s failed; retrying it",
+                role,
+                event.id,
+                extra=of_event(event),
+            )
             return False
         held.process.parked += 1
         self._parked_dirty = True
@@ -286,13 +309,19 @@ class KeyedDispatcher:
             attempts,
             error,
             entry.id,
+            extra=of_event(event),
         )
         return True
 
     def _finish(self, slot: _Slot) -> None:
         slot.done = True
         self._active -= 1
-        self._next_of(slot.event.key)
+        key = slot.event.key  # _next_of, inline: once per event
+        queue = self._busy[key]
+        if queue and not self._stopping.is_set():
+            self._start(queue.popleft())
+        else:
+            del self._busy[key]
         self._advance()
 
     def _next_of(self, key: str) -> None:
@@ -443,7 +472,12 @@ class KeyedDispatcher:
             error = exc
         else:
             await parker.done(entry)
-            log.info("statestream: %s: retried parked event %s; it succeeded", role, entry.id)
+            log.info(
+                "statestream: %s: retried parked event %s; it succeeded",
+                role,
+                entry.id,
+                extra=of_event(entry.event),
+            )
             return
         await parker.park_again(entry, describe_error(error))
         log.warning(
@@ -451,6 +485,7 @@ class KeyedDispatcher:
             role,
             entry.id,
             error,
+            extra=of_event(entry.event),
         )
 
 

@@ -76,6 +76,11 @@ class Guarded:
         self._observers = observers
         self._warned: set[tuple[int, str]] = set()
 
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers this one calls, in order."""
+        return self._observers
+
     def _failed(self, i: int, method: str, exc: BaseException) -> None:
         key = (i, method)
         if key not in self._warned:

@@ -25,7 +25,8 @@ from .._core.types import StatusT, T
 from .._definition.options import ProcessOptions
 from ..errors import RecordNotFound, VersionConflict
 from .catchup import CatchingUp, CatchUp
-from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent
+from .dispatch import Body, ErrorPolicy, Handler, KeyedDispatcher, ParkEvent, Settled
+from .logfields import of_event, of_record
 from .runtime import H_PAUSED_BY, H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
@@ -76,9 +77,11 @@ def consumer_body(
             source, wanted = receiver, accept
             if new_since is not None and receiver.is_new:
                 wanted = _created_since(new_since, accept)
+            settle: Callable[[], Settled | None] | None = None
             if catch_up is not None:
                 source = await catch_up.wrap(receiver)
                 if isinstance(source, CatchingUp):
+                    settle = _settler(source, wanted)
                     wanted = source.accepting(wanted)
             await KeyedDispatcher(
                 source,
@@ -91,11 +94,25 @@ def consumer_body(
                 max_error_backoff=opts.max_error_backoff,
                 accept=wanted,
                 lag_alert=opts.lag_alert,
+                settle=settle,
             ).run(stopping)
         finally:
             await source.close()
 
     return body
+
+
+def _settler(
+    source: CatchingUp, accept: Callable[[Event], bool] | None
+) -> Callable[[], Settled | None]:
+    """Once the catch-up is over, the dispatcher reads the receiver underneath with the
+    consumer's own ``accept``: no wrapper call per receive, event and acknowledgement."""
+
+    def settle() -> Settled | None:
+        inner = source.through()
+        return None if inner is None else (inner, accept)
+
+    return settle
 
 
 def _created_since(
@@ -122,6 +139,7 @@ def _retry_forever(what: str, opts: ProcessOptions) -> ErrorPolicy:
             f" of {limit}" if limit else "",
             exc,
             exc_info=attempt == 1,
+            extra=of_event(event),
         )
         if limit and attempt >= limit:
             raise ParkEvent(f"{what} failed {attempt} times", exc)
@@ -225,7 +243,11 @@ def delete_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -> Bod
                 object=scrubbed,
             )
         except VersionConflict:
-            log.info("statestream: run %s changed while its data was deleted", record.run_id)
+            log.info(
+                "statestream: run %s changed while its data was deleted",
+                record.run_id,
+                extra=of_record(record),
+            )
 
     topic = delete_topic(rt.name)
 
@@ -261,6 +283,7 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
                 "statestream: run %s stays paused: it was resumed automatically %d times",
                 record.run_id,
                 record.auto_resumes,
+                extra=of_record(record),
             )
             return
         # A conflict means it was resumed, cancelled or paused again by someone else meanwhile.

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from .._core.records import delete_topic, run_state_change_topic, status_topic
+from .logfields import fields
 from .runtime import Runtime
 
 __all__ = ["retention_body", "workflow_topics"]
@@ -51,6 +52,7 @@ async def retention_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None
                     ", ".join(sorted(gone)),
                     topic,
                     before.isoformat(),
+                    extra=fields(rt.name),
                 )
         events = await rt.streamer.prune(topics, before)
         timers = 0
@@ -63,5 +65,6 @@ async def retention_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None
                 timers,
                 rt.name,
                 before.isoformat(),
+                extra=fields(rt.name),
             )
         await rt.sleep_clock(rt.d.retention_interval, stopping)

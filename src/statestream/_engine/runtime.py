@@ -45,6 +45,7 @@ from ..errors import (
 )
 from . import observe
 from .lease import HELD, Abandon, Held, LeaseExpired
+from .logfields import fields, of_event, of_record
 from .parking import Parker
 from .recent import RecentWrites
 from .supervisor import Supervisor
@@ -243,7 +244,11 @@ class Runtime(Generic[T, StatusT]):
             try:
                 record = await self.store.lookup(event.key)
             except RecordNotFound:
-                log.debug("statestream: skipping event for unknown run %s", event.key)
+                log.debug(
+                    "statestream: skipping event for unknown run %s",
+                    event.key,
+                    extra=of_event(event, self._names),
+                )
                 if self.observer is not None:
                     self.skipped(event, "record not found")
                 return None
@@ -438,6 +443,7 @@ class Runtime(Generic[T, StatusT]):
                 current.run_id,
                 self.describe(current.status),
                 exc_info=True,
+                extra=of_record(current),
             )
 
     async def apply_result(
@@ -513,11 +519,31 @@ class Runtime(Generic[T, StatusT]):
         False to retry it. Raises what pausing raised when the pause itself fails (a consumer
         then parks the event rather than retry it for ever).
         """
+        where = (
+            of_event(event, self._names)
+            if event is not None
+            else fields(
+                self.name,
+                run_id=run_id,
+                status="" if status is None else self._names.get(status, str(status)),
+            )
+        )
         if isinstance(exc, VersionConflict):
-            log.info("statestream: run %s changed while %s ran; result discarded", run_id, what)
+            log.info(
+                "statestream: run %s changed while %s ran; result discarded",
+                run_id,
+                what,
+                extra=where,
+            )
             return True
         if isinstance(exc, Abandon):
-            log.info("statestream: %s for run %s abandoned: %s", what, run_id, exc)
+            log.info(
+                "statestream: %s for run %s abandoned: %s",
+                what,
+                run_id,
+                exc,
+                extra=where,
+            )
             return False
         version = int(event.headers.get(H_VERSION, -1)) if event is not None else -1
         count = self.errors.add(process, run_id, version)
@@ -533,6 +559,7 @@ class Runtime(Generic[T, StatusT]):
             # The exception itself: callers are often past their except block, where
             # exc_info=True would find no current exception (and log "NoneType: None").
             exc_info=None if isinstance(exc, StaleRead) else exc,
+            extra=where,
         )
         if not limit or count < limit:
             return False

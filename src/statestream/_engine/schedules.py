@@ -20,6 +20,7 @@ from .._codec import check_instance
 from .._core.types import StatusT, T, is_async_callable
 from .._definition.options import ProcessOptions
 from ..errors import ConfigurationError, InvalidInput, RecordNotFound, WorkflowInProgress
+from .logfields import fields
 from .processes import Body
 from .usercode import call_user
 
@@ -189,4 +190,5 @@ class Schedule(Generic[T, StatusT]):
                     self.spec,
                     tick.isoformat(),
                     self.foreign_id,
+                    extra=fields(rt.name, foreign_id=self.foreign_id),
                 )

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 
 from .._core.protocols import RoleMembers
+from .logfields import fields
 
 __all__ = ["Kind", "Share", "deal", "kind_of", "preference"]
 
@@ -281,6 +282,7 @@ class Share:
                 dealt.get(role, "another worker"),
                 len(active),
                 self.quota,
+                extra=fields(role=role),
             )
             self.yielding.add(role)
             self.handed.add(role)

@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from . import observe
 from .lease import HELD, Held, LeaseExpired
+<<<<<<< HEAD
 from .share import Kind, Share, kind_of
+=======
+from .logfields import fields
+from .share import Share
+>>>>>>> main
 from .usercode import SYNC_EXECUTOR
 
 if TYPE_CHECKING:
@@ -255,6 +260,7 @@ class Supervisor:
             proc.name,
             self._workflow,
             exc_info=exc,
+            extra=fields(self._workflow, role=proc.role),
         )
         proc.failed("supervisor", exc)
         proc.state = ProcessState.ERROR
@@ -286,6 +292,7 @@ class Supervisor:
                         proc.name,
                         self._workflow,
                         exc_info=result,
+                        extra=fields(self._workflow, role=proc.role),
                     )
                     proc.failed("stopping", result)
         for proc in self.processes:
@@ -332,7 +339,12 @@ class Supervisor:
                 return
             exc = task.exception()
             assert exc is not None
-            log.error("statestream: releasing a role of %s failed", self._workflow, exc_info=exc)
+            log.error(
+                "statestream: releasing a role of %s failed",
+                self._workflow,
+                exc_info=exc,
+                extra=fields(self._workflow),
+            )
             if proc is not None:
                 proc.failed("releasing the role", exc)
 
@@ -354,6 +366,7 @@ class Supervisor:
                 proc.role,
                 self._workflow,
                 exc_info=exc,
+                extra=fields(self._workflow, role=proc.role),
             )
             proc.failed("releasing the role", exc)
             return False
@@ -372,7 +385,11 @@ class Supervisor:
                 try:
                     lease = await self._acquire(proc.role)
                 except Exception as exc:
-                    log.exception("statestream: acquiring role %s failed", proc.role)
+                    log.exception(
+                        "statestream: acquiring role %s failed",
+                        proc.role,
+                        extra=fields(self._workflow, role=proc.role),
+                    )
                     proc.failed("acquiring the role", exc)
                     proc.state = ProcessState.ERROR
                     attempt += 1
@@ -399,11 +416,21 @@ class Supervisor:
                     expired = await self._hold(proc, lease, handover)
                 except LeaseExpired as exc:
                     # Not a failure of the process: give the role up and wait for it again.
-                    log.warning("statestream: %s: %s; acquiring the role again", proc.role, exc)
+                    log.warning(
+                        "statestream: %s: %s; acquiring the role again",
+                        proc.role,
+                        exc,
+                        extra=fields(self._workflow, role=proc.role),
+                    )
                     expired = True
                 except Exception as exc:
                     ok = False
-                    log.exception("statestream: process %s of %s failed", proc.name, self._workflow)
+                    log.exception(
+                        "statestream: process %s of %s failed",
+                        proc.name,
+                        self._workflow,
+                        extra=fields(self._workflow, role=proc.role),
+                    )
                     proc.failed("process", exc)
                     proc.state = ProcessState.ERROR  # not RUNNING while it releases the role
                     if self.seam is not None:
@@ -464,12 +491,17 @@ class Supervisor:
             body.result()
             return False
         if not by_deadline:
-            log.warning("statestream: lost role %s; stopping its work", proc.role)
+            log.warning(
+                "statestream: lost role %s; stopping its work",
+                proc.role,
+                extra=fields(self._workflow, role=proc.role),
+            )
         else:
             log.warning(
                 "statestream: the lease of role %s passed its deadline (the event loop stalled, "
                 "or renewing it is late); stopping its work",
                 proc.role,
+                extra=fields(self._workflow, role=proc.role),
             )
         body.cancel()
         results = await asyncio.gather(body, return_exceptions=True)
@@ -478,6 +510,7 @@ class Supervisor:
                 "statestream: process %s failed while stopping after the loss of its role",
                 proc.name,
                 exc_info=results[0],
+                extra=fields(self._workflow, role=proc.role),
             )
         return by_deadline
 
@@ -504,6 +537,7 @@ class Supervisor:
                 proc.name,
                 self._workflow,
                 HANDOVER_GRACE,
+                extra=fields(self._workflow, role=proc.role),
             )
             body.cancel()
 

@@ -30,6 +30,7 @@ from .._core.types import Seconds, StatusT, T, to_seconds
 from ..errors import InvalidInput, RecordNotFound, VersionConflict
 from .catchup import CatchUp
 from .dispatch import backoff
+from .logfields import fields
 from .processes import Body, consumer_body
 from .usercode import call_user
 
@@ -183,7 +184,16 @@ def poller_body(rt: Runtime[T, StatusT], spec: TimeoutSpec[T, StatusT], role: st
                 delay = backoff(attempt, opts.error_backoff, opts.max_error_backoff)
                 await store.defer(timeout.id, rt.clock.now() + timedelta(seconds=delay))
             except Exception:
-                log.exception("statestream: handling a %s error failed", what)
+                log.exception(
+                    "statestream: handling a %s error failed",
+                    what,
+                    extra=fields(
+                        rt.name,
+                        run_id=timeout.run_id,
+                        foreign_id=timeout.foreign_id,
+                        status=rt._names.get(timeout.status, str(timeout.status)),
+                    ),
+                )
 
     async def body(stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -23,10 +23,11 @@ import queue
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
+from time import monotonic
 from typing import Any
 
 from ..errors import UserCodeError
-from .lease import check_lease
+from .lease import HELD, check_lease
 
 __all__ = [
     "SYNC_EXECUTOR",
@@ -38,6 +39,7 @@ __all__ = [
 
 #: Not Exception subclasses, so ``except Exception`` in the engine would let them through.
 _FATAL = (GeneratorExit, KeyboardInterrupt, SystemExit)
+_INF = float("inf")
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -181,7 +183,11 @@ async def call_user(fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
         LeaseExpired: the current role's lease is past its deadline; the function is not called.
         Exception: whatever the function raised.
     """
-    check_lease("user code")
+    current = HELD.get()
+    if current is not None:
+        until = current.lease.valid_until
+        if until < _INF and monotonic() >= until:
+            check_lease("user code")  # raises LeaseExpired
     try:
         if is_async:
             return await fn(*args)

@@ -28,6 +28,7 @@ from .._core.ids import new_id
 from .._core.protocols import EventReceiver, EventStreamer
 from .._core.records import Event, Header, Record, run_state_change_topic, status_topic
 from .._core.runstate import RunState
+from .logfields import fields
 
 __all__ = ["FALLBACK_POLL", "Waiter", "Waiters"]
 
@@ -313,4 +314,5 @@ class Waiters:
                 "until it can (logged once)",
                 sub.topic,
                 exc,
+                extra=fields(self._workflow),
             )

@@ -3,6 +3,7 @@
 Commands (``statestream COMMAND --help`` for each)::
 
     statestream worker TARGET [TARGET ...] [--grace S] [--log-level LEVEL]
+                       [--log-format text|json] [--metrics-port PORT]
     statestream runs list TARGET [--status NAME] [--state NAME] [--foreign-id ID]
                                  [--limit N] [--offset N] [--desc] [--json]
     statestream runs show TARGET RUN_ID [--json]
@@ -11,6 +12,7 @@ Commands (``statestream COMMAND --help`` for each)::
     statestream runs parked TARGET [--consumer NAME] [--limit N] [--json]
     statestream runs retry-parked TARGET PARKED_ID [--json]
     statestream graph TARGET [--direction LR|RL|TB|BT]
+    statestream web TARGET [TARGET ...] [--host H] [--port N] [--open-reads]
     statestream schema create|migrate PATH [--allow-foreign]
     statestream schema version PATH
     statestream db migrate|version --url URL [--prefix PREFIX]
@@ -79,6 +81,7 @@ from .target import (
     CliError,
     parse_target,
 )
+from .web import add_web_arguments, cmd_web
 
 __all__ = [
     "EXIT_BACKEND",
@@ -143,6 +146,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
     return value
 
 
@@ -236,6 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=("debug", "info", "warning", "error", "critical"),
         help="logging level (default: info)",
+    )
+    worker.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line with the run's fields (default: text)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs statestream[metrics])",
+    )
+    worker.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="the address to serve metrics on (default: 0.0.0.0)",
+    )
+    worker.add_argument(
+        "--metrics-interval",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often the metrics read the stores (runs, outbox, timers; default: 15)",
     )
 
     # runs
@@ -340,6 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="LR, RL, TB or BT (default: LR)",
     )
+
+    # web
+    web = add(
+        commands,
+        "web",
+        "serve the web UI: list, inspect and control runs in a browser",
+        cmd_web,
+        description=(
+            "Serve the web UI of the workflows the targets give (it does not start them: run a\n"
+            "worker for that). Writes need the token in STATESTREAM_WEB_TOKEN, reads that or\n"
+            "STATESTREAM_WEB_READ_TOKEN, unless --open-reads. Needs pip install 'statestream[web]'."
+        ),
+    )
+    web.add_argument(
+        "targets", metavar="TARGET", nargs="+", type=parse_target, help="module:attribute"
+    )
+    add_web_arguments(web)
 
     # schema
     schema = add(commands, "schema", "create, inspect or migrate a SQLite database file", None)

@@ -425,10 +425,35 @@ def _install_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
     return undo
 
 
+def _log_handlers(log_format: str) -> list[logging.Handler] | None:
+    if log_format != "json":
+        return None
+    from ..logs import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    return [handler]
+
+
+def _add_metrics(workflows: list[AnyWorkflow]) -> Any:
+    """A PrometheusObserver for every workflow that has none (the first one found otherwise)."""
+    from .. import metrics
+
+    found = [o for wf in workflows for o in metrics.prometheus_observers(wf.observers)]
+    observer = found[0] if found else metrics.PrometheusObserver()
+    for wf in workflows:
+        if not metrics.prometheus_observers(wf.observers):
+            wf.add_observer(observer)
+    return observer
+
+
 async def cmd_worker(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-8s %(name)s: %(message)s", force=False
+        level=level,
+        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
+        handlers=_log_handlers(args.log_format),
+        force=False,
     )
     logging.getLogger("statestream").setLevel(level)
     workflows: list[AnyWorkflow] = []
@@ -457,13 +482,24 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             echo(f"statestream worker: {name} received again, stopping now", err=True)
             task.cancel()
 
+    observer = _add_metrics(workflows) if args.metrics_port is not None else None
     undo = _install_signals(on_signal)
     started: list[AnyWorkflow] = []
     forced = False
+    server: Any = None
+    sampling = contextlib.AsyncExitStack()
     try:
         for wf in workflows:
             await wf.start()
             started.append(wf)
+        if observer is not None:
+            from ..metrics import start_http_server
+
+            server = start_http_server(args.metrics_port, args.metrics_addr, observer.registry)
+            await sampling.enter_async_context(
+                observer.sampling(*started, interval=args.metrics_interval or 15.0)
+            )
+            echo(f"statestream worker: metrics on http://{args.metrics_addr}:{server.port}/metrics")
         echo(f"statestream worker: pid {os.getpid()}, {len(started)} workflow(s)")
         for wf in started:
             processes = list(wf.states())
@@ -478,10 +514,13 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         try:
             grace = 0.0 if forced else args.grace  # both signals came before the first stop
             await asyncio.gather(*(wf.stop(grace) for wf in started))
+            await sampling.aclose()
         except asyncio.CancelledError:
             forced = True
         finally:
             undo()
+            if server is not None:
+                server.close()
     if forced:
         raise CliError(EXIT_FAILED, "worker stopped forcibly, without waiting for in-flight work")
     echo("statestream worker: stopped")

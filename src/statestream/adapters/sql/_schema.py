@@ -289,10 +289,9 @@ async def ensure_schema(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
     except SchemaError:
-        # Maybe another process is creating the schema right now: MySQL's DDL is not
-        # transactional, so its tables show before its version row does. Judge again under
-        # the schema lock, once that process is done.
-        action = "recheck"
+        # Half-made tables may be another worker creating them right now (MySQL's DDL is not
+        # transactional): judge again under the schema lock, which that worker holds until done.
+        action = "locked"
     if action == "ok" or (action == "create" and not create):
         return found.version
     key = lock_key(prefix)

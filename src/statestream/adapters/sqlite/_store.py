@@ -190,7 +190,7 @@ class SqliteRecordStore:
             return emit(conn, event)
 
         emit = self._emitter(event.topic)
-        self._published(event, await self.db.write(create, rerunnable=True))
+        self._published(event, await self.db.write(create, rerunnable=True, quick=True))
 
     async def update(self, record: Record, event: OutboxEvent) -> None:
         values = (
@@ -229,7 +229,7 @@ class SqliteRecordStore:
             return emit(conn, event)
 
         emit = self._emitter(event.topic)
-        self._published(event, await self.db.write(update, rerunnable=True))
+        self._published(event, await self.db.write(update, rerunnable=True, quick=True))
 
     async def lookup(self, run_id: str) -> Record:
         def lookup(conn: sqlite3.Connection) -> Any:

@@ -19,6 +19,53 @@ from ._schema import key_hash
 __all__ = ["SqliteReceiver", "SqliteStreamer"]
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Wake:
+    """What :class:`asyncio.Event` is to a receiver, with a wait bounded by the poll interval:
+    one future and one timer per wait. ``asyncio.timeout`` around ``Event.wait`` cost several
+    times that per event received one at a time (a Timeout object, the current task, and under
+    Python 3.11 a ``getpid`` system call per look-up of the running loop, four per wait)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        """Return once set, or after ``timeout`` seconds."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiters = self._waiters
+        waiters.append(waiter)
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            waiters.remove(waiter)
+
+
 class SqliteStreamer:
     """Every topic in one append-only events table, each consumer's position in a cursors table.
 
@@ -288,7 +335,7 @@ class SqliteReceiver:
         self._delivered = position  # the last event returned (or the start)
         self._poll = max(0.001, poll)
         self._closed = False
-        self._wake = asyncio.Event()  # set by a publish to the topic in this process, and close
+        self._wake = _Wake()  # set by a publish to the topic in this process, and close
         #: the last read returned fewer rows than asked and nothing waits beyond its window
         self._drained = False
         #: events handed over by this process's writes, in ID order, following the position
@@ -321,9 +368,7 @@ class SqliteReceiver:
                 # since, read again only after the poll interval, as after an empty read.
                 self._drained = False
                 if not self._wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._poll):
-                            await self._wake.wait()
+                    await self._wake.wait(self._poll)
                     continue
             self._wake.clear()
             self._stale = False
@@ -356,9 +401,7 @@ class SqliteReceiver:
             if more:
                 await asyncio.sleep(0)  # the next window at once, letting others run first
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll):
-                    await self._wake.wait()
+            await self._wake.wait(self._poll)
 
     def _hand(self, event: Event, previous: int) -> None:
         """Take ``event`` (see :meth:`SqliteStreamer.hand`) if it follows what this receiver
