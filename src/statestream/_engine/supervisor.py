@@ -32,12 +32,8 @@ from typing import TYPE_CHECKING, Any
 from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from . import observe
 from .lease import HELD, Held, LeaseExpired
-<<<<<<< HEAD
-from .share import Kind, Share, kind_of
-=======
 from .logfields import fields
-from .share import Share
->>>>>>> main
+from .share import Kind, Share, kind_of
 from .usercode import SYNC_EXECUTOR
 
 if TYPE_CHECKING:
