@@ -157,10 +157,21 @@ async def test_three_workers_divide_the_roles_and_a_killed_ones_move(
         # Given three workers on one file: they divide the roles among them evenly
         await wait_divided(tmp_path, workers, roles, 10 + SLACK, "three workers", even=True)
 
-        # And, none of them coming or going, the division stays put for several beats
-        before = holdings(tmp_path, [w.pid for w in workers])
-        await asyncio.sleep(fair_worker_app.MEMBER_TTL)
-        assert holdings(tmp_path, [w.pid for w in workers]) == before
+        # And, none of them coming or going, the division settles on the deal (roles
+        # dealt to another worker move once) and then stays put for several beats
+        pids = [w.pid for w in workers]
+        settle_by = time.monotonic() + 10 + SLACK
+        before = holdings(tmp_path, pids)
+        while True:
+            await asyncio.sleep(fair_worker_app.MEMBER_TTL)
+            now = holdings(tmp_path, pids)
+            if now == before and divided(now, roles, even=True):
+                break
+            assert time.monotonic() < settle_by, f"the division does not settle: {now}"
+            before = now
+        # And it is by kind: each worker runs two of the six step shards
+        shards = [len([r for r in rs if "-consumer-" in r and "-of-6" in r]) for rs in now.values()]
+        assert shards == [2, 2, 2], now
 
         # When runs are triggered and one worker is killed while they are in flight
         runs = [await wf.trigger(f"before-{i}") for i in range(20)]
