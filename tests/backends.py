@@ -172,12 +172,13 @@ def open_set(
     *,
     ttl: float | None = None,
     poll_interval: float | None = None,
+    member_ttl: float | None = None,
 ) -> AdapterSet:
     """Build backend ``name``'s adapters on ``location`` (a path or a URL) with ``prefix``.
 
-    SQLite keeps every test in a file of its own and takes no prefix. ``ttl`` and
-    ``poll_interval`` go to the role scheduler when it takes them (short leases move a dead
-    process's roles fast).
+    SQLite keeps every test in a file of its own and takes no prefix. ``ttl``,
+    ``poll_interval`` and ``member_ttl`` go to the role scheduler when it takes them (short
+    leases move a dead process's roles fast).
     """
     classes = BACKENDS[name].classes()
     if BACKENDS[name].server:
@@ -186,7 +187,8 @@ def open_set(
         db = classes["Database"](location)
     streamer = classes["Streamer"](db)
     store = classes["RecordStore"](db, publish_to=streamer)
-    options = {k: v for k, v in (("ttl", ttl), ("poll_interval", poll_interval)) if v is not None}
+    given = (("ttl", ttl), ("poll_interval", poll_interval), ("member_ttl", member_ttl))
+    options = {k: v for k, v in given if v is not None}
     scheduler = classes["RoleScheduler"](db, **_accepted(classes["RoleScheduler"], options))
     timeouts = classes["TimeoutStore"](db)
     return AdapterSet(name, location, prefix, db, streamer, store, scheduler, timeouts)

@@ -1,8 +1,11 @@
 """The workflow of ``tests/test_worker_roles.py``, run by ``statestream worker fair_worker_app:wf``.
 
-``FAIR_DB`` names the SQLite file, ``FAIR_HOLDS`` a directory: each worker process keeps
-``<pid>.json`` there, the roles it holds (rewritten by an observer at every change), so that
-the test sees how the roles are divided. Short ttls, so that a killed worker's roles move fast.
+``FAIR_BACKEND`` names the backend (``sqlite``, ``postgres`` or ``mysql``, as in
+``tests/backends.py``; default sqlite), ``FAIR_DB`` its location (the SQLite file or the server
+URL), ``FAIR_PREFIX`` the table prefix on a server, ``FAIR_HOLDS`` a directory: each worker
+process keeps ``<pid>.json`` there, the roles it holds (rewritten by an observer at every
+change), so that the test sees how the roles are divided. Short ttls, so that a killed
+worker's roles move fast.
 
 The roles: six step shards, the timeout's consumer and poller, the completion hook and the
 engine's own processes.
@@ -16,14 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import backends
 from statestream import Builder, NullObserver, Run, after
-from statestream.adapters.sqlite import (
-    SqliteDatabase,
-    SqliteRecordStore,
-    SqliteRoleScheduler,
-    SqliteStreamer,
-    SqliteTimeoutStore,
-)
 
 LEASE_TTL = 1.5
 MEMBER_TTL = 1.5
@@ -70,8 +67,17 @@ async def completed(run: Run[Job, Status]) -> None:
     pass
 
 
-def build(path: str, observer: Holds | None = None):  # type: ignore[no-untyped-def]
-    db = SqliteDatabase(path, synchronous="NORMAL")
+#: The role scheduler's options (``backends.open_set``).
+OPTIONS = {"ttl": LEASE_TTL, "poll_interval": 0.05, "member_ttl": MEMBER_TTL}
+
+
+def build(  # type: ignore[no-untyped-def]
+    location: str, observer: Holds | None = None, *, backend: str = "sqlite", prefix: str = ""
+):
+    return build_on(backends.open_set(backend, location, prefix, **OPTIONS), observer)
+
+
+def build_on(adapters: backends.AdapterSet, observer: Holds | None = None):  # type: ignore[no-untyped-def]
     b: Builder[Job, Status] = Builder("fair", Job, Status)
     b.defaults(polling_frequency=0.05, error_backoff=0.05, max_error_backoff=0.5)
     b.outbox(polling_frequency=0.05, error_backoff=0.05)
@@ -79,16 +85,21 @@ def build(path: str, observer: Holds | None = None):  # type: ignore[no-untyped-
     b.add_timeout(Status.WAITING, after(0.1), finish, Status.DONE, polling_frequency=0.05)
     b.on_complete(completed)
     return b.build(
-        SqliteStreamer(db),
-        SqliteRecordStore(db),
-        SqliteRoleScheduler(db, ttl=LEASE_TTL, poll_interval=0.05, member_ttl=MEMBER_TTL),
-        timeout_store=SqliteTimeoutStore(db),
+        adapters.streamer,
+        adapters.store,
+        adapters.scheduler,
+        timeout_store=adapters.timeouts,
         observer=observer,
     )
 
 
 wf = (
-    build(os.environ["FAIR_DB"], Holds(os.environ["FAIR_HOLDS"]))
+    build(
+        os.environ["FAIR_DB"],
+        Holds(os.environ["FAIR_HOLDS"]),
+        backend=os.environ.get("FAIR_BACKEND", "sqlite"),
+        prefix=os.environ.get("FAIR_PREFIX", ""),
+    )
     if "FAIR_DB" in os.environ
     else None
 )

@@ -18,7 +18,7 @@ import pytest
 from helpers import eventually
 from statestream import Lease
 from statestream._engine import supervisor as supervisor_module
-from statestream._engine.share import Share, fair_share, preference
+from statestream._engine.share import Kind, Share, deal, kind_of, preference
 from statestream._engine.supervisor import Process, ProcessState, Supervisor
 from statestream.adapters.memory import MemoryRoleScheduler
 from statestream.adapters.sqlite import SqliteDatabase, SqliteRoleScheduler
@@ -78,26 +78,77 @@ def balanced(holdings: Holdings, workers: list[str]) -> bool:
     return holdings.held() == len(ROLES) and max(share) - min(share) <= 1
 
 
-# ------------------------------------------------------------------ the share rule
+# ------------------------------------------------------------------ the deal
 
 
-def test_fair_shares_add_up_to_the_roles_and_differ_by_at_most_one() -> None:
-    for members, roles in itertools.product(range(1, 5), range(11)):
-        for counts in itertools.product(range(4), repeat=members):
-            view = {f"m{i}": c for i, c in enumerate(counts)}
-            shares = [fair_share(view, m, roles) for m in view]
-            assert sum(shares) == roles
-            assert max(shares) - min(shares) <= 1
+def kinds(roles: list[str]) -> dict[str, Kind]:
+    return {role: kind_of(role, role) for role in roles}
 
 
-def test_an_even_division_already_in_place_is_kept() -> None:
-    # 8 roles over 3 workers holding 2, 3, 3: the odd roles stay where they are
-    view = {"a": 2, "b": 3, "c": 3}
-    assert [fair_share(view, m, 8) for m in "abc"] == [2, 3, 3]
-    # one role, two workers: the holder keeps it
-    assert [fair_share({"a": 0, "b": 1}, m, 1) for m in "ab"] == [0, 1]
-    # a new member counts as holding nothing
-    assert fair_share({"a": 8}, "new", 8) == 4
+#: A workflow's roles as ``_engine/plan.py`` names them: (process name, role).
+PLAN = [
+    *((f"reserve-consumer-{i}-of-2", f"shop-1-consumer-{i}-of-2") for i in (1, 2)),
+    ("charge-consumer-1-of-1", "shop-2-consumer-1-of-1"),
+    ("ship-consumer-1-of-1", "shop-3-consumer-1-of-1"),
+    ("outbox-consumer", "shop-outbox-consumer"),
+    ("delete-consumer", "shop-delete-consumer"),
+    ("done-run-state-change-hook-consumer", "shop-done-run-state-change-hook-consumer"),
+    ("waiting-timeout-consumer", "shop-2-timeout-consumer"),
+]
+
+
+def plan_kinds() -> dict[str, Kind]:
+    return {role: kind_of(name, role) for name, role in PLAN}
+
+
+def test_kinds_tell_step_shards_from_the_rest() -> None:
+    found = plan_kinds()
+    assert found["shop-1-consumer-2-of-2"] == (0, "shop-1")
+    assert found["shop-3-consumer-1-of-1"] == (0, "shop-3")
+    assert found["shop-outbox-consumer"] == found["shop-delete-consumer"] == (2, "")
+    assert (
+        kind_of("x-connector-to-shop-consumer-1-of-2", "x-connector-to-shop-consumer-1-of-2")[0]
+        == 1
+    )
+
+
+def test_the_deal_gives_every_role_once_and_counts_differ_by_at_most_one() -> None:
+    for n_members, n_roles in itertools.product(range(1, 6), range(13)):
+        members = [f"host/{i}/m" for i in range(n_members)]
+        roles = kinds([f"wf-role-{i}" for i in range(n_roles)])
+        dealt = deal(roles, members)
+        assert set(dealt) == set(roles)
+        counts = Counter(dealt.values())
+        share = [counts.get(m, 0) for m in members]
+        assert max(share) - min(share) <= 1
+
+
+def test_the_deal_spreads_the_shards_of_a_step_and_the_steps() -> None:
+    # 8 roles over 3 workers: a division by count alone (3/3/2) may leave every step
+    # consumer on one worker; the deal gives each worker one or two of the four
+    for trial in range(50):
+        members = [f"host/{trial}/{i}" for i in range(3)]
+        dealt = deal(plan_kinds(), members)
+        steps = Counter(m for r, m in dealt.items() if plan_kinds()[r][0] == 0)
+        assert sorted(steps.get(m, 0) for m in members) == [1, 1, 2], dealt
+        shards = {dealt["shop-1-consumer-1-of-2"], dealt["shop-1-consumer-2-of-2"]}
+        assert len(shards) == 2  # the two shards of one step on two workers
+        assert sorted(Counter(dealt.values()).values()) == [2, 3, 3]
+    # six shards of one step over three workers: two each
+    six = {f"wf-1-consumer-{i}-of-6": (0, "wf-1") for i in range(1, 7)}
+    assert sorted(Counter(deal(six, ["a", "b", "c"]).values()).values()) == [2, 2, 2]
+
+
+def test_the_deal_depends_only_on_the_membership_and_moves_little() -> None:
+    roles = kinds([f"wf-role-{i}" for i in range(30)])
+    members = ["a", "b", "c", "d"]
+    dealt = deal(roles, members)
+    # the same whatever the order members and roles come in
+    assert deal(dict(reversed(list(roles.items()))), list(reversed(members))) == dealt
+    # a member leaving: its roles move, and few of the others'
+    after = deal(roles, ["a", "b", "c"])
+    moved = [r for r in roles if dealt[r] != "d" and after[r] != dealt[r]]
+    assert len(moved) <= len(roles) // 4
 
 
 def test_preference_is_stable_and_differs_by_member() -> None:
@@ -292,12 +343,14 @@ class ScriptedMembers:
 async def test_a_surplus_seen_on_one_beat_only_moves_nothing() -> None:
     # Given a member holding 4 of 4 roles
     members = ScriptedMembers()
-    share = Share(members, members.member_ttl, "wf", lambda: 4)
+    share = Share(members, members.member_ttl, "wf", lambda: kinds(list("abcd")))
     handed: list[str] = []
     for role in ("a", "b", "c", "d"):
         share.took(role, functools.partial(handed.append, role))
     await share.beat()
     assert share.quota == 4
+    await share.beat()
+    assert handed == []
 
     # When another member shows up for one beat only
     members.others = {"other": 0}
@@ -309,12 +362,16 @@ async def test_a_surplus_seen_on_one_beat_only_moves_nothing() -> None:
     # Then nothing was handed over
     assert handed == []
 
-    # But when it stays for two beats, the two least wanted roles are handed over
+    # But when it stays for two beats, the two roles dealt to it are handed over
     members.others = {"other": 0}
     await share.beat()
     await share.beat()
-    assert sorted(handed) == sorted(sorted("abcd", key=lambda r: preference(r, share.member))[:2])
+    dealt = deal(kinds(list("abcd")), [share.member, "other"])
+    assert sorted(handed) == sorted(r for r, m in dealt.items() if m == "other")
+    assert len(handed) == 2
     assert share.yielding == set(handed)
+    # And the roles it handed over are not taken again as spare while the membership stays
+    assert not any(share.wants(r) for r in handed)
     # And not again while they are being handed over
     await share.beat()
     await share.beat()

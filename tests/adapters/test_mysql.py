@@ -95,7 +95,10 @@ class TestMysqlRoleScheduler(RoleSchedulerContract):
     @pytest.fixture
     def make_schedulers(self, db: MysqlDatabase):  # type: ignore[no-untyped-def]
         async def make(n: int) -> list[MysqlRoleScheduler]:
-            return [MysqlRoleScheduler(db, ttl=1.0, poll_interval=0.02) for _ in range(n)]
+            return [
+                MysqlRoleScheduler(db, ttl=1.0, poll_interval=0.02, member_ttl=1.0)
+                for _ in range(n)
+            ]
 
         return make
 

@@ -93,7 +93,10 @@ class TestPostgresRoleScheduler(RoleSchedulerContract):
     @pytest.fixture
     def make_schedulers(self, db: PostgresDatabase):  # type: ignore[no-untyped-def]
         async def make(n: int) -> list[PostgresRoleScheduler]:
-            return [PostgresRoleScheduler(db, ttl=1.0, poll_interval=0.02) for _ in range(n)]
+            return [
+                PostgresRoleScheduler(db, ttl=1.0, poll_interval=0.02, member_ttl=1.0)
+                for _ in range(n)
+            ]
 
         return make
 

@@ -10,7 +10,9 @@ environment names (``tests/backends.py``):
   there, ``effects-<pid>.log``;
 - ``PIPELINE_TTL`` (default 1.0 s): the role scheduler's lease ttl, short so that a killed
   worker's roles move fast; ``PIPELINE_STEP_DELAY`` (default 0.002 s): how long a step goes on
-  after its side effect (a kill in that window loses the step's store write, not its effect).
+  after its side effect (a kill in that window loses the step's store write, not its effect);
+  ``PIPELINE_MEMBER_TTL`` (default: the scheduler's): the ttl of a worker's member row, by
+  which the workers divide the roles.
 
 Every step records its side effect *before* it returns (so before the engine stores its result):
 one line ``"<idempotency_key> <step> <pid>\\n"`` written with a single ``write`` to a file opened
@@ -127,6 +129,7 @@ def adapters_from_env() -> backends.AdapterSet:
         env.get("PIPELINE_PREFIX", ""),
         ttl=float(env.get("PIPELINE_TTL", "1.0")),
         poll_interval=0.05,
+        member_ttl=float(env["PIPELINE_MEMBER_TTL"]) if "PIPELINE_MEMBER_TTL" in env else None,
     )
 
 

@@ -344,10 +344,10 @@ class RoleMembers(Protocol):
 
     Not part of the check that ``Builder.build`` makes of a scheduler. Each running instance of
     a workflow is a *member* of the *group* named after the workflow: it calls :meth:`members`
-    every ``member_ttl / 3`` seconds with the number of roles it holds, and from the answer
-    computes its share of the roles: divided as evenly as they go, the odd ones left with the
-    members that hold the most already (README, "Several workers"). A member whose
-    calls stop (its process was killed, or cut off) drops out of every answer ``member_ttl``
+    every ``member_ttl / 3`` seconds with the number of roles it holds, and from the live
+    members computes the same deal as every other member: which member holds which role, as
+    evenly as they go and spread by kind (README, "Several workers"). A member whose calls
+    stop (its process was killed, or cut off) drops out of every answer ``member_ttl``
     seconds after its last call, and the others take its roles over as its leases expire.
 
     A lease-row backend keeps one row per member, ``(group, member, held, expires_at)`` with

@@ -3,16 +3,23 @@
 With a scheduler that implements :class:`~statestream.RoleMembers`, each running instance of a
 workflow (one :class:`~.supervisor.Supervisor`) is a member of the group named after the
 workflow. Every ``member_ttl / 3`` seconds it tells the scheduler it is alive and how many roles
-it holds, and hears who else is alive and how many they hold. From that it computes its share
-(:func:`fair_share`): the roles divided as evenly as they go, the odd ones left with the members
-that hold the most already, so that a steady membership moves nothing.
+it holds, and hears who else is alive. From the live members and the workflow's roles every
+member computes the same deal (:func:`deal`): which member should hold which role, as evenly as
+the roles go, with the roles of one kind (the shards of one step; the step consumers in
+general) spread over the members rather than piled on one, so that the division is by work
+and not only by count. The deal depends on nothing but the membership and the roles, so a
+steady membership moves nothing.
 
-Below its share, a member's idle processes try for their roles; at its share, they stop trying;
-above it (seen on two beats in a row, so that a transient view moves nothing) it hands the
-surplus over: the processes whose roles it likes least (a rendezvous hash of role and member)
-finish the event in hand and release their leases, and the members below their share take
-them. A member that stops beating (killed, or cut off) drops out of the others' view after
-``member_ttl``: their shares grow, and they take its roles as its leases expire.
+A member's idle processes try at once for the roles dealt to it. It hands over (the process
+finishes the event in hand and releases its lease) the roles dealt to another member, once the
+view has been the same on two beats in a row, so that a transient view moves nothing; the
+member they were dealt to is already waiting for them. A role nobody takes (instances of
+different versions that run different roles compute different deals) is taken by a member that
+has been below its share for two beats, unless it handed that role over itself since the
+membership last changed: so a role moves at most once per member and membership, and cannot
+flap. A member that stops beating
+(killed, or cut off) drops out of the others' view after ``member_ttl``: the deal changes, and
+they take its roles as its leases expire.
 """
 
 from __future__ import annotations
@@ -21,44 +28,78 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from .._core.protocols import RoleMembers
 from .logfields import fields
 
-__all__ = ["Share", "fair_share", "preference"]
+__all__ = ["Kind", "Share", "deal", "kind_of", "preference"]
 
 log = logging.getLogger("statestream")
 
-#: Beats in a row a member must find itself above its share before it hands roles over.
+#: Beats in a row with the same view before a member hands roles over (or takes roles dealt to
+#: others that nobody took).
 SURPLUS_BEATS = 2
 
+#: What a role is, for the deal: (class, kind). Class 0: the shards of a step (kind: the step);
+#: class 1: the shards of another event consumer (a connector, a connection); class 2: the
+#: rest (the outbox relay, timeouts, hooks, ...), all of one kind.
+Kind = tuple[int, str]
 
-def fair_share(view: Mapping[str, int], me: str, roles: int) -> int:
-    """How many of ``roles`` roles member ``me`` should hold, given every live member's count.
+_SHARD = re.compile(r"^(?P<kind>.+)-consumer-\d+-of-\d+$")
+_STEP_PROCESS = re.compile(r"^[^-]+-consumer-\d+-of-\d+$")
 
-    Each member gets ``roles // len(view)``; the ``roles % len(view)`` left over go one each to
-    the members that hold the most (ties broken by member name), so that an even division that
-    is already in place is the one computed. Every member computes the same division from the
-    same view, and the shares add up to ``roles``.
-    """
-    if me not in view:
-        view = {**view, me: 0}
-    base, extra = divmod(roles, len(view))
-    if not extra:
-        return base
-    order = sorted(view, key=lambda member: (-view[member], member))
-    return base + (1 if order.index(me) < extra else 0)
+
+def kind_of(process: str, role: str) -> Kind:
+    """The kind of a role, from its process's name and the role (``_engine/plan.py`` names
+    step shards ``<status>-consumer-<i>-of-<n>``, other sharded consumers by their role)."""
+    match = _SHARD.match(role)
+    if match is None:
+        return (2, "")
+    return (0 if _STEP_PROCESS.match(process) else 1, match["kind"])
 
 
 def preference(role: str, member: str) -> int:
-    """How much ``member`` wants to keep ``role`` (a rendezvous hash): it hands over its least
-    wanted roles first, so that which roles move does not depend on timing."""
+    """How much ``member`` wants ``role`` (a rendezvous hash): stable, and different for each
+    member, so that which member gets which role does not depend on timing."""
     digest = hashlib.blake2b(f"{role}\x00{member}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def deal(roles: Mapping[str, Kind], members: Collection[str]) -> dict[str, str]:
+    """Which member should hold each role: every member computes the same from the same view.
+
+    The kinds are dealt in turn (steps first, then the other consumers, then the rest). Each
+    member gets ``len(kind) // len(members)`` roles of a kind, and the odd ones go to the
+    members that have the fewest roles so far (ties: a rendezvous hash of the kind), so that
+    the counts of every kind and the totals differ by one at most. Which roles of a kind go to
+    which member: the highest rendezvous hash first, within those counts, so that a member
+    joining or leaving moves few roles of the others.
+    """
+    names = sorted(set(members))
+    if not names:
+        return {}
+    totals = dict.fromkeys(names, 0)
+    kinds: dict[Kind, list[str]] = {}
+    for role, kind in roles.items():
+        kinds.setdefault(kind, []).append(role)
+    dealt: dict[str, str] = {}
+    for kind in sorted(kinds):
+        group = kinds[kind]
+        base, odd = divmod(len(group), len(names))
+        order = sorted(names, key=lambda m: (totals[m], -preference(kind[1], m), m))
+        room = {m: base + (1 if i < odd else 0) for i, m in enumerate(order)}
+        pairs = sorted(((preference(r, m), r, m) for r in group for m in names), reverse=True)
+        for _, role, member in pairs:
+            if role not in dealt and room[member] > 0:
+                dealt[role] = member
+                room[member] -= 1
+                totals[member] += 1
+    return dealt
 
 
 def member_name() -> str:
@@ -73,11 +114,16 @@ class Share:
         members: the scheduler's membership.
         ttl: its ``member_ttl``.
         group: the workflow's name.
-        roles: how many distinct roles this instance runs (it can grow, with schedules).
+        roles: the distinct roles this instance runs, with their kinds (they can grow, with
+            schedules).
     """
 
     def __init__(
-        self, members: RoleMembers, ttl: float, group: str, roles: Callable[[], int]
+        self,
+        members: RoleMembers,
+        ttl: float,
+        group: str,
+        roles: Callable[[], Mapping[str, Kind]],
     ) -> None:
         self._members = members
         self.ttl = ttl
@@ -88,10 +134,18 @@ class Share:
         #: role -> how to ask its process to hand it over
         self.held: dict[str, Callable[[], None]] = {}
         self.yielding: set[str] = set()
-        #: None until the first beat answered (or failed)
+        #: The roles dealt to this member; None until the first beat answered (or failed).
+        self.mine: set[str] | None = None
+        #: How many roles this member should hold (``len(mine)``).
         self.quota: int | None = None
+        #: Below its share on two beats in a row: it may take roles dealt to others.
+        self.spare = False
+        #: Roles handed over since the membership last changed: not taken again as spare.
+        self.handed: set[str] = set()
         self.view: dict[str, int] = {}
-        self._over = 0
+        self._signature: object = None
+        self._steady = 0
+        self._room_beats = 0
         self._last_ok = time.monotonic()
         self._failing = False
         self._changed = asyncio.Event()
@@ -120,20 +174,32 @@ class Share:
             )
 
     def room(self) -> bool:
-        """Whether this member is below its share (an idle process may try for its role)."""
+        """Whether this member holds fewer roles than its share."""
         return self.quota is not None and len(self.held) < self.quota
 
-    async def wait_room(self, stopping: asyncio.Event) -> bool:
-        """Wait until this member is below its share; False if ``stopping`` came first."""
+    def wants(self, role: str) -> bool:
+        """Whether the idle process of ``role`` should try for it now: the role is dealt to
+        this member, or this member has been below its share for two beats (and has not
+        handed the role over since the membership changed)."""
+        if self.mine is None:
+            return False
+        if role in self.mine:
+            return True
+        return self.spare and self.room() and role not in self.handed
+
+    async def wait_wanted(self, role: str, stopping: asyncio.Event) -> bool:
+        """Wait until the process of ``role`` should try for it; False if ``stopping`` came
+        first."""
         while not stopping.is_set():
-            if self.room():
+            if self.wants(role):
                 return True
             await _first(self._changed, stopping)
         return False
 
-    async def wait_full(self) -> None:
-        """Return once this member holds its share (an acquire in flight is then dropped)."""
-        while self.room():
+    async def wait_unwanted(self, role: str) -> None:
+        """Return once the process of ``role`` should no longer try (an acquire in flight is
+        then dropped)."""
+        while self.wants(role):
             await self._changed.wait()
 
     def took(self, role: str, handover: Callable[[], None]) -> None:
@@ -157,8 +223,8 @@ class Share:
             await _first(stopping, timeout=self.interval)
 
     async def beat(self) -> None:
-        """Tell the others we are alive, recompute the share, hand the surplus over."""
-        roles = self._roles()
+        """Tell the others we are alive, recompute the deal, hand over what is not ours."""
+        roles = dict(self._roles())
         try:
             view = dict(await self._members.members(self.group, self.member, len(self.held)))
         except Exception:
@@ -171,10 +237,12 @@ class Share:
                     exc_info=True,
                 )
             self._failing = True
-            if self.quota is None or time.monotonic() - self._last_ok >= self.ttl:
+            if self.mine is None or time.monotonic() - self._last_ok >= self.ttl:
                 # The others no longer count us: take whatever roles are free, as a worker
                 # without division would, rather than leave roles nobody runs.
-                self._set_quota(roles, 1)
+                self._signature = None
+                self._steady = 0
+                self._set_mine(set(roles), 1)
             return
         if self._failing:
             log.info("statestream: %s: the workers' group answers again", self.group)
@@ -182,43 +250,56 @@ class Share:
         self._last_ok = time.monotonic()
         view[self.member] = len(self.held)
         self.view = view
-        self._set_quota(fair_share(view, self.member, roles), len(view))
+        signature = (frozenset(view), frozenset(roles.items()))
+        if signature == self._signature:
+            self._steady += 1
+        else:
+            self._signature = signature
+            self._steady = 1
+            self.handed.clear()  # the membership changed: the deal decides again
+        dealt = deal(roles, view)
+        self._set_mine({r for r, m in dealt.items() if m == self.member}, len(view))
+        assert self.mine is not None
         assert self.quota is not None
-        surplus = len(self.held) - len(self.yielding) - self.quota
-        if surplus <= 0:
-            self._over = 0
+        self._room_beats = self._room_beats + 1 if self.room() else 0
+        spare = self._room_beats >= SURPLUS_BEATS
+        if spare != self.spare:
+            self.spare = spare
+            self._notify()
+        if self._steady < SURPLUS_BEATS:
             return
-        self._over += 1
-        if self._over < SURPLUS_BEATS:
-            return
-        self._over = 0
-        keep = sorted(
-            (r for r in self.held if r not in self.yielding),
-            key=lambda r: preference(r, self.member),
+        active = [r for r in self.held if r not in self.yielding]
+        # The roles dealt to another member: it is waiting for them.
+        give = sorted(
+            (r for r in active if r not in self.mine), key=lambda r: preference(r, self.member)
         )
-        for role in keep[:surplus]:
+        for role in give:
             log.info(
-                "statestream: %s: handing role %s over (this worker holds %d roles, its share "
-                "is %d)",
+                "statestream: %s: handing role %s over to %s (this worker holds %d roles, its "
+                "share is %d)",
                 self.group,
                 role,
-                len(self.held) - len(self.yielding),
+                dealt.get(role, "another worker"),
+                len(active),
                 self.quota,
                 extra=fields(role=role),
             )
             self.yielding.add(role)
+            self.handed.add(role)
             self.held[role]()
 
-    def _set_quota(self, quota: int, workers: int) -> None:
-        if quota != self.quota:
-            log.info(
-                "statestream: %s: %d worker(s) share its %d roles; this one's share is %d",
-                self.group,
-                workers,
-                self._roles(),
-                quota,
-            )
-            self.quota = quota
+    def _set_mine(self, mine: set[str], workers: int) -> None:
+        if mine != self.mine:
+            if len(mine) != self.quota:
+                log.info(
+                    "statestream: %s: %d worker(s) share its %d roles; this one's share is %d",
+                    self.group,
+                    workers,
+                    len(self._roles()),
+                    len(mine),
+                )
+            self.mine = mine
+            self.quota = len(mine)
             self._notify()
 
 

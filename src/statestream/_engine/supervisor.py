@@ -9,9 +9,10 @@ and followed by a backoff and a restart; :meth:`Process.report` never says runni
 that has ended.
 
 With a scheduler that implements :class:`~statestream.RoleMembers` the instances of a workflow
-divide its roles (:mod:`.share`): a process tries for its role only while this instance holds
-less than its share, and hands its role over (finishes the event in hand, then releases the
-lease) when this instance holds more.
+divide its roles (:mod:`.share`): a process tries for its role when the deal gives the role to
+this instance (or this instance is below its share and nobody else took the role), and hands
+its role over (finishes the event in hand, then releases the lease) when the deal gives it to
+another.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..errors import AdapterConnectionError
 from . import observe
 from .lease import HELD, Held, LeaseExpired
 from .logfields import fields
-from .share import Share
+from .share import Kind, Share, kind_of
 from .usercode import SYNC_EXECUTOR
 
 if TYPE_CHECKING:
@@ -230,13 +231,13 @@ class Supervisor:
         if isinstance(scheduler, RoleMembers):
             ttl = scheduler.member_ttl
             if ttl is not None:
-                self.share = Share(scheduler, ttl, self._workflow, self._role_count)
+                self.share = Share(scheduler, ttl, self._workflow, self._role_kinds)
                 self.share.start(self.stopping)
         for proc in processes:
             self.add(proc)
 
-    def _role_count(self) -> int:
-        return len({proc.role for proc in self.processes})
+    def _role_kinds(self) -> dict[str, Kind]:
+        return {proc.role: kind_of(proc.name, proc.role) for proc in self.processes}
 
     def add(self, proc: Process) -> None:
         """Start supervising one more process (for example a schedule added while running)."""
@@ -306,14 +307,14 @@ class Supervisor:
             await self.share.close()  # after the releases: the others take the roles at once
 
     async def _acquire(self, role: str) -> Lease | None:
-        """Wait for the role, or for stop or this instance's share to fill up (then None).
-        Never leaves an acquire behind: one that is granted after we gave up (stopped, full, or
-        cancelled ourselves) is released at once."""
+        """Wait for the role, or for stop or this instance no longer wanting it (then None).
+        Never leaves an acquire behind: one that is granted after we gave up (stopped, not
+        wanted, or cancelled ourselves) is released at once."""
         acquire = asyncio.ensure_future(self._scheduler.acquire(role))
         stop = asyncio.ensure_future(self.stopping.wait())
         waits: set[asyncio.Future[Any]] = {acquire, stop}
         if self.share is not None:
-            waits.add(asyncio.ensure_future(self.share.wait_full()))
+            waits.add(asyncio.ensure_future(self.share.wait_unwanted(role)))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
@@ -385,7 +386,7 @@ class Supervisor:
             while not self.stopping.is_set():
                 proc.state = ProcessState.IDLE
                 share = self.share
-                if share is not None and not await share.wait_room(self.stopping):
+                if share is not None and not await share.wait_wanted(proc.role, self.stopping):
                     break
                 try:
                     lease = await self._acquire(proc.role)
@@ -401,10 +402,10 @@ class Supervisor:
                 if self._unreachable:
                     self._acquire_works(proc.role)
                 if lease is None:
-                    continue  # stopping, or this instance's share filled up meanwhile
-                if share is not None and not share.room():
-                    # Granted together with others that filled the share: give it back
-                    # before doing any work under it.
+                    continue  # stopping, or this instance no longer wants the role
+                if share is not None and not share.wants(proc.role):
+                    # Granted together with others that filled the share (or the deal moved
+                    # it meanwhile): give it back before doing any work under it.
                     await self._release(proc, lease)
                     continue
                 proc.state = ProcessState.RUNNING

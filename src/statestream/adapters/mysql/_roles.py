@@ -12,7 +12,7 @@ another process takes the role once that moment is past, however the first one d
 from __future__ import annotations
 
 from ..sql._roles import ServerLease, ServerRoleScheduler
-from ._db import MysqlDatabase
+from ._db import Bind, MysqlDatabase
 from ._rows import encode
 
 __all__ = ["MysqlLease", "MysqlRoleScheduler"]
@@ -24,10 +24,18 @@ MysqlLease = ServerLease
 class MysqlRoleScheduler(ServerRoleScheduler):
     """At most one holder per role across every process using the database, through lease
     rows. A process that dies or is cut off loses its roles within ``ttl`` seconds (it stops
-    acting under them ``margin`` before), and another process takes them."""
+    acting under them ``margin`` before), and another process takes them. The member rows
+    (:class:`~statestream.RoleMembers`) expire on the same clock, ``UTC_TIMESTAMP(6)``."""
 
-    def __init__(self, db: MysqlDatabase, *, ttl: float = 10.0, poll_interval: float = 0.5) -> None:
-        super().__init__(ttl=ttl, poll_interval=poll_interval)
+    def __init__(
+        self,
+        db: MysqlDatabase,
+        *,
+        ttl: float = 10.0,
+        poll_interval: float = 0.5,
+        member_ttl: float | None = 10.0,
+    ) -> None:
+        super().__init__(ttl=ttl, poll_interval=poll_interval, member_ttl=member_ttl)
         self.db = db
 
     @property
@@ -58,6 +66,37 @@ class MysqlRoleScheduler(ServerRoleScheduler):
         await self.db.execute(
             f"DELETE FROM {self.db.prefix}leases WHERE role = %s AND holder = %s",
             (role.encode(), holder.encode()),
+            idempotent=True,
+        )
+
+    async def _beat(self, group: str, member: str, held: int, ttl: float) -> dict[str, int]:
+        g, m = encode("group", group), encode("member", member)
+        table = f"{self.db.prefix}members"
+
+        def build(bind: Bind) -> list[str]:
+            return [
+                bind(
+                    f"INSERT INTO {table} (group_name, member, held, expires_at) VALUES "
+                    "(%s, %s, %s, UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND) "
+                    "ON DUPLICATE KEY UPDATE held = VALUES(held), expires_at = VALUES(expires_at)",
+                    (g, m, held, int(ttl * 1_000_000)),
+                ),
+                bind(
+                    f"DELETE FROM {table} WHERE group_name = %s AND expires_at < UTC_TIMESTAMP(6)",
+                    (g,),
+                ),
+                bind(f"SELECT member, held FROM {table} WHERE group_name = %s", (g,)),
+            ]
+
+        # One round trip, one transaction; safe to repeat (it sets the same values).
+        results = await self.db.script(build, idempotent=True)
+        rows = results[-1].rows or ()
+        return {bytes(name).decode(): int(count) for name, count in sorted(rows)}
+
+    async def _leave(self, group: str, member: str) -> None:
+        await self.db.execute(
+            f"DELETE FROM {self.db.prefix}members WHERE group_name = %s AND member = %s",
+            (encode("group", group), encode("member", member)),
             idempotent=True,
         )
 

@@ -45,6 +45,8 @@ LIMITS: dict[str, int] = {
     "topic": 255,
     "consumer name": 255,
     "role": 255,
+    "group": 255,
+    "member": 255,
     "outbox event ID": 255,
     "parked event ID": 600,
 }

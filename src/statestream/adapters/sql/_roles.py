@@ -4,6 +4,11 @@ The logic is the SQLite scheduler's, with one difference: the row's expiry is th
 clock (``now()`` plus the ttl), written and compared by the server, so that processes on hosts
 whose clocks disagree still agree on when a lease has expired. A dialect subclass supplies the
 three statements (:meth:`ServerRoleScheduler._try`, ``_extend``, ``_release``).
+
+It implements :class:`~statestream.RoleMembers` too (the workers sharing the database divide
+the roles): one row per running workflow instance in ``{prefix}members``, its expiry on the
+server's clock like the lease rows'; a dialect supplies the beat (one transaction: upsert the
+member's row, delete the group's expired rows, select the rest) and the delete of ``leave``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Mapping
 
 from ...errors import InvalidInput
 
@@ -96,11 +102,28 @@ class ServerRoleScheduler:
     ``margin`` before that), and another process takes them. ``margin`` is
     ``max(ttl / 5, 1 s)``, capped at ``ttl / 2``. Waiters try again every ``poll_interval``,
     and at once when a lease of this scheduler is released.
+
+    Division of the roles (:class:`~statestream.RoleMembers`): each running instance of a
+    workflow keeps a row in ``{prefix}members``, written every ``member_ttl / 3`` seconds with
+    the expiry ``now() + member_ttl`` on the server's clock; the instances divide the
+    workflow's roles among the rows that have not expired. A killed worker's row expires
+    ``member_ttl`` after its last write and its leases ``ttl`` after their last renewal: the
+    others hold its roles about ``max(ttl, member_ttl)`` plus a ``poll_interval`` after it died.
+    ``member_ttl=None`` turns the division off (the first worker takes every role).
     """
 
-    def __init__(self, *, ttl: float = 10.0, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float = 10.0,
+        poll_interval: float = 0.5,
+        member_ttl: float | None = 10.0,
+    ) -> None:
         if ttl <= 0 or poll_interval <= 0:
             raise InvalidInput("ttl and poll_interval must be > 0")
+        if member_ttl is not None and not (isinstance(member_ttl, int | float) and member_ttl > 0):
+            raise InvalidInput(f"member_ttl must be > 0 or None, got {member_ttl!r}")
+        self._member_ttl = None if member_ttl is None else float(member_ttl)
         self.ttl = ttl
         self.poll_interval = poll_interval
         self.margin = min(max(ttl / 5, 1.0), ttl / 2)
@@ -117,6 +140,30 @@ class ServerRoleScheduler:
 
     async def _delete(self, role: str, holder: str) -> None:
         raise NotImplementedError
+
+    async def _beat(self, group: str, member: str, held: int, ttl: float) -> dict[str, int]:
+        """One transaction: upsert the member's row (expiry: the server's now + ``ttl``),
+        delete the group's expired rows, return ``{member: held}`` of the rest."""
+        raise NotImplementedError
+
+    async def _leave(self, group: str, member: str) -> None:
+        raise NotImplementedError
+
+    @property
+    def member_ttl(self) -> float | None:
+        """See :class:`~statestream.RoleMembers`."""
+        return self._member_ttl
+
+    async def members(self, group: str, member: str, held: int) -> Mapping[str, int]:
+        """See :meth:`statestream.RoleMembers.members`: one transaction, one round trip."""
+        if isinstance(held, bool) or not isinstance(held, int) or held < 0:
+            raise InvalidInput(f"held must be an int >= 0, got {held!r}")
+        ttl = self._member_ttl if self._member_ttl is not None else 10.0
+        return await self._beat(group, member, held, ttl)
+
+    async def leave(self, group: str, member: str) -> None:
+        """See :meth:`statestream.RoleMembers.leave`; idempotent."""
+        await self._leave(group, member)
 
     async def _release(self, role: str, holder: str) -> None:
         try:

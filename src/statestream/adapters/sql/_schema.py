@@ -89,6 +89,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "claimed_until",
     ),
     "leases": ("role", "holder", "expires_at"),
+    "members": ("group_name", "member", "held", "expires_at"),
     "parked": (
         "id",
         "seq",
@@ -300,7 +301,7 @@ async def ensure_schema(
         action = _judge(
             found, where, prefix, url_hint, migrate=migrate, expected_tables=tables_of(dialect)
         )
-        if action == "ok":
+        if action == "ok" or (action == "create" and not create):
             return found.version
         migrations = load_migrations(dialect, prefix)
         await conn.begin()

@@ -95,6 +95,13 @@ CREATE TABLE {prefix}leases (
     holder VARBINARY(64) NOT NULL,
     expires_at DATETIME(6) NOT NULL
 ) ENGINE=InnoDB;
+CREATE TABLE {prefix}members (
+    group_name VARBINARY(255) NOT NULL,
+    member VARBINARY(255) NOT NULL,
+    held INT NOT NULL,
+    expires_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (group_name, member)
+) ENGINE=InnoDB;
 CREATE TABLE {prefix}parked (
     id VARBINARY(600) NOT NULL PRIMARY KEY,
     seq BIGINT NOT NULL AUTO_INCREMENT,

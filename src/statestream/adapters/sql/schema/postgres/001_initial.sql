@@ -85,6 +85,13 @@ CREATE TABLE {prefix}leases (
     holder text NOT NULL,
     expires_at timestamptz NOT NULL
 );
+CREATE TABLE {prefix}members (
+    group_name text NOT NULL,
+    member text NOT NULL,
+    held integer NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (group_name, member)
+);
 CREATE TABLE {prefix}parked (
     id text PRIMARY KEY,
     seq bigint GENERATED ALWAYS AS IDENTITY,
