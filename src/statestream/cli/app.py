@@ -131,6 +131,24 @@ def _states(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise typer.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise typer.BadParameter(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= 65535:
+        raise typer.BadParameter(f"must be a port number 0..65535, got {value}")
+    return value
+
+
 def _seconds(value: float) -> float:
     if not value >= 0 or math.isinf(value):
         raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
@@ -213,8 +231,7 @@ def worker(
         int | None,
         typer.Option(
             metavar="PORT",
-            min=0,
-            max=65535,
+            callback=_port,
             help="serve Prometheus metrics on this port (needs statestream[metrics])",
         ),
     ] = None,
@@ -268,8 +285,12 @@ def runs_list(
         list[str] | None,
         typer.Option(metavar="ID", help="only runs of this foreign ID (repeatable)"),
     ] = None,
-    limit: Annotated[int, typer.Option(metavar="N", min=0, help="at most N runs")] = 25,
-    offset: Annotated[int, typer.Option(metavar="N", min=0, help="skip the first N runs")] = 0,
+    limit: Annotated[
+        int, typer.Option(metavar="N", callback=_non_negative, help="at most N runs")
+    ] = 25,
+    offset: Annotated[
+        int, typer.Option(metavar="N", callback=_non_negative, help="skip the first N runs")
+    ] = 0,
     desc: Annotated[bool, typer.Option("--desc", help="newest first")] = False,
     json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
@@ -380,7 +401,9 @@ def runs_parked(
     consumer: Annotated[
         str | None, typer.Option(metavar="NAME", help="only those of this consumer (role)")
     ] = None,
-    limit: Annotated[int, typer.Option(metavar="N", min=1, help="at most N events")] = 100,
+    limit: Annotated[
+        int, typer.Option(metavar="N", callback=_positive, help="at most N events")
+    ] = 100,
     json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """List the parked events of a workflow (oldest first): events a hook, connector, data
@@ -430,7 +453,7 @@ def top(
     ] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
     max_runs: Annotated[
-        int, typer.Option(metavar="N", min=1, help="count at most N runs per frame")
+        int, typer.Option(metavar="N", callback=_positive, help="count at most N runs per frame")
     ] = 10_000,
 ) -> None:
     """Run the workflow's background processes in this process (like a worker, sharing the
@@ -463,7 +486,7 @@ def graph(
 def web(
     targets: TargetsArg,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8080,
+    port: Annotated[int, typer.Option(callback=_port, help="port to listen on")] = 8080,
     open_reads: Annotated[
         bool,
         typer.Option(
@@ -542,7 +565,7 @@ def db_version(url: UrlOpt, prefix: PrefixOpt = "statestream_") -> None:
 
 @app.command("demo", short_help="run the order-pipeline demo (python -m statestream.demo)")
 def demo(
-    orders: Annotated[int, typer.Option(min=0, help="orders")] = 200,
+    orders: Annotated[int, typer.Option(callback=_non_negative, help="orders")] = 200,
     payment_window: Annotated[
         float,
         typer.Option(
