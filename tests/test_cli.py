@@ -181,7 +181,14 @@ COMMANDS = [
     ["runs", "resume"],
     ["runs", "cancel"],
     ["runs", "delete"],
+    ["runs", "parked"],
+    ["runs", "retry-parked"],
+    ["top"],
     ["graph"],
+    ["web"],
+    ["db"],
+    ["db", "migrate"],
+    ["db", "version"],
     ["schema"],
     ["schema", "create"],
     ["schema", "version"],
@@ -206,7 +213,7 @@ def test_top_level_help_documents_exit_codes(capsys: pytest.CaptureFixture[str])
         assert line in out
     assert "4    cannot load the target" in out
     assert "5    backend error" in out
-    for command in ("worker", "runs", "graph", "schema", "demo"):
+    for command in ("worker", "runs", "top", "graph", "schema", "demo"):
         assert command in out
 
 
