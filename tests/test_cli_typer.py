@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import Env, cli, env  # noqa: F401  (env is a fixture)
 
 from statestream import RunState
 from statestream.cli import main
+from test_cli import Env, cli, env  # noqa: F401  (env is a fixture)
 
 
 class Terminal(io.StringIO):

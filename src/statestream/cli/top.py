@@ -96,8 +96,11 @@ def frame(wf: AnyWorkflow, now: Sample, before: Sample | None) -> RenderableType
         + ("  (of the first runs counted only: --max-runs)" if now.capped else "")
     )
     grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
-    for name in ("PROCESS", "ROLE", "STATE", "LAG", "ERRORS", "PARKED", "LAST ERROR"):
-        grid.add_column(name, no_wrap=True, overflow="ignore")
+    for name in ("PROCESS", "ROLE"):
+        grid.add_column(name, overflow="fold")
+    for name in ("STATE", "LAG", "ERRORS", "PARKED"):
+        grid.add_column(name, no_wrap=True, min_width=max(len(name), 7 if name == "STATE" else 0))
+    grid.add_column("LAST ERROR", no_wrap=True, overflow="ellipsis")
     for name, info in now.processes.items():
         grid.add_row(
             name,
