@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+import test_cli
 from statestream import RunState
 from statestream.cli import main
-from test_cli import Env, cli, env  # noqa: F401  (env is a fixture)
+from test_cli import Env, cli
+
+env = test_cli.env  # the fixture: a fresh workflow module on an SQLite file
 
 
 class Terminal(io.StringIO):
@@ -155,14 +158,14 @@ def test_without_the_cli_extra_a_one_line_install_hint(tmp_path: Path) -> None:
         "from statestream.cli import main\n"
         "sys.exit(main(['runs', 'list', 'mod:wf']))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=30,
         cwd=tmp_path,
-        env=env,
+        env=environ,
     )
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
