@@ -181,7 +181,14 @@ COMMANDS = [
     ["runs", "resume"],
     ["runs", "cancel"],
     ["runs", "delete"],
+    ["runs", "parked"],
+    ["runs", "retry-parked"],
+    ["top"],
     ["graph"],
+    ["web"],
+    ["db"],
+    ["db", "migrate"],
+    ["db", "version"],
     ["schema"],
     ["schema", "create"],
     ["schema", "version"],
@@ -194,7 +201,7 @@ COMMANDS = [
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, _ = cli(capsys, *command, "--help")
     assert code == 0
-    assert out.startswith(f"usage: statestream {' '.join(command)}".rstrip())
+    assert out.startswith(f"Usage: statestream {' '.join(command)}".rstrip())
     assert "\x1b[" not in out
 
 
@@ -206,7 +213,7 @@ def test_top_level_help_documents_exit_codes(capsys: pytest.CaptureFixture[str])
         assert line in out
     assert "4    cannot load the target" in out
     assert "5    backend error" in out
-    for command in ("worker", "runs", "graph", "schema", "demo"):
+    for command in ("worker", "runs", "top", "graph", "schema", "demo"):
         assert command in out
 
 
@@ -234,7 +241,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]
     code, out, err = cli(capsys, *argv)
     assert code == 2
     assert out == ""
-    assert "usage: statestream" in err
+    assert "Usage: statestream" in err
 
 
 # ------------------------------------------------------------------ runs list
@@ -701,7 +708,7 @@ def test_help_in_a_subprocess(how: str, tmp_path: Path) -> None:
         [*command, "--help"], capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: statestream")
+    assert done.stdout.startswith("Usage: statestream")
     assert "exit codes:" in done.stdout
     assert "\x1b" not in done.stdout
     done = subprocess.run(

@@ -128,7 +128,7 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "runs", command, "--help")
     assert code == 0
-    assert out.startswith(f"usage: statestream runs {command}")
+    assert out.startswith(f"Usage: statestream runs {command}")
 
 
 def test_runs_help_lists_the_new_actions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import enum
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -161,9 +162,48 @@ def _remove_database(path: str) -> None:
         Path(path + suffix).unlink(missing_ok=True)
 
 
-def _bar(done: int, total: int, width: int = 32) -> str:
-    filled = width * done // max(total, 1)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} runs finished"
+class _Progress:
+    """Rich's progress bar (the ``cli`` extra); without Rich, a plain line now and then."""
+
+    def __init__(self) -> None:
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+        except ImportError:
+            self.progress = None
+            self.last = -1
+            return
+        tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self.progress = Progress(
+            TextColumn("runs finished"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(force_terminal=tty or None, no_color=not tty, highlight=False),
+        )
+        self.task = self.progress.add_task("runs", total=None)
+
+    def __enter__(self) -> _Progress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=total)
+        elif done != self.last:
+            print(f"{done}/{total} runs finished", flush=True)
+            self.last = done
 
 
 async def main(
@@ -201,7 +241,6 @@ async def main(
         )
         where = f"SQLite file {db_path} (WAL, synchronous=FULL)"
     logging.getLogger("statestream").setLevel(logging.ERROR)  # the summary counts the retries
-    tty = sys.stdout.isatty()
     print(f"statestream demo: {orders} orders through workflow {wf.name!r}")
     print(f"on the {where}; a subscription order is also scheduled @every 1s\n")
     started = time.perf_counter()
@@ -210,20 +249,20 @@ async def main(
         provider = asyncio.create_task(payment_provider(wf, orders))
         for i in range(orders):
             await wf.trigger(f"order-{i}", initial=Order(id=f"order-{i}", amount=10 + i))
-        last = -1
-        while (
-            finished < orders + schedule.triggered or not provider.done() or schedule.triggered < 2
-        ):
-            if finished != last:
-                line = _bar(finished, orders + schedule.triggered)
-                print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
-                last = finished
-            if time.perf_counter() - started > 50:
-                print("\ndemo did not finish within 50 s")
-                return 1
-            await asyncio.sleep(0.05)
-        await provider
-        print(("\r" if tty else "") + _bar(finished, orders + schedule.triggered))
+        with _Progress() as bar:
+            while (
+                finished < orders + schedule.triggered
+                or not provider.done()
+                or schedule.triggered < 2
+            ):
+                bar.update(finished, orders + schedule.triggered)
+                if time.perf_counter() - started > 50:
+                    bar.update(finished, orders + schedule.triggered)
+                    print("\ndemo did not finish within 50 s")
+                    return 1
+                await asyncio.sleep(0.05)
+            await provider
+            bar.update(finished, orders + schedule.triggered)
     elapsed = time.perf_counter() - started
 
     records = await store.list("orders", limit=orders + 1000)

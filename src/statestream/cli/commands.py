@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace as Args
 from typing import Any
 
 from .._core.records import Order, ParkedEvent, Record, RecordFilter
@@ -19,12 +18,12 @@ from .._core.run import Run
 from .._core.runstate import RunState
 from ..errors import AdapterError, RecordNotFound
 from .output import (
-    Style,
     dumps,
     echo,
     format_time,
     record_dict,
     state_colour,
+    styled,
     table,
 )
 from .target import (
@@ -53,7 +52,7 @@ __all__ = [
 ]
 
 
-async def _workflow(args: argparse.Namespace) -> AnyWorkflow:
+async def _workflow(args: Args) -> AnyWorkflow:
     return pick_workflow(await load_workflows(args.target), args.workflow, args.target)
 
 
@@ -74,13 +73,13 @@ def _status_value(wf: AnyWorkflow, text: str) -> int:
 
 
 def run_state_of(text: str) -> RunState:
-    """argparse ``type=`` for ``--state``: a RunState name or label, any case (or its number)."""
+    """``--state``: a RunState name or label, any case (or its number); ValueError if none."""
     wanted = text.strip().upper().replace(" ", "_").replace("-", "_")
     for state in RunState:
         if state.valid and (state.name == wanted or str(int(state)) == wanted):
             return state
     known = ", ".join(s.name.lower() for s in RunState if s.valid)
-    raise argparse.ArgumentTypeError(f"unknown run state {text!r} (choose from {known})")
+    raise ValueError(f"unknown run state {text!r} (choose from {known})")
 
 
 async def _own_record(wf: AnyWorkflow, run_id: str) -> Record:
@@ -96,7 +95,7 @@ async def _own_record(wf: AnyWorkflow, run_id: str) -> Record:
 # ------------------------------------------------------------------ runs
 
 
-async def cmd_runs_list(args: argparse.Namespace) -> int:
+async def cmd_runs_list(args: Args) -> int:
     wf = await _workflow(args)
     statuses = [_status_value(wf, s) for s in args.status or ()]
     flt = RecordFilter(
@@ -132,29 +131,28 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
         for r in records
     ]
     colours = [("", "", "", state_colour(r.run_state), "", "dim") for r in records]
-    for line in table(headers, rows, colours):
-        echo(line)
+    table(headers, rows, colours)
     return EXIT_OK
 
 
-async def cmd_runs_show(args: argparse.Namespace) -> int:
+async def cmd_runs_show(args: Args) -> int:
     wf = await _workflow(args)
     record = await _own_record(wf, args.run_id)
     data = record_dict(record, _status_names(wf), with_object=True)
     if args.json:
         echo(dumps(data, indent=2))
         return EXIT_OK
-    style = Style(sys.stdout)
     obj = data.pop("object")
     encoding = data.pop("object_encoding")
     width = max(len(k) for k in data)
     for key, value in data.items():
-        text = str(value)
         if key == "run_state":
-            text = style(record.run_state.label, state_colour(record.run_state))
-        echo(f"{style(key.ljust(width), 'bold')}  {text}")
+            text = styled((record.run_state.label, state_colour(record.run_state)))
+        else:
+            text = styled(str(value))
+        echo(styled((key.ljust(width), "bold"), "  ", text))
     label = "object" if encoding == "json" else "object (base64)"
-    echo(style(label, "bold") + ":")
+    echo(styled((label, "bold"), ":"))
     rendered = dumps(obj, indent=2) if encoding == "json" else str(obj)
     for line in rendered.splitlines():
         echo("  " + line)
@@ -175,7 +173,7 @@ def _run_dict(run: Run[Any, Any]) -> dict[str, Any]:
     }
 
 
-async def cmd_runs_control(args: argparse.Namespace) -> int:
+async def cmd_runs_control(args: Args) -> int:
     wf = await _workflow(args)
     reason = getattr(args, "reason", "") or ""
     action = args.action
@@ -190,10 +188,12 @@ async def cmd_runs_control(args: argparse.Namespace) -> int:
     if args.json:
         echo(dumps(_run_dict(run)))
         return EXIT_OK
-    style = Style(sys.stdout)
-    state = style(run.run_state.label, state_colour(run.run_state))
     echo(
-        f"run {run.run_id} ({run.foreign_id}): {state} at {run.status.name}, version {run.version}"
+        styled(
+            f"run {run.run_id} ({run.foreign_id}): ",
+            (run.run_state.label, state_colour(run.run_state)),
+            f" at {run.status.name}, version {run.version}",
+        )
     )
     return EXIT_OK
 
@@ -219,7 +219,7 @@ def _one_line(text: str, width: int = 60) -> str:
     return first if len(first) <= width else first[: width - 3] + "..."
 
 
-async def cmd_runs_parked(args: argparse.Namespace) -> int:
+async def cmd_runs_parked(args: Args) -> int:
     wf = await _workflow(args)
     entries = await wf.parked(consumer=args.consumer, limit=args.limit)
     if args.json:
@@ -242,12 +242,11 @@ async def cmd_runs_parked(args: argparse.Namespace) -> int:
         for e in entries
     ]
     colours = [("", "", "", "dim", "yellow", "red") for _ in entries]
-    for line in table(headers, rows, colours):
-        echo(line)
+    table(headers, rows, colours)
     return EXIT_OK
 
 
-async def cmd_runs_retry_parked(args: argparse.Namespace) -> int:
+async def cmd_runs_retry_parked(args: Args) -> int:
     wf = await _workflow(args)
     await wf.retry_parked(args.parked_id)
     if args.json:
@@ -263,7 +262,7 @@ async def cmd_runs_retry_parked(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ graph
 
 
-async def cmd_graph(args: argparse.Namespace) -> int:
+async def cmd_graph(args: Args) -> int:
     wf = await _workflow(args)
     echo(wf.mermaid(args.direction).rstrip("\n"))
     return EXIT_OK
@@ -352,7 +351,7 @@ def _existing_version(path: Path, action: str, allow_foreign: bool) -> int | Non
     return _file_version(path, allow_foreign=allow_foreign, hint=action != "version")
 
 
-async def cmd_schema(args: argparse.Namespace) -> int:
+async def cmd_schema(args: Args) -> int:
     from ..adapters.sqlite import SCHEMA_VERSION
 
     path = Path(args.path)
@@ -387,7 +386,7 @@ async def cmd_schema(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ demo
 
 
-async def cmd_demo(args: argparse.Namespace) -> int:
+async def cmd_demo(args: Args) -> int:
     from .. import demo
 
     code: int = await demo.main(
@@ -447,7 +446,7 @@ def _add_metrics(workflows: list[AnyWorkflow]) -> Any:
     return observer
 
 
-async def cmd_worker(args: argparse.Namespace) -> int:
+async def cmd_worker(args: Args) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(
         level=level,
@@ -467,7 +466,6 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             "its instances share the work like separate processes would",
             err=True,
         )
-    style = Style(sys.stdout)
     stop = asyncio.Event()
     task = asyncio.current_task()
     signals_seen: list[int] = []
@@ -503,7 +501,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         echo(f"statestream worker: pid {os.getpid()}, {len(started)} workflow(s)")
         for wf in started:
             processes = list(wf.states())
-            echo(f"  {style(wf.name, 'bold')}: {len(processes)} processes")
+            echo(styled("  ", (wf.name, "bold"), f": {len(processes)} processes"))
             for name in processes:
                 echo(f"    {name}")
         echo("statestream worker: ready; stop with Ctrl+C or SIGTERM")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace as Args
 
 from .output import echo
 from .target import EXIT_OK
@@ -10,7 +10,7 @@ from .target import EXIT_OK
 __all__ = ["cmd_db"]
 
 
-async def cmd_db(args: argparse.Namespace) -> int:
+async def cmd_db(args: Args) -> int:
     from ..adapters.sql import SCHEMA_VERSION, migrate, schema_version
 
     url, prefix = args.url, args.prefix

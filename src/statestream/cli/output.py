@@ -1,8 +1,13 @@
-"""Output helpers of the command line: ANSI colour (TTY only), tables, JSON of records."""
+"""Output helpers of the command line: Rich consoles (colour on a terminal only), tables, JSON.
+
+Colour and styles only when the stream is a terminal and ``NO_COLOR`` is not set
+(https://no-color.org); otherwise plain text, byte for byte what scripts parse.
+"""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import sys
@@ -10,31 +15,26 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
 from .._core.records import Record
 from .._core.runstate import RunState
 
 __all__ = [
-    "Style",
+    "console",
     "dumps",
     "echo",
     "format_time",
     "object_json",
     "record_dict",
+    "render",
     "state_colour",
+    "styled",
     "table",
     "wants_colour",
 ]
-
-_CODES = {
-    "bold": "1",
-    "dim": "2",
-    "red": "31",
-    "green": "32",
-    "yellow": "33",
-    "blue": "34",
-    "magenta": "35",
-    "cyan": "36",
-}
 
 _STATE_COLOURS = {
     RunState.INITIATED: "blue",
@@ -58,54 +58,87 @@ def wants_colour(stream: TextIO) -> bool:
         return False
 
 
-class Style:
-    """Wraps text in ANSI codes when the stream it is for is a colour terminal."""
+def console(
+    stream: TextIO | None = None, *, err: bool = False, width: int | None = None
+) -> Console:
+    """A Rich console on ``stream`` (default: the current ``sys.stdout``/``sys.stderr``).
 
-    def __init__(self, stream: TextIO) -> None:
-        self.enabled = wants_colour(stream)
-
-    def __call__(self, text: str, *styles: str) -> str:
-        if not self.enabled or not styles or not text:
-            return text
-        codes = ";".join(_CODES[s] for s in styles)
-        return f"\x1b[{codes}m{text}\x1b[0m"
+    Without colour it writes no escape codes at all (not even bold), so pipes get plain text.
+    """
+    out = stream if stream is not None else (sys.stderr if err else sys.stdout)
+    colour = wants_colour(out)
+    return Console(
+        file=out,
+        force_terminal=colour,
+        color_system="auto" if colour else None,
+        no_color=not colour,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=width is None,
+        width=width,
+    )
 
 
 def state_colour(state: RunState) -> str:
     return _STATE_COLOURS.get(state, "dim")
 
 
-def echo(text: str = "", *, err: bool = False) -> None:
+def styled(*parts: str | Text | tuple[str, str]) -> Text:
+    """Text from plain strings and ``(text, style)`` pairs (user data is never markup)."""
+    return Text.assemble(*parts)
+
+
+def echo(text: str | Text = "", *, err: bool = False) -> None:
     """Print to the current ``sys.stdout`` (or ``sys.stderr``), flushed at once."""
     stream = sys.stderr if err else sys.stdout
-    print(text, file=stream, flush=True)
+    if isinstance(text, str):
+        print(text, file=stream, flush=True)
+        return
+    console(stream).print(text)
+    stream.flush()
+
+
+def render(renderable: RenderableType, stream: TextIO | None = None) -> str:
+    """What ``renderable`` looks like on ``stream``, at its natural width, without trailing
+    blanks (escape codes only when that stream gets colour)."""
+    out = stream if stream is not None else sys.stdout
+    buffer = io.StringIO()
+    colour = wants_colour(out)
+    Console(
+        file=buffer,
+        force_terminal=colour,
+        color_system="standard" if colour else None,
+        no_color=not colour,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        width=100_000,
+    ).print(renderable)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], colours: Sequence[Sequence[str]] = ()
-) -> list[str]:
-    """Left-aligned columns; ``colours[i][j]`` is the style of cell j of row i ("" for none).
-
-    Widths are measured on the plain text, so colour codes never shift the columns.
-    """
-    style = Style(sys.stdout)
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for j, cell in enumerate(row):
-            widths[j] = max(widths[j], len(cell))
-
-    def line(cells: Sequence[str], styles: Sequence[str]) -> str:
-        out = []
-        for j, cell in enumerate(cells):
-            padded = cell if j == len(cells) - 1 else cell.ljust(widths[j])
-            name = styles[j] if j < len(styles) else ""
-            out.append(style(padded, name) if name else padded)
-        return "  ".join(out).rstrip()
-
-    lines = [line(headers, ["bold"] * len(headers))]
+) -> None:
+    """Print left-aligned columns, two spaces apart; ``colours[i][j]`` is the style of cell j
+    of row i ("" for none). Headers are bold on a terminal."""
+    grid = Table(
+        box=None,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        header_style="bold",
+        show_lines=False,
+    )
+    for header in headers:
+        grid.add_column(header, no_wrap=True, overflow="ignore")
     for i, row in enumerate(rows):
-        lines.append(line(row, colours[i] if i < len(colours) else ()))
-    return lines
+        styles = colours[i] if i < len(colours) else ()
+        grid.add_row(
+            *(Text(cell, style=styles[j] if j < len(styles) else "") for j, cell in enumerate(row))
+        )
+    echo(render(grid))
 
 
 def format_time(when: datetime) -> str:

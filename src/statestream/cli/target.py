@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import os
@@ -58,7 +57,7 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """argparse ``type=``: checks the form only; importing happens when the command runs."""
+    """Checks the form only (ValueError if wrong); importing happens when the command runs."""
     module, sep, attr = text.partition(":")
     valid = (
         sep
@@ -66,7 +65,7 @@ def parse_target(text: str) -> Target:
         and all(part.isidentifier() for part in attr.split("."))
     )
     if not valid:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"invalid target {text!r}: expected MODULE:ATTRIBUTE, for example "
             "'myapp.workflows:orders'"
         )

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace as Args
 
 from ..errors import ConfigurationError
 from .output import echo
 from .target import EXIT_OK, EXIT_USAGE, AnyWorkflow, CliError, dedupe, load_workflows
 
-__all__ = ["add_web_arguments", "cmd_web"]
+__all__ = ["cmd_web"]
 
 
-def add_web_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
-    parser.add_argument(
-        "--open-reads",
-        action="store_true",
-        help="let anyone who can reach the server read runs (writes still need the token)",
-    )
-    parser.add_argument("--title", default="statestream", help="shown in the page header")
-    parser.add_argument(
-        "--log-level",
-        default="warning",
-        type=str.lower,
-        choices=("debug", "info", "warning", "error", "critical"),
-        help="uvicorn's logging level (default: warning)",
-    )
-
-
-async def cmd_web(args: argparse.Namespace) -> int:
+async def cmd_web(args: Args) -> int:
     if not 0 <= args.port <= 65535:
         raise CliError(EXIT_USAGE, f"--port must be from 0 to 65535, got {args.port}")
     try:
