@@ -160,6 +160,17 @@ def test_preference_is_stable_and_differs_by_member() -> None:
 # ------------------------------------------------------------------ supervisors
 
 
+async def settled(holdings: Holdings, quiet: float = 0.3, within: float = 5.0) -> None:
+    """Wait until no role changed hands for ``quiet`` seconds (many beats at these ttls)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        changes = holdings.changes
+        await asyncio.sleep(quiet)
+        if holdings.changes == changes:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the roles never settled"
+
+
 async def test_three_instances_divide_the_roles_and_stay_put() -> None:
     # Given three instances of a workflow with 8 roles, sharing a scheduler, started in turn
     scheduler = MemoryRoleScheduler(member_ttl=0.15)
@@ -173,6 +184,8 @@ async def test_three_instances_divide_the_roles_and_stay_put() -> None:
 
         # Then they divide the roles: 3, 3 and 2
         await eventually(lambda: balanced(holdings, workers), what="an even division")
+        # (an even count may still be one hand-over short of the deal by kind: let it settle)
+        await settled(holdings)
         assert sorted(holdings.counts().values()) == [2, 3, 3]
 
         # And, the membership steady, nothing moves over many beats
