@@ -53,8 +53,13 @@ DOWN_FOR = 2.0  # seconds the server stays down
 #: engine's, not the driver's own) warning about the lost connection or the reconnect.
 #: A WARNING or worse from a statestream logger, in the worker's log format.
 WARNING_PLUS = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL)\s+statestream[\w.]*: ", re.MULTILINE)
-#: The INFO line of the database at the end of the outage.
-RECONNECTED = re.compile(r"INFO\s+statestream[\w.]*: .*reconnected to .* after [\d.]+ s")
+#: An INFO line saying the outage is over: the database layer's "reconnected ... after N s"
+#: (logged once no call failed for a second after the first success) or the engine's "acquiring
+#: the roles ... works again" (a worker stopped within that second logs only the latter).
+RECONNECTED = re.compile(
+    r"INFO\s+statestream[\w.]*: .*"
+    r"(reconnected to .* after [\d.]+ s|acquiring the roles .* works again)"
+)
 #: An outage of DOWN_FOR seconds reads as a few lines, not one per call (issue 9): the lost
 #: connection, a lost role or two, a summary of the retries.
 MAX_WARNINGS_PER_WORKER = 10
