@@ -9,6 +9,7 @@ import pytest
 
 from servers import require_postgres, unique_prefix
 from statestream.adapters.postgres import PostgresDatabase
+from statestream.adapters.sql import SCHEMA_VERSION as SQL_SCHEMA_VERSION
 from statestream.adapters.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from statestream.cli import main
 
@@ -30,11 +31,14 @@ def test_db_migrate_and_version_on_postgres(capsys: pytest.CaptureFixture[str]) 
         assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
         assert capsys.readouterr().out.strip() == "0"
         assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
-        assert "created the statestream schema version 1" in capsys.readouterr().out
+        assert (
+            f"created the statestream schema version {SQL_SCHEMA_VERSION}"
+            in capsys.readouterr().out
+        )
         assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
         assert "up to date" in capsys.readouterr().out
         assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
-        assert capsys.readouterr().out.strip() == "1"
+        assert capsys.readouterr().out.strip() == str(SQL_SCHEMA_VERSION)
     finally:
         _drop(prefix)
 

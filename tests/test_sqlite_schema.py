@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -309,10 +310,10 @@ async def migrate(path: Path) -> None:
 # ------------------------------------------------------------------------------------ tests
 
 
-def test_the_current_version_is_3() -> None:
+def test_the_current_version_is_4() -> None:
     # A bump needs a migration in _schema._MIGRATIONS and a test here that migrates a file of
     # the version before.
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert sorted(_schema._MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 
 
@@ -426,10 +427,10 @@ def test_cli_schema_migrate_migrates_a_version_1_file(
 
     assert main(["schema", "migrate", str(v1_file)]) == 0
     out, _ = capsys.readouterr()
-    assert out.strip() == f"migrated {v1_file} from statestream schema version 1 to 3"
+    assert out.strip() == f"migrated {v1_file} from statestream schema version 1 to 4"
     assert rows(v1_file, "SELECT COUNT(*) FROM statestream_records") == [(3,)]
     assert main(["schema", "version", str(v1_file)]) == 0
-    assert capsys.readouterr()[0] == "3\n"
+    assert capsys.readouterr()[0] == "4\n"
 
 
 # ------------------------------------------------------------------ version 2 -> 3
@@ -469,7 +470,7 @@ async def test_a_migrated_version_2_file_has_the_schema_of_a_new_one(
     await migrate(tmp_path / "new.db")
 
     assert shape(v2_file) == shape(tmp_path / "new.db")
-    assert rows(v2_file, "SELECT value FROM statestream_meta") == [("3",)]
+    assert rows(v2_file, "SELECT value FROM statestream_meta") == [(str(SCHEMA_VERSION),)]
 
 
 async def test_migration_from_version_2_keeps_the_data_and_adds_the_members(
@@ -494,4 +495,89 @@ def test_cli_schema_migrate_migrates_a_version_2_file(
 ) -> None:
     assert main(["schema", "migrate", str(v2_file)]) == 0
     out, _ = capsys.readouterr()
-    assert out.strip() == f"migrated {v2_file} from statestream schema version 2 to 3"
+    assert out.strip() == f"migrated {v2_file} from statestream schema version 2 to 4"
+
+
+# ------------------------------------------------------------------ version 3 -> 4
+
+#: Version 3: version 2 plus the live members of each workflow.
+V3_SCHEMA = [
+    *V2_SCHEMA,
+    """CREATE TABLE IF NOT EXISTS statestream_members (
+        group_name TEXT NOT NULL,
+        member TEXT NOT NULL,
+        held INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (group_name, member)
+    )""",
+]
+
+
+#: (run_id, workflow, run state, status, created_at) of the runs in the version 3 file.
+V3_RUNS = [
+    (f"run-{i:02}", "wf" if i % 3 else "other", (2, 3, 5)[i % 3], i % 4 + 1, US + i)
+    for i in range(30)
+]
+
+
+@pytest.fixture
+def v3_file(tmp_path: Path) -> Path:
+    """A file as schema version 3 wrote it, with runs of two workflows."""
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in V3_SCHEMA:
+        conn.execute(statement)
+    conn.execute("INSERT INTO statestream_meta VALUES ('schema_version', '3')")
+    for run_id, wf, state, status, at in V3_RUNS:
+        conn.execute(
+            "INSERT INTO statestream_records (run_id, workflow_name, foreign_id, run_state, "
+            "status, object, created_at, updated_at, version) "
+            "VALUES (?, ?, ?, ?, ?, x'7b7d', ?, ?, 1)",
+            (run_id, wf, run_id, state, status, at, at),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+async def test_a_migrated_version_3_file_has_the_schema_of_a_new_one(
+    v3_file: Path, tmp_path: Path
+) -> None:
+    await migrate(v3_file)
+    await migrate(tmp_path / "new.db")
+
+    assert shape(v3_file) == shape(tmp_path / "new.db")
+    assert rows(v3_file, "SELECT value FROM statestream_meta") == [("4",)]
+
+
+async def test_migration_from_version_3_indexes_the_runs_already_there(v3_file: Path) -> None:
+    from statestream import Order, RecordFilter, RunState
+
+    await migrate(v3_file)
+    db = SqliteDatabase(v3_file)
+    try:
+        store = SqliteRecordStore(db)
+        mine = [run for run in V3_RUNS if run[1] == "wf"]
+        counts = await store.count_runs("wf")
+        assert dict(counts.statuses) == dict(Counter(run[3] for run in mine))
+        assert dict(counts.run_states) == dict(Counter(RunState(run[2]) for run in mine))
+        assert counts.total == 20
+        paused = await store.list("wf", filter=RecordFilter(run_states=[RunState.PAUSED]))
+        assert [r.run_id for r in paused] == [run[0] for run in mine if run[2] == 3]
+        at_2 = await store.list("wf", filter=RecordFilter(statuses=[2]), order=Order.DESC)
+        assert [r.run_id for r in at_2] == [run[0] for run in reversed(mine) if run[3] == 2]
+        since = NOW + timedelta(microseconds=20)
+        newest = await store.list("wf", order=Order.DESC, filter=RecordFilter(created_after=since))
+        assert [r.run_id for r in newest] == [run[0] for run in reversed(mine) if run[4] > US + 20]
+    finally:
+        await db.close()
+
+
+def test_cli_schema_migrate_migrates_a_version_3_file(
+    v3_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", "migrate", str(v3_file)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == f"migrated {v3_file} from statestream schema version 3 to 4"

@@ -483,6 +483,7 @@ def _fields(r: Record) -> dict[str, Any]:
 
 def test_db_migrate_and_version_on_mysql(capsys: pytest.CaptureFixture[str]) -> None:
     from servers import require_mysql
+    from statestream.adapters.sql import SCHEMA_VERSION as SQL_SCHEMA_VERSION
     from statestream.cli import main
 
     url, prefix = require_mysql(), unique_prefix()
@@ -490,11 +491,14 @@ def test_db_migrate_and_version_on_mysql(capsys: pytest.CaptureFixture[str]) -> 
         assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
         assert capsys.readouterr().out.strip() == "0"
         assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
-        assert "created the statestream schema version 1" in capsys.readouterr().out
+        assert (
+            f"created the statestream schema version {SQL_SCHEMA_VERSION}"
+            in capsys.readouterr().out
+        )
         assert main(["db", "migrate", "--url", url, "--prefix", prefix]) == 0
         assert "up to date" in capsys.readouterr().out
         assert main(["db", "version", "--url", url, "--prefix", prefix]) == 0
-        assert capsys.readouterr().out.strip() == "1"
+        assert capsys.readouterr().out.strip() == str(SQL_SCHEMA_VERSION)
     finally:
 
         async def drop() -> None:

@@ -31,7 +31,7 @@ from statestream.adapters.postgres import (
     PostgresStreamer,
     PostgresTimeoutStore,
 )
-from statestream.adapters.sql import migrate, schema_version
+from statestream.adapters.sql import SCHEMA_VERSION, migrate, schema_version
 
 
 @pytest.fixture
@@ -328,7 +328,7 @@ async def test_an_empty_database_gets_the_schema_once_when_workers_start_togethe
     workers = [PostgresDatabase(require_postgres(), prefix=prefix) for _ in range(4)]
     try:
         await asyncio.gather(*(w.open() for w in workers))
-        assert await schema_version(require_postgres(), prefix=prefix) == 1
+        assert await schema_version(require_postgres(), prefix=prefix) == SCHEMA_VERSION
     finally:
         for w in workers:
             await w.close()
@@ -339,9 +339,9 @@ async def test_migrate_creates_the_schema_and_version_reads_it() -> None:
     prefix = unique_prefix()
     try:
         assert await schema_version(require_postgres(), prefix=prefix) == 0
-        assert await migrate(require_postgres(), prefix=prefix) == (0, 1)
-        assert await schema_version(require_postgres(), prefix=prefix) == 1
-        assert await migrate(require_postgres(), prefix=prefix) == (1, 1)
+        assert await migrate(require_postgres(), prefix=prefix) == (0, SCHEMA_VERSION)
+        assert await schema_version(require_postgres(), prefix=prefix) == SCHEMA_VERSION
+        assert await migrate(require_postgres(), prefix=prefix) == (SCHEMA_VERSION, SCHEMA_VERSION)
     finally:
         await _drop(prefix)
 
@@ -362,10 +362,12 @@ async def test_an_older_schema_asks_for_a_migration(
     await db.open()
     from statestream.adapters.sql import _schema
 
-    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     again = PostgresDatabase(require_postgres(), prefix=db.prefix)
     try:
-        with pytest.raises(errors.AdapterError, match=r"version 1 .*older.*statestream db migrate"):
+        with pytest.raises(
+            errors.AdapterError, match=rf"version {SCHEMA_VERSION} .*older.*statestream db migrate"
+        ):
             await again.open()
     finally:
         await again.close()

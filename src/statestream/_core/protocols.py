@@ -26,6 +26,7 @@ from .records import (
     ParkedEvent,
     Record,
     RecordFilter,
+    RunCounts,
     TimeoutRecord,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "RecordStore",
     "RoleMembers",
     "RoleScheduler",
+    "RunCounter",
     "SnapshotStore",
     "TimeoutStore",
     "Work",
@@ -133,6 +135,26 @@ class RecordStore(Protocol):
 
     async def delete_parked(self, parked_id: str) -> None:
         """Idempotent: deleting an unknown ID does nothing."""
+        ...
+
+
+@runtime_checkable
+class RunCounter(Protocol):
+    """Optional capability of a :class:`RecordStore`: count a workflow's runs without reading
+    them (the web UI's graph, ``statestream top``). Not part of the check that
+    ``Builder.build`` makes of a store; callers test ``isinstance(store, RunCounter)`` and
+    otherwise page through ``list``.
+
+    A store implements it only when it can answer from an index or a counter, not by reading
+    every run: the memory store keeps counters, the SQL stores scan an index on ``(workflow,
+    status)`` and one on ``(workflow, run state)`` without touching the table. Conformance: the
+    ``test_count_runs_*`` tests of :class:`~statestream.adaptertest.RecordStoreContract`
+    (skipped for a store without the capability).
+    """
+
+    async def count_runs(self, workflow_name: str) -> RunCounts:
+        """The workflow's runs by status and by run state, as of one moment (one snapshot).
+        An unknown workflow has no runs: empty counts."""
         ...
 
 
@@ -260,6 +282,8 @@ class TimeoutStore(Protocol):
       status at that version; a later visit's timer, made meanwhile, is kept).
     * ``prune(workflow_name, before)`` deletes completed and cancelled timers created before
       ``before`` and returns how many.
+    * ``list_for_run(workflow_name, run_id)`` returns exactly the timers of ``list`` whose
+      ``run_id`` is ``run_id``.
     """
 
     async def create(
@@ -288,6 +312,11 @@ class TimeoutStore(Protocol):
 
     async def list(self, workflow_name: str) -> list[TimeoutRecord]:
         """Pending (not completed, not cancelled) timeouts of the workflow, by ID."""
+        ...
+
+    async def list_for_run(self, workflow_name: str, run_id: str) -> builtins.list[TimeoutRecord]:
+        """Pending timeouts of one run, by ID: an index lookup (the unique key on the visit
+        starts with the workflow and the run), however many timers the workflow has."""
         ...
 
     async def list_due(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,6 +22,7 @@ __all__ = [
     "ParkedEvent",
     "Record",
     "RecordFilter",
+    "RunCounts",
     "TimeoutRecord",
     "delete_topic",
     "run_state_change_topic",
@@ -181,6 +182,29 @@ class RecordFilter:
         if self.created_after is not None and not record.created_at > self.created_after:
             return False
         return self.created_before is None or record.created_at < self.created_before
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """How many runs a workflow has at each status and in each run state
+    (:meth:`RunCounter.count_runs`). Statuses and run states without runs are left out."""
+
+    statuses: Mapping[int, int] = field(default_factory=dict)
+    run_states: Mapping[RunState, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> RunCounts:
+        """Reference implementation: the counts of ``records`` (in-memory stores, tests)."""
+        statuses: dict[int, int] = {}
+        run_states: dict[RunState, int] = {}
+        for record in records:
+            statuses[record.status] = statuses.get(record.status, 0) + 1
+            run_states[record.run_state] = run_states.get(record.run_state, 0) + 1
+        return cls(statuses, run_states)
 
 
 def shard_of(key: str, shards: int) -> int:

@@ -28,6 +28,7 @@ from .._core.records import (
     topic_for,
 )
 from .._core.runstate import RunState
+from ._counts import RunCountsContract
 from ._parked import ParkedEventsContract
 from ._util import assert_close, now, unique
 
@@ -120,7 +121,7 @@ def _ids(rows: Sequence[Record]) -> list[str]:
     return [r.run_id for r in rows]
 
 
-class RecordStoreContract(ParkedEventsContract):
+class RecordStoreContract(ParkedEventsContract, RunCountsContract):
     """Conformance tests for a :class:`~statestream.RecordStore`.
 
     Subclass it as ``TestXxxRecordStore`` and define a ``store`` fixture that gives the store

@@ -112,6 +112,43 @@ class TimeoutStoreContract:
         assert await timeout_store.list(unique("wf")) == []
 
     @pytest.mark.asyncio
+    async def test_list_for_run_returns_that_runs_pending_timeouts_by_id(
+        self, timeout_store: TimeoutStore
+    ) -> None:
+        # Given one run with timers at two statuses and two visits, one completed, one
+        # cancelled, one claimed; another run of the workflow; the same run ID in another one
+        wf, other = unique("wf"), unique("wf")
+        run, neighbour = unique("run"), unique("run")
+        at = now() + timedelta(minutes=5)
+        later = await timeout_store.create(wf, "fid", run, 3, 5, at)
+        first = await timeout_store.create(wf, "fid", run, 1, 1, at)
+        claimed = await timeout_store.create(wf, "fid", run, 2, 2, now() - timedelta(seconds=1))
+        done = await timeout_store.create(wf, "fid", run, 1, 3, at)
+        gone = await timeout_store.create(wf, "fid", run, 2, 4, at)
+        await timeout_store.create(wf, "fid-2", neighbour, 1, 1, at)
+        await timeout_store.create(other, "fid", run, 1, 1, at)
+        assert await timeout_store.complete(done.id) is True
+        await timeout_store.cancel(gone.id)
+        assert await timeout_store.claim(claimed.id, now(), now() + timedelta(minutes=1))
+
+        # Then the run's pending timers (claimed ones too) are listed, by ID, with every field
+        listed = await timeout_store.list_for_run(wf, run)
+        assert _ids(listed) == sorted([later.id, first.id, claimed.id])
+        assert _ids(listed) == [t.id for t in await timeout_store.list(wf) if t.run_id == run]
+        by_id = {t.id: t for t in listed}
+        assert (by_id[later.id].status, by_id[later.id].run_version) == (3, 5)
+        assert by_id[later.id].foreign_id == "fid"
+        assert_close(by_id[later.id].expire_at, at, "expire_at")
+        assert by_id[claimed.id].claimed_until is not None
+        assert _ids(await timeout_store.list_for_run(wf, neighbour)) != []
+        assert await timeout_store.list_for_run(wf, unique("run")) == []
+        assert await timeout_store.list_for_run(unique("wf"), run) == []
+
+        # And a timer cancelled for the run's leaving its status drops out
+        await timeout_store.cancel_for(wf, run, 3, 6)
+        assert _ids(await timeout_store.list_for_run(wf, run)) == sorted([first.id, claimed.id])
+
+    @pytest.mark.asyncio
     async def test_complete_returns_true_only_once(self, timeout_store: TimeoutStore) -> None:
         wf = unique("wf")
         completed = await self._seed(timeout_store, wf, now())

@@ -17,7 +17,9 @@ from ..._core.records import (
     ParkedEvent,
     Record,
     RecordFilter,
+    RunCounts,
 )
+from ..._core.runstate import RunState
 from ._util import _check_window
 
 __all__ = ["MemoryRecordStore"]
@@ -60,6 +62,9 @@ class MemoryRecordStore:
         self._outbox: dict[str, dict[str, OutboxEvent]] = {}
         self._parked: dict[str, ParkedEvent] = {}
         self._snapshots: dict[str, list[Record]] = {}
+        # Per workflow: runs at each status, runs in each run state (for count_runs).
+        self._statuses: dict[str, dict[int, int]] = {}
+        self._run_states: dict[str, dict[RunState, int]] = {}
 
     async def create(self, record: Record, event: OutboxEvent) -> None:
         """Insert a new run together with its outbox event.
@@ -97,6 +102,7 @@ class MemoryRecordStore:
         else:
             seqs.append(seq)
         self._add_outbox(event)
+        self._count(record, 1)
         if self._keep_snapshots:
             self._snapshots[run_id] = [record]
 
@@ -119,8 +125,38 @@ class MemoryRecordStore:
             raise errors.VersionConflict(run_id, record.version - 1, stored.version)
         self._records[run_id] = record
         self._add_outbox(event)
+        if stored.status != record.status or stored.run_state is not record.run_state:
+            self._count(stored, -1)
+            self._count(record, 1)
         if self._keep_snapshots:
             self._snapshots[run_id].append(record)
+
+    def _count(self, record: Record, delta: int) -> None:
+        name = record.workflow_name
+        statuses = self._statuses.get(name)
+        if statuses is None:
+            statuses = self._statuses[name] = {}
+            self._run_states[name] = {}
+        run_states = self._run_states[name]
+        status, state = record.status, record.run_state
+        n = statuses.get(status, 0) + delta
+        if n:
+            statuses[status] = n
+        else:
+            del statuses[status]
+        n = run_states.get(state, 0) + delta
+        if n:
+            run_states[state] = n
+        else:
+            del run_states[state]
+
+    async def count_runs(self, workflow_name: str) -> RunCounts:
+        """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
+        kept as counters by every write, so O(statuses) to read."""
+        return RunCounts(
+            dict(self._statuses.get(workflow_name, {})),
+            dict(self._run_states.get(workflow_name, {})),
+        )
 
     def _add_outbox(self, event: OutboxEvent) -> None:
         box = self._outbox.get(event.workflow_name)

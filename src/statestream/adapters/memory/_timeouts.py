@@ -228,6 +228,14 @@ class MemoryTimeoutStore:
         """Pending timeouts of the workflow (claimed ones too), by ID."""
         return [t for t in self._pending.values() if t.workflow_name == workflow_name]
 
+    async def list_for_run(self, workflow_name: str, run_id: str) -> builtins.list[TimeoutRecord]:
+        """Pending timeouts of one run (claimed ones too), by ID: a dict lookup."""
+        ids = self._by_run.get((workflow_name, run_id))
+        if not ids:
+            return []
+        pending = self._pending
+        return [pending[i] for i in sorted(ids)]
+
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
     ) -> builtins.list[TimeoutRecord]:

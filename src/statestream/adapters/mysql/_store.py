@@ -7,9 +7,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
+from ..._core.records import (
+    Message,
+    Order,
+    OutboxEvent,
+    ParkedEvent,
+    Record,
+    RecordFilter,
+    RunCounts,
+)
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
-from ..sql._rows import RECORD_COLUMNS
+from ..sql._rows import COUNT_RUNS, RECORD_COLUMNS, counts_from_rows
 from ._batch import Batcher, make_write
 from ._db import MysqlDatabase
 from ._rows import (
@@ -156,6 +164,16 @@ class MysqlRecordStore:
         sql += f" ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT %s OFFSET %s"
         rows = await self.db.fetch(sql, [*args, limit, offset])
         return [record_from_row(row) for row in rows]
+
+    async def count_runs(self, workflow_name: str) -> RunCounts:
+        """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
+        one statement (one read view), reading only the keys ``records_by_status`` and
+        ``records_by_run_state``."""
+        workflow = fits("workflow name", workflow_name)
+        if workflow is None:
+            return RunCounts()
+        sql = COUNT_RUNS.replace("{arg}", "%s").replace("{prefix}", self.db.prefix)
+        return counts_from_rows(await self.db.fetch(sql, (workflow, workflow)))
 
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         workflow = fits("workflow name", workflow_name)

@@ -164,6 +164,19 @@ class MysqlTimeoutStore:
         )
         return [timeout_from_row(row) for row in rows]
 
+    async def list_for_run(self, workflow_name: str, run_id: str) -> builtins.list[TimeoutRecord]:
+        """The run's pending timers (claimed or not), by ID: one range of the visit's unique
+        key, which starts with (workflow_name, run_id)."""
+        workflow, run = fits("workflow name", workflow_name), fits("run ID", run_id)
+        if workflow is None or run is None:
+            return []
+        rows = await self.db.fetch(
+            f"SELECT {TIMEOUT_COLUMNS} FROM {self.db.prefix}timeouts "
+            "WHERE workflow_name = %s AND run_id = %s AND state = 0 ORDER BY id",
+            (workflow, run),
+        )
+        return [timeout_from_row(row) for row in rows]
+
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
     ) -> builtins.list[TimeoutRecord]:

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
+from ..._core.records import (
+    Message,
+    Order,
+    OutboxEvent,
+    ParkedEvent,
+    Record,
+    RecordFilter,
+    RunCounts,
+)
 from ...errors import (
     ConfigurationError,
     InvalidInput,
@@ -18,11 +26,13 @@ from ...errors import (
 from ..sql._batch import WriteBatcher
 from ..sql._dialect import ErrorKind
 from ..sql._rows import (
+    COUNT_RUNS,
     PARKED_COLUMNS,
     RECORD_COLUMNS,
     check_event,
     check_record,
     check_text,
+    counts_from_rows,
     from_us,
     headers_json,
     key_hash,
@@ -354,13 +364,17 @@ class PostgresRecordStore:
         if workflow_name is not None:
             where.append(f"workflow_name = {arg(workflow_name)}")
         if filter is not None:
-            if filter.foreign_ids:
-                where.append(f"foreign_id = ANY({arg(builtins.list(filter.foreign_ids))}::text[])")
-            if filter.statuses:
-                where.append(f"status = ANY({arg([int(s) for s in filter.statuses])}::bigint[])")
-            if filter.run_states:
-                states = [int(s) for s in filter.run_states]
-                where.append(f"run_state = ANY({arg(states)}::smallint[])")
+            # One value is an equality, not "= ANY": PostgreSQL (before 17) reads an index in
+            # its order (seq, for the keyset page) only for equalities on the columns before it.
+            for column, kind, values in (
+                ("foreign_id", "text", builtins.list(filter.foreign_ids)),
+                ("status", "bigint", [int(s) for s in filter.statuses]),
+                ("run_state", "smallint", [int(s) for s in filter.run_states]),
+            ):
+                if len(values) == 1:
+                    where.append(f"{column} = {arg(values[0])}::{kind}")
+                elif values:
+                    where.append(f"{column} = ANY({arg(values)}::{kind}[])")
             if filter.created_after is not None:
                 where.append(f"created_at > {arg(to_us(filter.created_after))}")
             if filter.created_before is not None:
@@ -379,6 +393,13 @@ class PostgresRecordStore:
         sql += f" ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT {arg(limit)}"
         sql += f" OFFSET {arg(offset)}"
         return [record_from_row(row) for row in await self.db.fetch(sql, *args)]
+
+    async def count_runs(self, workflow_name: str) -> RunCounts:
+        """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
+        one statement, index-only scans of ``records_by_status`` and ``records_by_run_state``
+        (as far as the visibility map allows)."""
+        sql = COUNT_RUNS.replace("{arg}", "$1").replace("{prefix}", self.db.prefix)
+        return counts_from_rows(await self.db.fetch(sql, workflow_name))
 
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         rows = await self.db.fetch(

@@ -71,6 +71,11 @@ class PostgresTimeoutStore:
             f"SELECT {TIMEOUT_COLUMNS} FROM {{prefix}}timeouts WHERE workflow_name = $1 "
             "AND state = 0 ORDER BY id"
         )
+        # The visit's unique index starts with (workflow_name, run_id): one range of it.
+        self._list_for_run = sql(
+            f"SELECT {TIMEOUT_COLUMNS} FROM {{prefix}}timeouts WHERE workflow_name = $1 "
+            "AND run_id = $2 AND state = 0 ORDER BY id"
+        )
         self._list_due = sql(
             f"SELECT {TIMEOUT_COLUMNS} FROM {{prefix}}timeouts WHERE workflow_name = $1 "
             "AND status = $2 AND state = 0 AND expire_at <= $3 "
@@ -168,6 +173,11 @@ class PostgresTimeoutStore:
 
     async def list(self, workflow_name: str) -> builtins.list[TimeoutRecord]:
         return [timeout_from_row(row) for row in await self.db.fetch(self._list, workflow_name)]
+
+    async def list_for_run(self, workflow_name: str, run_id: str) -> builtins.list[TimeoutRecord]:
+        """The run's pending timers (claimed or not), by ID."""
+        rows = await self.db.fetch(self._list_for_run, workflow_name, run_id)
+        return [timeout_from_row(row) for row in rows]
 
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100

@@ -10,15 +10,17 @@ from typing import Any
 
 import msgspec
 
-from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, TimeoutRecord
+from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, RunCounts, TimeoutRecord
 from ..._core.runstate import RunState
 from ...errors import InvalidInput
 
 __all__ = [
+    "COUNT_RUNS",
     "PARKED_COLUMNS",
     "RECORD_COLUMNS",
     "TIMEOUT_COLUMNS",
     "check_event",
+    "counts_from_rows",
     "check_record",
     "check_text",
     "event_from_row",
@@ -34,6 +36,29 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: ``count_runs`` in one statement (one snapshot): each half reads one index, by_status or
+#: by_run_state, without the table. ``{prefix}`` and ``{arg}`` (the dialect's placeholder for
+#: the workflow name, given twice) are put in by the store.
+COUNT_RUNS = (
+    "SELECT 0, status, COUNT(*) FROM {prefix}records WHERE workflow_name = {arg} "
+    "GROUP BY status UNION ALL "
+    "SELECT 1, run_state, COUNT(*) FROM {prefix}records WHERE workflow_name = {arg} "
+    "GROUP BY run_state"
+)
+
+
+def counts_from_rows(rows: Sequence[Sequence[Any]]) -> RunCounts:
+    """The :data:`COUNT_RUNS` rows as :class:`RunCounts`."""
+    statuses: dict[int, int] = {}
+    states: dict[RunState, int] = {}
+    for by_state, value, n in rows:
+        if by_state:
+            states[RunState(int(value))] = int(n)
+        else:
+            statuses[int(value)] = int(n)
+    return RunCounts(statuses, states)
+
 
 RECORD_COLUMNS = (
     "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "

@@ -42,7 +42,7 @@ __all__ = [
 log = logging.getLogger("statestream.sql")
 
 #: The schema version this release writes (every dialect's files go up to it).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Every table (without the prefix) and its columns, the same in every dialect.
 TABLES: dict[str, tuple[str, ...]] = {

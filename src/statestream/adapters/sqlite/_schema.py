@@ -13,6 +13,10 @@ History:
    ``claimed_until``; the due-timer index only over pending timers; an index to page the runs
    of one workflow; ``statestream_parked``.
 3. ``statestream_members``: the live workers of each workflow, so that they divide its roles.
+4. Indexes on the runs for every list the web UI makes and for counting them: by
+   ``(workflow_name, status)``, ``(workflow_name, run_state)`` (each in creation order, the
+   rowid, for keyset pages; together they count a workflow's runs without reading the table)
+   and ``(workflow_name, created_at)`` (a time range).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "key_hash", "upgrade"]
 log = logging.getLogger("statestream.sqlite")
 
 #: Version of the schema this release writes; stored in ``statestream_meta``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def key_hash(key: str) -> int:
@@ -63,6 +67,14 @@ SCHEMA = [
     # (workflow_name, rowid): one workflow's runs in creation order, for keyset paging.
     """CREATE INDEX IF NOT EXISTS statestream_records_by_workflow
         ON statestream_records (workflow_name)""",
+    # (workflow_name, status, rowid) and (workflow_name, run_state, rowid): a filtered page is
+    # one seek in creation order; count_runs reads only these indexes.
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_status
+        ON statestream_records (workflow_name, status)""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_run_state
+        ON statestream_records (workflow_name, run_state)""",
+    """CREATE INDEX IF NOT EXISTS statestream_records_by_created
+        ON statestream_records (workflow_name, created_at)""",
     """CREATE TABLE IF NOT EXISTS statestream_outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
@@ -179,8 +191,18 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
     pass
 
 
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    # Only new indexes on statestream_records: they come from SCHEMA, run after the migrations
+    # (building them reads the table once: seconds for a million runs).
+    pass
+
+
 #: ``_MIGRATIONS[v]`` brings a file from version ``v`` to ``v + 1``.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def upgrade(conn: sqlite3.Connection, found: int) -> None:

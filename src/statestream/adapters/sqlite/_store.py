@@ -8,7 +8,16 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..._core.records import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
+from ..._core.records import (
+    Event,
+    Message,
+    Order,
+    OutboxEvent,
+    ParkedEvent,
+    Record,
+    RecordFilter,
+    RunCounts,
+)
 from ..._core.runstate import RunState
 from ...errors import (
     ConfigurationError,
@@ -318,6 +327,23 @@ class SqliteRecordStore:
 
         return await self.db.query(select)
 
+    async def count_runs(self, workflow_name: str) -> RunCounts:
+        """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
+        one statement (one snapshot) that reads the indexes on ``(workflow_name, status)`` and
+        ``(workflow_name, run_state)``, never the table; on the query thread."""
+
+        def select(conn: sqlite3.Connection) -> RunCounts:
+            statuses: dict[int, int] = {}
+            states: dict[RunState, int] = {}
+            for by_state, value, n in conn.execute(_COUNT_RUNS, (workflow_name, workflow_name)):
+                if by_state:
+                    states[RunState(value)] = n
+                else:
+                    statuses[value] = n
+            return RunCounts(statuses, states)
+
+        return await self.db.query(select)
+
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         def select(conn: sqlite3.Connection) -> builtins.list[Any]:
             return conn.execute(
@@ -428,6 +454,14 @@ class SqliteRecordStore:
 
         await self.db.write(delete)
 
+
+_COUNT_RUNS = (
+    "SELECT 0, status, COUNT(*) FROM statestream_records INDEXED BY "
+    "statestream_records_by_status WHERE workflow_name = ? GROUP BY status "
+    "UNION ALL "
+    "SELECT 1, run_state, COUNT(*) FROM statestream_records INDEXED BY "
+    "statestream_records_by_run_state WHERE workflow_name = ? GROUP BY run_state"
+)
 
 _PARKED_COLUMNS = (
     "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "

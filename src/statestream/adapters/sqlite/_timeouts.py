@@ -32,6 +32,12 @@ _LIST_DUE = (
 )
 
 
+_LIST_FOR_RUN = (
+    f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
+    "WHERE workflow_name = ? AND run_id = ? AND state = 0 ORDER BY id"
+)
+
+
 def _timeout(row: Sequence[Any]) -> TimeoutRecord:
     return TimeoutRecord(
         row[0],
@@ -197,6 +203,15 @@ class SqliteTimeoutStore:
                 (workflow_name,),
             )
             return [_timeout(row) for row in rows]
+
+        return await self.db.query(select)
+
+    async def list_for_run(self, workflow_name: str, run_id: str) -> builtins.list[TimeoutRecord]:
+        """The run's pending timers, by ID: one range of the visit's unique index (workflow,
+        run, ...), on the query thread."""
+
+        def select(conn: sqlite3.Connection) -> builtins.list[TimeoutRecord]:
+            return [_timeout(row) for row in conn.execute(_LIST_FOR_RUN, (workflow_name, run_id))]
 
         return await self.db.query(select)
 
