@@ -122,6 +122,21 @@ def test_colour_on_a_terminal(
         assert "\x1b[" in screen.getvalue()
 
 
+def test_top_counts_every_run_through_the_store_beyond_max_runs(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The SQLite store counts runs (RunCounter): --max-runs bounds only the runs read for the
+    # rates, not the count
+    env.trigger("order-1", "order-2", "order-3")
+    code, out, err = cli(
+        capsys, "top", env.target(), "--once", "--interval", "0.1", "--max-runs", "1"
+    )
+    assert (code, err) == (0, ""), err
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["runs:", "3"], lines[1]
+    assert "of the newest runs only" in lines[2]
+
+
 def test_top_once_prints_one_frame(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     env.trigger("order-1", "order-2")
     code, out, err = cli(capsys, "top", env.target(), "--once", "--interval", "0.2")

@@ -164,6 +164,75 @@ async def test_graph_page_carries_the_mermaid_source_with_counts(wf: Any) -> Non
     assert data["counts"]["1"] == 3
 
 
+async def test_graph_counts_come_from_the_store_count_when_it_has_one() -> None:
+    # Given a store that counts (RunCounter) far beyond what paging would count, and whose list
+    # must not be paged through for the counts
+    from statestream import RunCounts
+    from statestream.adapters.memory import MemoryRecordStore
+
+    class Counting(MemoryRecordStore):
+        listed = 0
+
+        async def count_runs(self, workflow_name: str) -> RunCounts:
+            return RunCounts({1: 123_456, 3: 7}, {RunState.RUNNING: 123_463})
+
+        async def list(self, *args: Any, **kw: Any) -> Any:
+            self.listed += 1
+            return await super().list(*args, **kw)
+
+    store = Counting()
+    wf = make_workflow(store)
+    async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:
+        page = (await c.get("/graph")).text
+        data = (await c.get("/api/graph")).json()
+    assert "s1: Created (123,456)" in data["mermaid"]
+    assert "s3: Shipped (7)" in data["mermaid"]
+    assert "s2: Paid (0)" in data["mermaid"]
+    assert data["counts"] == {"1": 123_456, "2": 0, "3": 7, "4": 0}
+    assert data["exact"] is True
+    assert "123,456" in page
+    assert "10,000+" not in page
+    assert store.listed == 0
+
+
+async def test_graph_counts_page_through_a_store_that_cannot_count() -> None:
+    # Given a record store without count_runs (the capability is optional)
+    from statestream.adapters.memory import MemoryRecordStore
+
+    inner = MemoryRecordStore()
+
+    class Plain:
+        def __getattr__(self, name: str) -> Any:
+            if name == "count_runs":
+                raise AttributeError(name)
+            return getattr(inner, name)
+
+    wf = make_workflow(Plain())
+    await seed(wf, 3)
+    async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:
+        data = (await c.get("/api/graph")).json()
+    assert data["counts"]["1"] == 3
+    assert data["exact"] is False
+
+
+async def test_run_page_looks_its_timeouts_up_by_run(wf: Any) -> None:
+    # Given two runs with a timer each, and a timeout store whose whole-workflow list fails
+    first, second = await seed(wf, 2)
+    expire = datetime.now(UTC) + timedelta(days=3)
+    later = expire + timedelta(days=1)
+    await wf.timeout_store.create(wf.name, "order-0", first, int(Status.CREATED), 1, expire)
+    await wf.timeout_store.create(wf.name, "order-1", second, int(Status.CREATED), 1, later)
+
+    async def no_scan(workflow_name: str) -> Any:
+        raise AssertionError("the run page listed every timer of the workflow")
+
+    wf.timeout_store.list = no_scan
+    async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:
+        page = (await c.get(f"/runs/{first}")).text
+    assert expire.strftime("%Y-%m-%d %H:%M") in page
+    assert later.strftime("%Y-%m-%d %H:%M") not in page
+
+
 async def test_reads_need_a_token_unless_opened(wf: Any) -> None:
     (run_id,) = await seed(wf, 1)
     app = create_app(wf, token=TOKEN, read_token=READ_TOKEN)

@@ -453,7 +453,12 @@ def top(
     ] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
     max_runs: Annotated[
-        int, typer.Option(metavar="N", callback=_positive, help="count at most N runs per frame")
+        int,
+        typer.Option(
+            metavar="N",
+            callback=_positive,
+            help="read at most N (newest) runs per frame for the rates",
+        ),
     ] = 10_000,
 ) -> None:
     """Run the workflow's background processes in this process (like a worker, sharing the

@@ -18,6 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import ProcessInfo, ProcessState
+from .._core.protocols import RunCounter
+from .._core.records import Order
 from .._core.runstate import RunState
 from .commands import _install_signals
 from .output import console, echo, render, state_colour, wants_colour
@@ -43,17 +45,25 @@ class Sample:
     processes: dict[str, ProcessInfo]
     runs: Counter[RunState]
     transitions: int  # the sum of the runs' versions: one more per transition
-    capped: bool
+    capped: bool  # the transitions (and, unless exact, the runs) are of the newest max_runs
+    exact: bool = False  # the runs were counted by the store (RunCounter), all of them
 
 
 async def sample(wf: AnyWorkflow, max_runs: int) -> Sample:
-    records = await wf.store.list(wf.name, limit=max_runs)
+    # The newest runs: where the transitions happen
+    records = await wf.store.list(wf.name, limit=max_runs, order=Order.DESC)
+    runs = Counter(r.run_state for r in records)
+    store = wf.store
+    exact = isinstance(store, RunCounter)
+    if isinstance(store, RunCounter):
+        runs = Counter((await store.count_runs(wf.name)).run_states)
     return Sample(
         at=time.monotonic(),
         processes=wf.process_info(),
-        runs=Counter(r.run_state for r in records),
+        runs=runs,
         transitions=sum(r.version for r in records),
         capped=len(records) >= max_runs,
+        exact=exact,
     )
 
 
@@ -83,7 +93,7 @@ def frame(wf: AnyWorkflow, now: Sample, before: Sample | None) -> RenderableType
         (datetime.now().isoformat(timespec="seconds"), "dim"),
     )
     runs = Text.assemble(
-        f"runs: {total}{'+' if now.capped else ''}",
+        f"runs: {total}{'+' if now.capped and not now.exact else ''}",
         *(
             part
             for state in RunState
@@ -93,7 +103,7 @@ def frame(wf: AnyWorkflow, now: Sample, before: Sample | None) -> RenderableType
     )
     rates = Text(
         f"transitions: {_rate(now, before)}  finished: {_finished_rate(now, before)}"
-        + ("  (of the first runs counted only: --max-runs)" if now.capped else "")
+        + ("  (of the newest runs only: --max-runs)" if now.capped else "")
     )
     grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
     for name in ("PROCESS", "ROLE"):

@@ -299,15 +299,21 @@ class _UI:
         level = await self.need(request, READ)
         wf = pick_workflow(self.workflows, dict(self.params(request)).get("workflow"))
         counts = await self.counts.get(wf)
+        exact = self.counts.exact.get(wf.name, False)
         page = self.page(request, level)
-        return self.html(request, page.graph(wf, graph_source(wf, counts), counts))
+        return self.html(request, page.graph(wf, graph_source(wf, counts, exact), counts, exact))
 
     async def api_graph(self, request: Request) -> Response:
         await self.need(request, READ)
         wf = pick_workflow(self.workflows, dict(self.params(request)).get("workflow"))
         counts = await self.counts.get(wf)
+        exact = self.counts.exact.get(wf.name, False)
         return JSONResponse(
-            {"mermaid": graph_source(wf, counts), "counts": {str(k): v for k, v in counts.items()}}
+            {
+                "mermaid": graph_source(wf, counts, exact),
+                "counts": {str(k): v for k, v in counts.items()},
+                "exact": exact,
+            }
         )
 
     async def parked(self, request: Request) -> Response:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .._core.protocols import SnapshotStore
+from .._core.protocols import RunCounter, SnapshotStore
 from .._core.records import Order, ParkedEvent, Record, RecordFilter, TimeoutRecord
 from .._core.runstate import RunState
 from .._workflow import Workflow
@@ -253,7 +253,7 @@ async def run_details(wf: AnyWorkflow, record: Record) -> Details:
         history = [r for r in wf.store.snapshots(record.run_id) if r.run_id == record.run_id]
     timeouts: list[TimeoutRecord] = []
     if wf.timeout_store is not None:
-        timeouts = [t for t in await wf.timeout_store.list(wf.name) if t.run_id == record.run_id]
+        timeouts = await wf.timeout_store.list_for_run(wf.name, record.run_id)
     parked = [p for p in await wf.parked(limit=1000) if p.event.key == record.run_id]
     return Details(record, history, timeouts, parked)
 
@@ -276,14 +276,17 @@ def run_json(wf: AnyWorkflow, record: Record) -> dict[str, Any]:
 
 
 class Counts:
-    """Runs at each status, counted through ``RecordStore.list`` up to :data:`COUNT_CAP` per
-    status, and cached for a few seconds so that polling pages do not repeat the scan."""
+    """Runs at each status: ``RunCounter.count_runs`` where the store has it (exact, from its
+    indexes), else counted through ``RecordStore.list`` up to :data:`COUNT_CAP` per status;
+    cached for a few seconds so that polling pages do not repeat the work."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
         #: workflow -> (valid until, counts)
         self._cache: dict[str, tuple[float, dict[int, int]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: workflow -> whether its counts are exact (from the store) or capped
+        self.exact: dict[str, bool] = {}
 
     async def get(self, wf: AnyWorkflow) -> dict[int, int]:
         lock = self._locks.setdefault(wf.name, asyncio.Lock())
@@ -292,7 +295,14 @@ class Counts:
             if hit is not None and time.monotonic() < hit[0]:
                 return hit[1]
             started = time.monotonic()
-            counts = {int(s): await self._count(wf, int(s)) for s in wf.graph}
+            store = wf.store
+            exact = isinstance(store, RunCounter)
+            if isinstance(store, RunCounter):
+                found = (await store.count_runs(wf.name)).statuses
+                counts = {int(s): found.get(int(s), 0) for s in wf.graph}
+            else:
+                counts = {int(s): await self._count(wf, int(s)) for s in wf.graph}
+            self.exact[wf.name] = exact
             took = time.monotonic() - started
             # A slow count (a big store) is repeated at most once per ten times its duration.
             self._cache[wf.name] = (time.monotonic() + max(self.ttl, 10 * took), counts)
@@ -311,14 +321,14 @@ class Counts:
         return total
 
 
-def count_text(count: int) -> str:
-    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
+def count_text(count: int, exact: bool = False) -> str:
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP and not exact else f"{count:,}"
 
 
 _NODE = re.compile(r"^\t(s_?\d+): (.*)$")
 
 
-def graph_source(wf: AnyWorkflow, counts: Mapping[int, int]) -> str:
+def graph_source(wf: AnyWorkflow, counts: Mapping[int, int], exact: bool = False) -> str:
     """``Workflow.mermaid()`` without its fence, each status labelled with its count of runs."""
     lines = wf.mermaid().strip().splitlines()
     if lines and lines[0].startswith("```"):
@@ -332,6 +342,6 @@ def graph_source(wf: AnyWorkflow, counts: Mapping[int, int]) -> str:
             node = match.group(1)
             value = int(node[1:].replace("_", "-"))
             label = re.sub(r"[^A-Za-z0-9_ .-]", "", match.group(2)) or node
-            line = f"\t{node}: {label} ({count_text(counts.get(value, 0))})"
+            line = f"\t{node}: {label} ({count_text(counts.get(value, 0), exact)})"
         out.append(line)
     return "\n".join(out) + "\n"

@@ -308,11 +308,13 @@ class Page:
 
     # ------------------------------------------------------------------ graph
 
-    def graph(self, wf: AnyWorkflow, source: str, counts: Mapping[int, int]) -> str:
+    def graph(
+        self, wf: AnyWorkflow, source: str, counts: Mapping[int, int], exact: bool = False
+    ) -> str:
         rows = "".join(
             f'<tr><td>{e(s.name)}</td><td class="num" data-count="{int(s)}">'
             f'<a href="{e(self.url("/", {"workflow": wf.name, "status": s.name}))}">'
-            f"{e(count_text(counts.get(int(s), 0)))}</a></td></tr>"
+            f"{e(count_text(counts.get(int(s), 0), exact))}</a></td></tr>"
             for s in wf.graph
         )
         body = (
