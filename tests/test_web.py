@@ -110,6 +110,49 @@ async def test_run_page_shows_object_history_timeouts_and_parked_errors(wf: Any)
     assert "ValueError: &lt;boom&gt;" in page  # the parked event as the run's error
 
 
+async def test_run_page_shows_the_retained_events_where_the_store_keeps_no_history() -> None:
+    # Given a store that keeps no history, and a streamer that still holds the run's events
+    # (one with HTML in a header), another run's, and an event of the run on a foreign topic
+    from statestream import Message, RunState
+    from statestream.adapters.memory import MemoryRecordStore
+
+    wf = make_workflow(MemoryRecordStore())
+    first, second = await seed(wf, 2)
+    at = datetime.now(UTC)
+
+    def event(run_id: str, status: Status, version: int, state: RunState) -> Message:
+        headers = {"record_version": str(version), "run_state": str(int(state))}
+        return Message(run_id, int(status), headers, at + timedelta(seconds=version))
+
+    await wf.streamer.publish(
+        "orders-1",
+        [
+            event(first, Status.CREATED, 1, RunState.INITIATED),
+            event(second, Status.CREATED, 1, RunState.INITIATED),
+        ],
+    )
+    await wf.streamer.publish("orders-2", [event(first, Status.PAID, 2, RunState.RUNNING)])
+    await wf.streamer.publish(
+        "orders-run-state-change",
+        [
+            Message(
+                first, 2, {"record_version": "3", "run_state": SCRIPT}, at + timedelta(seconds=3)
+            )
+        ],
+    )
+    await wf.streamer.publish("elsewhere", [event(first, Status.SHIPPED, 9, RunState.RUNNING)])
+    async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:
+        page = (await c.get(f"/runs/{first}")).text
+    table = page.split('<table id="events">')[1].split("</table>")[0]
+    rows = table.split("<tbody>")[1].split("</tr>")[:-1]
+    assert len(rows) == 3, table
+    assert "<td>1</td><td>CREATED</td><td>Initiated</td><td>orders-1</td>" in rows[0]
+    assert "<td>2</td><td>PAID</td><td>Running</td><td>orders-2</td>" in rows[1]
+    assert "&lt;script&gt;" in rows[2]
+    assert "<script>" not in table
+    assert "still retains" in page
+
+
 async def test_keyset_paging_newest_first_covers_every_run_once(wf: Any) -> None:
     ids = await seed(wf, 7)
     seen: list[str] = []

@@ -34,6 +34,7 @@ __all__ = [
     "Clock",
     "Codec",
     "ConnectorSource",
+    "EventHistory",
     "EventReceiver",
     "EventStreamer",
     "Lease",
@@ -247,6 +248,26 @@ class EventStreamer(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """Optional capability of an :class:`EventStreamer`: the events it still retains for one
+    key (a run's events, for its page in the web UI when the record store keeps no history).
+    Not part of the check that ``Builder.build`` makes; Kafka does not have it.
+
+    The SQL streamers read the topic index, which holds the key's hash, and the table only
+    for the matches: the cost grows with the events retained on those topics (``prune``
+    bounds them), not with the table. Conformance: the ``test_events_for_key_*`` tests of
+    :class:`~statestream.adaptertest.EventStreamerContract` (skipped without the capability).
+    """
+
+    async def events_for_key(
+        self, topics: Sequence[str], key: str, limit: int = 100
+    ) -> builtins.list[Event]:
+        """The retained events of ``topics`` whose key is ``key``, oldest first (by
+        ``created_at``, then ID), at most ``limit`` of them: the oldest ``limit``."""
+        ...
 
 
 @runtime_checkable

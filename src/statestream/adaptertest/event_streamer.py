@@ -18,6 +18,7 @@ import pytest
 
 from .._core.protocols import EventReceiver, EventStreamer
 from .._core.records import Event, Message, shard_of
+from ._history import EventHistoryContract
 from ._util import assert_close, now, unique
 
 __all__ = ["EventStreamerContract"]
@@ -99,7 +100,7 @@ async def _opened(
         await receiver.close()
 
 
-class EventStreamerContract:
+class EventStreamerContract(EventHistoryContract):
     """Conformance tests for an :class:`~statestream.EventStreamer`.
 
     Subclass it as ``TestXxxStreamer`` and define a ``streamer`` fixture that gives the streamer

@@ -11,8 +11,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .._core.protocols import RunCounter, SnapshotStore
-from .._core.records import Order, ParkedEvent, Record, RecordFilter, TimeoutRecord
+from .._core.protocols import EventHistory, RunCounter, SnapshotStore
+from .._core.records import (
+    Event,
+    Order,
+    ParkedEvent,
+    Record,
+    RecordFilter,
+    TimeoutRecord,
+    delete_topic,
+    run_state_change_topic,
+    status_topic,
+)
 from .._core.runstate import RunState
 from .._workflow import Workflow
 from ..errors import InvalidInput, RecordNotFound
@@ -37,6 +47,8 @@ AnyWorkflow = Workflow[Any, Any]
 MAX_VALUE = 256
 MAX_QUERY = 4096
 MAX_LIMIT = 200
+#: The most retained events a run's page shows (the oldest ones).
+MAX_EVENTS = 200
 COUNT_CAP = 10_000
 _ID = re.compile(r"^[\x21-\x7e]{1,200}$")  # run IDs and cursors: printable ASCII, no spaces
 
@@ -228,6 +240,8 @@ class Details:
     history: list[Record] | None  # None: the store keeps no history
     timeouts: list[TimeoutRecord]
     parked: list[ParkedEvent]
+    #: Without a history: the run's events the streamer still retains (None: it cannot say)
+    events: list[Event] | None = None
 
 
 async def find_run(workflows: Mapping[str, AnyWorkflow], run_id: str) -> tuple[AnyWorkflow, Record]:
@@ -250,12 +264,29 @@ async def find_run(workflows: Mapping[str, AnyWorkflow], run_id: str) -> tuple[A
 async def run_details(wf: AnyWorkflow, record: Record) -> Details:
     history: list[Record] | None = None
     if isinstance(wf.store, SnapshotStore):
-        history = [r for r in wf.store.snapshots(record.run_id) if r.run_id == record.run_id]
+        # (an empty history: a store that could keep one but does not, as MemoryRecordStore
+        # without keep_snapshots)
+        history = [
+            r for r in wf.store.snapshots(record.run_id) if r.run_id == record.run_id
+        ] or None
     timeouts: list[TimeoutRecord] = []
     if wf.timeout_store is not None:
         timeouts = await wf.timeout_store.list_for_run(wf.name, record.run_id)
     parked = [p for p in await wf.parked(limit=1000) if p.event.key == record.run_id]
-    return Details(record, history, timeouts, parked)
+    events: list[Event] | None = None
+    if history is None and isinstance(wf.streamer, EventHistory):
+        events = await wf.streamer.events_for_key(run_topics(wf), record.run_id, MAX_EVENTS)
+    return Details(record, history, timeouts, parked, events)
+
+
+def run_topics(wf: AnyWorkflow) -> list[str]:
+    """Every topic the events of a run of ``wf`` go to (``topic_for``): one per status, the
+    run-state changes, the data deletions."""
+    return [
+        *(status_topic(wf.name, int(s)) for s in wf.graph),
+        run_state_change_topic(wf.name),
+        delete_topic(wf.name),
+    ]
 
 
 def run_json(wf: AnyWorkflow, record: Record) -> dict[str, Any]:

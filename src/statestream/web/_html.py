@@ -9,10 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from .._core.records import ParkedEvent
+from .._core.records import Event, Header, ParkedEvent
 from .._core.runstate import RunState
 from ._data import (
     ACTIONS,
+    MAX_EVENTS,
     AnyWorkflow,
     Details,
     Listing,
@@ -29,6 +30,15 @@ __all__ = ["Page", "e"]
 
 def e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _state_label(event: Event) -> str:
+    """The run state an event's header names, as its label ("" when absent or unknown)."""
+    value = event.headers.get(Header.RUN_STATE.value, "")
+    try:
+        return RunState(int(value)).label
+    except ValueError:
+        return value
 
 
 _VERBS = {
@@ -245,6 +255,8 @@ class Page:
         )
 
     def _history(self, wf: AnyWorkflow, d: Details) -> str:
+        if d.history is None and d.events:
+            return self._events(wf, d)
         if d.history is None or not d.history:
             return (
                 '<p class="hint">This record store keeps only the current version of a run '
@@ -259,6 +271,27 @@ class Page:
         return (
             "<table><thead><tr><th>Version</th><th>Status</th><th>Run state</th><th>Reason</th>"
             f"<th>Written</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+
+    def _events(self, wf: AnyWorkflow, d: Details) -> str:
+        events = d.events or []
+        rows = "".join(
+            f"<tr><td>{e(ev.headers.get(Header.RECORD_VERSION.value, ''))}</td>"
+            f"<td>{e(status_name(wf, ev.type))}</td><td>{e(_state_label(ev))}</td>"
+            f"<td>{e(ev.topic)}</td><td>{e(fmt_time(ev.created_at))}</td></tr>"
+            for ev in events
+        )
+        more = (
+            f'<p class="hint">The oldest {len(events)} shown.</p>'
+            if len(events) >= MAX_EVENTS
+            else ""
+        )
+        return (
+            '<p class="hint">This record store keeps only the current version of a run; these '
+            "are the run's events the event streamer still retains (older ones are pruned), "
+            "oldest first.</p>"
+            '<table id="events"><thead><tr><th>Version</th><th>Status</th><th>Run state</th>'
+            f"<th>Topic</th><th>Written</th></tr></thead><tbody>{rows}</tbody></table>{more}"
         )
 
     def _timeouts(self, wf: AnyWorkflow, d: Details) -> str:

@@ -19,7 +19,7 @@ from ..._core.records import (
     Message,
     shard_of,
 )
-from ._util import _require_aware
+from ._util import _check_window, _require_aware
 
 _event_id = operator.attrgetter("id")
 
@@ -258,6 +258,22 @@ class MemoryStreamer:
                     touched.add(log)
         for log in touched:
             log.wake()
+
+    async def events_for_key(
+        self, topics: Sequence[str], key: str, limit: int = 100
+    ) -> builtins.list[Event]:
+        """The retained events of ``topics`` with this key, oldest first (an
+        :class:`~statestream.EventHistory`): a pass over those topics' retained events."""
+        _check_window(0, limit)
+        found = [
+            event
+            for topic in dict.fromkeys(topics)
+            if (state := self._topics.get(topic)) is not None
+            for event in state.logs[1][0].retained()
+            if event.key == key
+        ]
+        found.sort(key=lambda e: (e.created_at, e.id))
+        return found[:limit]
 
     async def receiver(
         self,

@@ -200,6 +200,29 @@ class MysqlStreamer:
         rows = await self.db.fetch(f"SELECT n FROM {self.db.prefix}event_seq WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
+    async def events_for_key(
+        self, topics: Sequence[str], key: str, limit: int = 100
+    ) -> list[Event]:
+        """The retained events of ``topics`` with this key, oldest first (an
+        :class:`~statestream.EventHistory`): each topic's range of the topic key, whose key
+        hash skips the other keys' events without reading them."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        names = [t for t in (fits("topic", n) for n in dict.fromkeys(topics)) if t is not None]
+        try:
+            wanted = key.encode("utf-8")
+        except UnicodeEncodeError:
+            return []
+        if not names or not limit:
+            return []
+        rows = await self.db.fetch(
+            f"SELECT {EVENT_COLUMNS}, topic FROM {self.db.prefix}events "
+            f"WHERE topic IN ({', '.join(['%s'] * len(names))}) AND key_hash = %s "
+            "AND `key` = %s ORDER BY created_at, id LIMIT %s",
+            (*names, key_hash(key), wanted, limit),
+        )
+        return [event_from_row(text(row[6]), row) for row in rows]
+
     async def receiver(
         self,
         topic: str,

@@ -256,6 +256,30 @@ class PostgresStreamer:
 
     # ------------------------------------------------------------ receivers
 
+    async def events_for_key(
+        self, topics: Sequence[str], key: str, limit: int = 100
+    ) -> list[Event]:
+        """The retained events of ``topics`` with this key, oldest first (an
+        :class:`~statestream.EventHistory`): each topic's range of the topic index, whose
+        key hash (included in it) skips the other keys' events without reading them."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        names = list(dict.fromkeys(topics))
+        if not names or not limit:
+            return []
+        rows = await self.db.fetch(
+            self.db.sql(
+                "SELECT id, key, type, headers, data, created_at, topic FROM {prefix}events "
+                "WHERE topic = ANY($1::text[]) AND key_hash = $2 AND key = $3 "
+                "ORDER BY created_at, id LIMIT $4"
+            ),
+            names,
+            key_hash(key),
+            key,
+            limit,
+        )
+        return [event_from_row(row[6], row) for row in rows]
+
     async def receiver(
         self,
         topic: str,

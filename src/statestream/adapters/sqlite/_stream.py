@@ -157,6 +157,32 @@ class SqliteStreamer:
         for receiver in receivers:
             receiver._hand(event, previous)
 
+    async def events_for_key(
+        self, topics: Sequence[str], key: str, limit: int = 100
+    ) -> list[Event]:
+        """The retained events of ``topics`` with this key, oldest first (an
+        :class:`~statestream.EventHistory`), on the query thread: each topic's range of the
+        topic index, whose key hash skips the other keys' events without reading them."""
+        if limit < 0:
+            raise InvalidInput(f"limit must be >= 0, got {limit}")
+        names = list(dict.fromkeys(topics))
+        if not names or not limit:
+            return []
+        sql = (
+            "SELECT id, key, type, headers, data, created_at, topic FROM statestream_events "
+            f"WHERE topic IN ({', '.join('?' * len(names))}) AND key_hash = ? AND key = ? "
+            "ORDER BY created_at, id LIMIT ?"
+        )
+        args = (*names, key_hash(key), key, limit)
+
+        def select(conn: sqlite3.Connection) -> list[Event]:
+            return [
+                Event(r[0], r[6], r[1], r[2], json.loads(r[3]), from_us(r[5]), r[4])
+                for r in conn.execute(sql, args)
+            ]
+
+        return await self.db.query(select)
+
     async def receiver(
         self,
         topic: str,
