@@ -12,6 +12,10 @@ under the prefix) is created under the dialect's schema lock, so that two worker
 once do not race; an older version is an error that says how to migrate (``statestream db
 migrate --url ...`` or ``migrate=True``), a newer one is an error that says to upgrade, and a
 table under our name with other columns is an error that names it.
+
+History: 1, the tables; 2, indexes on the runs by ``(workflow_name, status, seq)``,
+``(workflow_name, run_state, seq)`` and ``(workflow_name, created_at, seq)``, for the web UI's
+filtered keyset pages and ``count_runs``.
 """
 
 from __future__ import annotations
