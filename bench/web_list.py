@@ -132,11 +132,14 @@ async def main(argv: list[str] | None = None) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     transport = httpx.ASGITransport(app=app)
     deep = f"{args.runs // 2:032x}"
+    deep_in = f"{args.runs // 2 + 20_000:032x}"  # 20 s after the middle run
     # the runs were created 1 ms apart, ending about when the file was filled
     middle = await wf.store.lookup(deep)
-    window = [
-        (middle.created_at + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%S") for s in (0, 60)
-    ]
+
+    def at(seconds: int) -> str:
+        return (middle.created_at + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+
+    window = [at(0), at(60)]
     cases = [
         ("first page (HTML, 50 newest)", "/"),
         ("first page (JSON)", "/api/runs"),
@@ -146,6 +149,13 @@ async def main(argv: list[str] | None = None) -> None:
         ("filter: run state Paused (2 %)", "/?state=paused"),
         ("filter: status SHIPPED, Completed", "/?status=SHIPPED&state=completed"),
         ("filter: created in a 1-minute window", f"/?from={window[0]}&to={window[1]}"),
+        ("filter: created in a 5-minute window (30 %)", f"/?from={window[0]}&to={at(300)}"),
+        ("filter: created before the middle run", f"/?to={window[0]}"),
+        ("filter: created after the middle run", f"/?from={window[0]}"),
+        (
+            "filter: 1-minute window, after= inside it",
+            f"/?from={window[0]}&to={window[1]}&after={deep_in}",
+        ),
         ("filter: rare status (0.1 %), 50 per page", "/?status=CANCELLED_UNPAID"),
     ]
     print(f"| request ({args.runs:,} runs, SQLite) | rows | median ms | p95 ms |")

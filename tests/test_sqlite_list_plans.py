@@ -113,16 +113,9 @@ async def test_every_list_of_the_ui_reads_its_index(
     *cursor, (sql, plan) = found
     # One seek (SEARCH) of the index, never a SCAN of the table or of an index
     assert "SCAN" not in plan, (sql, plan)
-    timed = flt is not None and (flt.created_after or flt.created_before)
-    if timed and paged:
-        # From a cursor inside the window (the UI's next page): the runs next to it in
-        # creation order, which are those of the window
-        assert "USING INDEX statestream_records_by_workflow (workflow_name=? AND rowid" in plan
-    else:
-        assert f"SEARCH statestream_records USING INDEX {index}" in plan, (sql, plan)
-    if not timed:
-        # In creation order straight from the index: no sort of what the filter matched
-        assert "TEMP B-TREE" not in plan, (sql, plan)
+    assert f"SEARCH statestream_records USING INDEX {index}" in plan, (sql, plan)
+    # In the list's order straight from the index: no sort of what the filter matched
+    assert "TEMP B-TREE" not in plan, (sql, plan)
     for sql, plan in cursor:  # after=: the cursor's rowid, by primary key
         assert "INDEX sqlite_autoindex_statestream_records_1 (run_id=?)" in plan, (sql, plan)
 

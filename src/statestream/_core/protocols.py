@@ -111,6 +111,11 @@ class RecordStore(Protocol):
     ) -> list[Record]:
         """Runs in creation order; ``workflow_name=None`` means all.
 
+        With a time bound in ``filter`` (``created_after``, ``created_before``), runs in order
+        of ``created_at``, ties in creation order: the index on creation time serves the page
+        however wide the range. That is creation order whenever ``created_at`` grows with it;
+        runs stamped by clocks that disagree may come in another order than without the bound.
+
         ``after`` is a run ID: the page starts after that run in the requested ``order``
         (keyset paging, index-backed). ``offset`` counts rows from there and is meant for small
         values only. An unknown ``after`` raises :class:`~statestream.errors.RecordNotFound`.

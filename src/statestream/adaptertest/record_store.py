@@ -30,6 +30,7 @@ from .._core.records import (
 from .._core.runstate import RunState
 from ._counts import RunCountsContract
 from ._parked import ParkedEventsContract
+from ._timed import TimeRangeContract
 from ._util import assert_close, now, unique
 
 __all__ = ["RecordStoreContract"]
@@ -121,7 +122,7 @@ def _ids(rows: Sequence[Record]) -> list[str]:
     return [r.run_id for r in rows]
 
 
-class RecordStoreContract(ParkedEventsContract, RunCountsContract):
+class RecordStoreContract(ParkedEventsContract, RunCountsContract, TimeRangeContract):
     """Conformance tests for a :class:`~statestream.RecordStore`.
 
     Subclass it as ``TestXxxRecordStore`` and define a ``store`` fixture that gives the store

@@ -147,21 +147,37 @@ class MysqlRecordStore:
                 where.append("created_at < %s")
                 args.append(to_us(filter.created_before))
         descending = order is Order.DESC
+        # With a time bound: (created_at, seq) order, one range of records_by_created
+        timed = filter is not None and (
+            filter.created_after is not None or filter.created_before is not None
+        )
+        sign = "<" if descending else ">"
         if after is not None:
             key = fits("run ID", after)
             found = (
-                await self.db.fetch(f"SELECT seq FROM {p}records WHERE run_id = %s", (key,))
+                await self.db.fetch(
+                    f"SELECT seq, created_at FROM {p}records WHERE run_id = %s", (key,)
+                )
                 if key is not None
                 else ()
             )
             if not found:
                 raise RecordNotFound(f"no run {after} (the after= of list)")
-            where.append("seq < %s" if descending else "seq > %s")
-            args.append(int(found[0][0]))
+            seq, at = int(found[0][0]), int(found[0][1])
+            if timed:
+                # (the expanded form: MariaDB reads a range of the key for it, not for a row
+                # comparison)
+                where.append(f"created_at {sign}= %s AND (created_at {sign} %s OR seq {sign} %s)")
+                args.extend((at, at, seq))
+            else:
+                where.append(f"seq {sign} %s")
+                args.append(seq)
         sql = f"SELECT {RECORD_COLUMNS} FROM {p}records"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT %s OFFSET %s"
+        direction = "DESC" if descending else "ASC"
+        keys = f"created_at {direction}, seq {direction}" if timed else f"seq {direction}"
+        sql += f" ORDER BY {keys} LIMIT %s OFFSET %s"
         rows = await self.db.fetch(sql, [*args, limit, offset])
         return [record_from_row(row) for row in rows]
 

@@ -380,17 +380,28 @@ class PostgresRecordStore:
             if filter.created_before is not None:
                 where.append(f"created_at < {arg(to_us(filter.created_before))}")
         descending = order is Order.DESC
+        # With a time bound: (created_at, seq) order, one range of records_by_created
+        timed = filter is not None and (
+            filter.created_after is not None or filter.created_before is not None
+        )
+        sign = "<" if descending else ">"
         if after is not None:
-            seq = await self.db.fetchval(
-                self.db.sql("SELECT seq FROM {prefix}records WHERE run_id = $1"), after
+            row = await self.db.fetchrow(
+                self.db.sql("SELECT seq, created_at FROM {prefix}records WHERE run_id = $1"),
+                after,
             )
-            if seq is None:
+            if row is None:
                 raise RecordNotFound(f"no run {after} (the after= of list)")
-            where.append(f"seq {'<' if descending else '>'} {arg(seq)}")
+            if timed:
+                where.append(f"(created_at, seq) {sign} ({arg(row[1])}, {arg(row[0])})")
+            else:
+                where.append(f"seq {sign} {arg(row[0])}")
         sql = f"SELECT {RECORD_COLUMNS} FROM {self.db.table('records')}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT {arg(limit)}"
+        direction = "DESC" if descending else "ASC"
+        keys = f"created_at {direction}, seq {direction}" if timed else f"seq {direction}"
+        sql += f" ORDER BY {keys} LIMIT {arg(limit)}"
         sql += f" OFFSET {arg(offset)}"
         return [record_from_row(row) for row in await self.db.fetch(sql, *args)]
 

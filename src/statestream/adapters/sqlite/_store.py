@@ -275,6 +275,8 @@ class SqliteRecordStore:
         after: str | None = None,
     ) -> builtins.list[Record]:
         """Runs in creation order (row ID), on the query thread: a page never blocks the loop.
+        With a time bound in ``filter``: in order of ``(created_at, row ID)`` (the contract's
+        "creation time" order), one range of ``statestream_records_by_created``.
 
         ``after`` (a run ID) starts the page after that run: one index seek, however deep the
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
@@ -286,6 +288,15 @@ class SqliteRecordStore:
                 f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
                 "by one; page with after= (the run ID of the last run of the previous page)"
             )
+        timed = filter is not None and (
+            filter.created_after is not None or filter.created_before is not None
+        )
+        # With a cursor in a time range, the cursor's time bounds the range of the index; the
+        # range's own bound on that side is kept as a filter only (+created_at), so that
+        # SQLite does not take it for the range instead.
+        descending = order is Order.DESC
+        plus_upper = "+" if timed and after is not None and descending else ""
+        plus_lower = "+" if timed and after is not None and not descending else ""
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if workflow_name is not None:
@@ -301,28 +312,36 @@ class SqliteRecordStore:
                     where.append(f"{column} IN ({', '.join('?' * len(values))})")
                     args.extend(values)
             if filter.created_after is not None:
-                where.append("created_at > ?")
+                where.append(f"{plus_lower}created_at > ?")
                 args.append(to_us(filter.created_after))
             if filter.created_before is not None:
-                where.append("created_at < ?")
+                where.append(f"{plus_upper}created_at < ?")
                 args.append(to_us(filter.created_before))
-        descending = order is Order.DESC
+        direction = "DESC" if descending else "ASC"
         if after is not None:
-            where.append("rowid < ?" if descending else "rowid > ?")
+            if not timed:
+                where.append("rowid < ?" if descending else "rowid > ?")
+            elif descending:
+                where.append("created_at <= ? AND (created_at < ? OR rowid < ?)")
+            else:
+                where.append("created_at >= ? AND (created_at > ? OR rowid > ?)")
         sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY rowid {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?"
+        if timed:
+            sql += f" ORDER BY created_at {direction}, rowid {direction} LIMIT ? OFFSET ?"
+        else:
+            sql += f" ORDER BY rowid {direction} LIMIT ? OFFSET ?"
 
         def select(conn: sqlite3.Connection) -> builtins.list[Record]:
             values = args
             if after is not None:
                 row = conn.execute(
-                    "SELECT rowid FROM statestream_records WHERE run_id = ?", (after,)
+                    "SELECT rowid, created_at FROM statestream_records WHERE run_id = ?", (after,)
                 ).fetchone()
                 if row is None:
                     raise RecordNotFound(f"no run {after} (the after= of list)")
-                values = [*args, row[0]]
+                values = [*args, row[1], row[1], row[0]] if timed else [*args, row[0]]
             return [_record(row) for row in conn.execute(sql, [*values, limit, offset])]
 
         return await self.db.query(select)
