@@ -325,9 +325,7 @@ class SqliteRecordStore:
                 where.append("created_at <= ? AND (created_at < ? OR rowid < ?)")
             else:
                 where.append("created_at >= ? AND (created_at > ? OR rowid > ?)")
-        sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM statestream_records{_indexed_by(workflow_name, filter)}"
-        )
+        sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
         if timed:
@@ -474,22 +472,6 @@ class SqliteRecordStore:
             conn.execute("DELETE FROM statestream_parked WHERE id = ?", (parked_id,))
 
         await self.db.write(delete)
-
-
-def _indexed_by(workflow_name: str | None, filter: RecordFilter | None) -> str:
-    """The index a list filtered by one status or one run state reads, named: it gives the
-    page in creation order at once. SQLite's planner, going by the average of the statistics
-    ANALYZE keeps, may rather walk the workflow's index, which costs as many rows as the value
-    is rare (20 ms for a status of 0.1 % of a million runs)."""
-    if workflow_name is None or filter is None or filter.foreign_ids:
-        return ""
-    if filter.created_after is not None or filter.created_before is not None:
-        return ""
-    if len(filter.statuses) == 1 and not filter.run_states:
-        return " INDEXED BY statestream_records_by_status"
-    if len(filter.run_states) == 1 and not filter.statuses:
-        return " INDEXED BY statestream_records_by_run_state"
-    return ""
 
 
 _COUNT_RUNS = (
