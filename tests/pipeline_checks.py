@@ -53,6 +53,18 @@ class Completion:
         self.pending = await pending_runs(self.store, self.pending)
         return not self.pending
 
+    async def describe(self, limit: int = 10) -> str:
+        """The runs still pending (at most ``limit``): status, run state and version."""
+        lines = [f"{len(self.pending)} runs pending; the first ones:"]
+        for run_id in self.pending[:limit]:
+            try:
+                r = await self.store.lookup(run_id)
+            except RecordNotFound:
+                lines.append(f"  {run_id}: not found")
+                continue
+            lines.append(f"  {run_id} ({r.foreign_id}): {r.status!r} {r.run_state!r} v{r.version}")
+        return "\n".join(lines)
+
 
 async def check_records(store: Any, run_ids: list[str]) -> None:
     """Every run is Completed at DONE, at the version of one write per transition."""

@@ -102,3 +102,33 @@ async def test_calls_cancelled_mid_flight_leave_the_adapters_usable(
     lease = await asyncio.wait_for(adapters.scheduler.acquire("cancel-role-after"), 10)
     await lease.release()
     await receiver.close()
+
+
+async def test_a_cancellation_a_driver_turned_into_a_connection_error_is_not_retried(
+    adapters: backends.AdapterSet,
+) -> None:
+    """Under Python 3.11 ``asyncio.wait_for`` (inside asyncmy's connect, for one) can answer a
+    cancellation with the inner connection error: the database layer must not take it for an
+    outage and retry, or the cancelled call goes on for ``reconnect_timeout`` (seen: a consumer
+    whose role was lost during a database restart never stopped, and its worker kept the role in
+    its books, so nobody ran it)."""
+    db = adapters.store.db
+    started = asyncio.Event()
+    calls = 0
+
+    async def swallows_the_cancellation() -> None:
+        nonlocal calls
+        calls += 1
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionRefusedError(111, "Connection refused") from None
+
+    task = asyncio.ensure_future(db.retrying(swallows_the_cancellation, idempotent=True))
+    await started.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "the cancelled call was retried as if the server were away"
+    assert task.cancelled()
+    assert calls == 1

@@ -25,7 +25,10 @@ The test process imports :func:`build` to trigger runs with a workflow it never 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -35,6 +38,27 @@ import backends  # tests/backends.py: tests/ is on the path (pytest; PYTHONPATH 
 from statestream import Builder, Run, Workflow
 
 WORKFLOW = "pipeline"
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """SIGUSR1: write every asyncio task's stack to stderr (the worker's log), so that a test
+    that timed out can show where each worker's tasks wait."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    out = io.StringIO()
+    tasks = asyncio.all_tasks(loop)
+    out.write(f"=== {len(tasks)} asyncio tasks of pid {os.getpid()} ===\n")
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    out.write("=== end of tasks ===\n")
+    sys.stderr.write(out.getvalue())
+    sys.stderr.flush()
+
+
+if hasattr(signal, "SIGUSR1"):
+    signal.signal(signal.SIGUSR1, _dump_tasks)
 
 
 class Status(IntEnum):

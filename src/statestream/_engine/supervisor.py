@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._core.aio import wait_event
 from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from ..errors import AdapterConnectionError
 from . import observe
@@ -118,11 +119,7 @@ async def sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
     """Sleep, returning early with ``True`` if ``stopping`` is set first."""
     if stopping.is_set():
         return True
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    return await wait_event(stopping, seconds)
 
 
 Body = Callable[[asyncio.Event], Awaitable[None]]

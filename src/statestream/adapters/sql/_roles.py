@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from ..._core.aio import wait_event
 from ...errors import InvalidInput
 
 __all__ = ["ServerLease", "ServerRoleScheduler"]
@@ -190,6 +191,4 @@ class ServerRoleScheduler:
                     return ServerLease(self, role, holder, valid_until)
                 await self._release(role, holder)  # so slow that it is born expired
                 continue
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)
+            await wait_event(self._released, self.poll_interval)

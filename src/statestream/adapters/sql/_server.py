@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
+from ..._core.aio import checkpoint
 from ...errors import AdapterConnectionError, AdapterError, ConfigurationError, InvalidInput
 from ._dialect import Dialect, ErrorKind
 from ._schema import SCHEMA_VERSION, SchemaConnection, SchemaError, ensure_schema, validate_prefix
@@ -367,6 +368,9 @@ class ServerDatabase:
                 self.round_trips += 1
                 result = await fn()
             except Exception as exc:
+                # A driver can turn our cancellation into its own connection error (asyncmy's
+                # connect, through asyncio.wait_for under Python 3.11): never retry under it.
+                checkpoint()
                 if not self.is_connection_error(exc) or self._closed:
                     raise self.translate(exc) from exc
                 self.connection_lost(exc)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from ..._core.aio import wait_event
 from ...errors import InvalidInput
 from ._db import SqliteDatabase
 
@@ -235,6 +236,4 @@ class SqliteRoleScheduler:
                     return SqliteLease(self, role, holder, valid_until)
                 await self._release(role, holder)  # the write took so long it is born expired
                 continue
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)
+            await wait_event(self._released, self.poll_interval)
