@@ -278,7 +278,9 @@ class KafkaReceiver:
                             err,
                         )
                 continue
-            event = _wire.decode(self.topic, msg.partition(), msg.offset(), msg.key(), msg.value())
+            event = _wire.decode(
+                self.topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers()
+            )
             if event is None:
                 skipped += 1
                 if self.skipped + skipped <= 3:

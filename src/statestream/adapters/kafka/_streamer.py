@@ -290,21 +290,28 @@ class KafkaStreamer:
         records = []
         for message in messages:
             key = message.key.encode("utf-8", "surrogatepass")
-            value = _wire.encode(message)
-            size = len(key) + len(value)
+            value, headers = _wire.encode(message)
+            size = len(key) + len(value) + sum(len(n) + len(v or b"") for n, v in headers)
             if size > self.max_message_bytes:
                 raise InvalidInput(
                     f"event of key {message.key!r} for topic {topic!r} is {size} bytes, over the "
                     f"Kafka message limit of {self.max_message_bytes} bytes (max_message_bytes); "
                     "nothing of this batch was published"
                 )
-            records.append((key, value, shard_of(message.key, count)))
+            records.append((key, value, headers, shard_of(message.key, count)))
         name = self.kafka_topic(topic)
         batch = _Batch(asyncio.get_running_loop(), len(records))
-        for key, value, partition in records:
+        for key, value, headers, partition in records:
             while True:
                 try:
-                    producer.produce(name, value, key, partition, on_delivery=batch.report)
+                    producer.produce(
+                        name,
+                        value,
+                        key,
+                        partition,
+                        on_delivery=batch.report,
+                        headers=headers or None,
+                    )
                     break
                 except BufferError:
                     await asyncio.sleep(0.005)  # the local queue is full: let it drain
