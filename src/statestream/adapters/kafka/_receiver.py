@@ -30,7 +30,7 @@ from confluent_kafka import (
 
 from ..._core.records import Event, shard_of
 from ...errors import AdapterConnectionError, AdapterError
-from . import _wire
+from . import _message, _wire
 
 if TYPE_CHECKING:
     from ._streamer import KafkaStreamer
@@ -65,6 +65,7 @@ class KafkaReceiver:
         *,
         keep: tuple[int, int] | None,
         ephemeral: bool,
+        external: bool = False,
     ) -> None:
         self._streamer = streamer
         self.topic = topic
@@ -73,6 +74,7 @@ class KafkaReceiver:
         self.partitions = partitions
         self._keep = keep
         self._ephemeral = ephemeral
+        self._external = external  # any producer's records, as KafkaEvents (KafkaSource)
         if ephemeral:
             import uuid
 
@@ -277,6 +279,9 @@ class KafkaReceiver:
                             self._kafka_topic,
                             err,
                         )
+                continue
+            if self._external:
+                events.append(_message.external(msg))
                 continue
             event = _wire.decode(
                 self.topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers()

@@ -199,6 +199,20 @@ class KafkaStreamer:
         )
         self._poller.start()
 
+    def _consumer_settings(self) -> dict[str, Any]:
+        """The settings of a receiver's consumer: commits only by hand, and no group
+        membership (receivers assign their partitions themselves)."""
+        return {
+            **self._common,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "socket.connection.setup.timeout.ms": self._timeout_ms(),
+            **self._consumer_config,
+        }
+
     def _timeout_ms(self) -> int:
         return max(1000, int(self.connect_timeout * 1000))
 
@@ -366,23 +380,13 @@ class KafkaStreamer:
                 shards,
             )
             partitions, keep = list(range(count)), (shard, shards)
-        config = {
-            **self._common,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-            "socket.connection.setup.timeout.ms": self._timeout_ms(),
-            **self._consumer_config,
-        }
         receiver = KafkaReceiver(
             self,
             topic,
             self.kafka_topic(topic),
             self.kafka_group(name),
             partitions,
-            config,
+            self._consumer_settings(),
             keep=keep,
             ephemeral=ephemeral,
         )
