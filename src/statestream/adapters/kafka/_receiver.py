@@ -13,6 +13,7 @@ ack of an event this receiver did not return commits that event's own partition 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -81,7 +82,8 @@ class KafkaReceiver:
             config = {**config, "group.id": f"{group}.ephemeral.{uuid.uuid4().hex}"}
         else:
             config = {**config, "group.id": group}
-        self._config = config
+        self._config = {**config, "on_commit": self._on_commit}
+        self._commits: deque[asyncio.Future[None]] = deque()  # asynchronous commits in flight
         self._consumer: Consumer | None = None
         self._is_new = True
         self._buffer: deque[Event] = deque()
@@ -361,12 +363,51 @@ class KafkaReceiver:
         consumer = self._consumer
         assert consumer is not None
         tps = [TopicPartition(self._kafka_topic, p, o) for p, o in forward.items()]
+        thread = self._thread
         try:
-            await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
+            if thread is None or not thread.is_alive():  # opening: nothing polls for results
+                await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
+            else:
+                await self._commit_async(consumer, tps)
         except KafkaException as exc:
             raise self._failed("committing offsets", exc) from exc
         for p, o in forward.items():
             self._committed[p] = max(o, self._committed.get(p, -1))
+
+    async def _commit_async(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        """Commit on the fetching thread without blocking it, and wait for the broker's answer
+        (its ``on_commit`` report, in order) at most ``connect_timeout``: a commit to a broker
+        that is down must not stop the fetching, nor hold the ack for ever."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def start() -> None:
+            consumer.commit(offsets=tps, asynchronous=True)
+            self._commits.append(future)  # reported by _on_commit, on this same thread
+
+        await self._call(start)
+        timeout = self._streamer.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(future)
+        except TimeoutError:
+            raise AdapterConnectionError(
+                f"committing offsets of consumer {self.group!r} on Kafka topic "
+                f"{self._kafka_topic!r} at {self._streamer.bootstrap_servers} got no answer "
+                f"within {timeout:g}s; check that the brokers are up"
+            ) from None
+
+    def _on_commit(self, err: KafkaError | None, _partitions: object) -> None:
+        """The broker answered the oldest commit in flight (on the fetching thread)."""
+        if not self._commits:
+            return
+        future = self._commits.popleft()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        ok = err is None or err.code() == KafkaError._NO_OFFSET
+        error = None if ok else KafkaException(err)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_settle, future, None, error)
 
     async def close(self) -> None:
         if self._closed:

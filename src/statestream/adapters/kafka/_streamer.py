@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -43,6 +44,30 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "message.timeout.ms": 30_000,
 }
+
+
+class ClientLog:
+    """Where librdkafka's own log lines go (its ``logger`` setting): to ``logger``, each kind of
+    line (level and facility) at most once every ``every`` seconds, with a count of the ones
+    left out. A broker that is down makes every client log each reconnection attempt."""
+
+    def __init__(self, logger: logging.Logger, every: float = 30.0) -> None:
+        self.logger = logger
+        self.every = every
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:  # on librdkafka's threads
+        key = (level, str(args[0]) if args else fmt)
+        now = time.monotonic()
+        last, left_out = self._seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self._seen[key] = (last, left_out + 1)
+            return
+        self._seen[key] = (now, 0)
+        if left_out:
+            fmt += " (and %d such lines in the last %gs)"
+            args = (*args, left_out, self.every)
+        self.logger.log(level, fmt, *args)
 
 
 class _Batch:
@@ -124,7 +149,7 @@ class KafkaStreamer:
         self.max_message_bytes = max_message_bytes
         self._common: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
-            "logger": log,
+            "logger": ClientLog(log),
         }
         self._producer_config = {
             **self._common,
