@@ -48,6 +48,12 @@ _BUFFER = 5_000
 _POLL = 0.05
 #: The same fetch error is logged at most once in this many seconds.
 _WARN_EVERY = 60.0
+#: Fetch errors that mean the topic is gone.
+_MISSING = (
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION,
+)
 #: How long opening a ``from_latest`` receiver waits to find the true end of a partition.
 _PROBE = 5.0
 
@@ -275,12 +281,23 @@ class KafkaReceiver:
                     at = time.monotonic()
                     if at - self._warned.get(code, -_WARN_EVERY) >= _WARN_EVERY:
                         self._warned[code] = at  # once a minute per kind: no flood of logs
-                        log.warning(
-                            "statestream: Kafka consumer %s on %s: %s (it keeps retrying)",
-                            self.group,
-                            self._kafka_topic,
-                            err,
-                        )
+                        if code in _MISSING:
+                            log.error(
+                                "statestream: Kafka topic %s does not exist at %s (deleted?): "
+                                "consumer %s keeps retrying and reads it again once it is "
+                                "created (%s)",
+                                self._kafka_topic,
+                                self._streamer.bootstrap_servers,
+                                self.group,
+                                err,
+                            )
+                        else:
+                            log.warning(
+                                "statestream: Kafka consumer %s on %s: %s (it keeps retrying)",
+                                self.group,
+                                self._kafka_topic,
+                                err,
+                            )
                 continue
             if self._external:
                 events.append(_message.external(msg))

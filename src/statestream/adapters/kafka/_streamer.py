@@ -43,6 +43,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 1_000_000,
     "message.timeout.ms": 30_000,
+    # Topics are created by the streamer, with its partition count; a broker must never
+    # create one with its own default when the producer asks about a missing (deleted) one.
+    "allow.auto.create.topics": False,
 }
 
 
@@ -365,7 +368,12 @@ class KafkaStreamer:
                     f"Kafka at {self.bootstrap_servers} refused an event for topic {topic!r} as "
                     f"too large ({err.str()}); lower max_message_bytes to the broker's limit"
                 )
-            if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+            if err.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._UNKNOWN_TOPIC,
+                KafkaError._UNKNOWN_PARTITION,
+                KafkaError._MSG_TIMED_OUT,  # perhaps a topic deleted: check it, recreate it
+            ):
                 self._topics.pop(topic, None)  # deleted meanwhile: the next publish recreates it
             raise AdapterError(
                 f"publishing to Kafka topic {name!r} at {self.bootstrap_servers} failed: "
