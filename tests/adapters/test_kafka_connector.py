@@ -243,3 +243,30 @@ def rewind(bootstrap: str, topic: str, groups: list[str]) -> None:
             consumer.commit(offsets=parts, asynchronous=False)
         finally:
             consumer.close()
+
+
+def test_the_readme_example_declares_a_connector_that_translates() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### A connector on any Kafka topic", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    b = Builder("readme-orders", Order, Status)
+    b.add_callback(Status.CREATED, on_paid, Status.PAID, Status.FAILED)
+    namespace: dict[str, Any] = {"Order": Order, "Status": Status, "b": b}
+    exec(compile(code, "README.md#a-connector-on-any-kafka-topic", "exec"), namespace)
+    source = namespace["source"]
+    assert isinstance(source, KafkaSource)
+    assert source.topic == "psp.orders"
+
+    def message(value: bytes) -> KafkaMessage:
+        return KafkaMessage("psp.orders", 0, 7, b"o-1", value)
+
+    created = namespace["translate"](
+        message(b'{"type": "order.created", "id": "o-1", "amount": 3}')
+    )
+    assert created == Trigger("o-1", initial=Order(amount=3))
+    paid = translate(message(b'{"type": "order.paid", "id": "o-1"}'))
+    assert paid == Callback("o-1", Status.CREATED, b'{"type": "order.paid", "id": "o-1"}')
+    assert translate(message(b'{"type": "other"}')) is None
