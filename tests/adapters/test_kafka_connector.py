@@ -263,10 +263,9 @@ def test_the_readme_example_declares_a_connector_that_translates() -> None:
     def message(value: bytes) -> KafkaMessage:
         return KafkaMessage("psp.orders", 0, 7, b"o-1", value)
 
-    created = namespace["translate"](
-        message(b'{"type": "order.created", "id": "o-1", "amount": 3}')
-    )
+    readme_translate = namespace["translate"]
+    created = readme_translate(message(b'{"type": "order.created", "id": "o-1", "amount": 3}'))
     assert created == Trigger("o-1", initial=Order(amount=3))
-    paid = translate(message(b'{"type": "order.paid", "id": "o-1"}'))
+    paid = readme_translate(message(b'{"type": "order.paid", "id": "o-1"}'))
     assert paid == Callback("o-1", Status.CREATED, b'{"type": "order.paid", "id": "o-1"}')
-    assert translate(message(b'{"type": "other"}')) is None
+    assert readme_translate(message(b'{"type": "other"}')) is None
