@@ -25,8 +25,8 @@ over: never retried, never a crash loop. Other errors are retried with backoff a
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from .._core.actions import Callback, Trigger
@@ -62,7 +62,7 @@ class Rejections:
 
     def __call__(self, event: Event, reason: str) -> None:
         self.count += 1
-        now = time.monotonic()
+        now = monotonic()
         if self.count > self.first and now - self._logged_at < self.every:
             self._unlogged += 1
             return
