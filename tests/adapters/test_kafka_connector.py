@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -269,3 +270,25 @@ def test_the_readme_example_declares_a_connector_that_translates() -> None:
     paid = readme_translate(message(b'{"type": "order.paid", "id": "o-1"}'))
     assert paid == Callback("o-1", Status.CREATED, b'{"type": "order.paid", "id": "o-1"}')
     assert readme_translate(message(b'{"type": "other"}')) is None
+
+
+async def test_a_missing_topic_is_named_and_extra_shards_read_nothing(
+    kafka_bootstrap: str, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from statestream import errors
+
+    streamer = KafkaStreamer(kafka_bootstrap, topic_prefix=f"g_{uuid.uuid4().hex[:8]}.")
+    try:
+        missing = KafkaSource(streamer, f"{topic}_missing", translate)
+        with pytest.raises(errors.AdapterError, match=r"does not exist.*never creates it"):
+            await missing.receiver("reader")
+        source = KafkaSource(streamer, topic, translate)
+        with caplog.at_level(logging.WARNING, logger="statestream.kafka"):
+            receiver = await source.receiver("reader", shard=4, shards=5)
+        try:
+            assert receiver.partitions == []
+            assert "shard 4 reads nothing" in caplog.text
+        finally:
+            await receiver.close()
+    finally:
+        await streamer.close()

@@ -129,7 +129,7 @@ class KafkaReceiver:
         tps = [TopicPartition(self._kafka_topic, p) for p in self.partitions]
         timeout = streamer.connect_timeout
         consumer = self._consumer
-        if self._ephemeral:
+        if self._ephemeral or not tps:
             committed: dict[int, int] = {}
         else:
             try:

@@ -44,6 +44,7 @@ from confluent_kafka import KafkaException
 from ..._core.actions import Callback, Trigger
 from ..._core.records import Event
 from ...errors import AdapterError, ConfigurationError, EventRejected, InvalidInput
+from . import _wire
 from ._message import KafkaEvent, KafkaMessage
 from ._receiver import KafkaReceiver
 
@@ -62,8 +63,6 @@ def _message_of(event: Event) -> KafkaMessage:
     if isinstance(event, KafkaEvent) and event.message is not None:
         return event.message
     # Not read by a KafkaSource (a test feeding events by hand): rebuild what the event has.
-    from . import _wire
-
     partition, offset = _wire.position(event.id) if event.id >= 0 else (0, event.id)
     return KafkaMessage(
         event.topic,
@@ -146,7 +145,13 @@ class KafkaSource:
                 f"({'no such topic' if found is None else found.error}); a KafkaSource reads "
                 "the topic as it is and never creates it"
             )
-        return len(found.partitions)
+        count = len(found.partitions)
+        if count > _wire.MAX_PARTITIONS:
+            raise ConfigurationError(
+                f"Kafka topic {self.topic!r} has {count} partitions; a KafkaSource reads at "
+                f"most {_wire.MAX_PARTITIONS}"
+            )
+        return count
 
     async def receiver(self, name: str, *, shard: int = 0, shards: int = 1) -> KafkaReceiver:
         """A receiver of this shard's partitions, under consumer group ``topic_prefix + name``."""
