@@ -221,3 +221,46 @@ async def test_a_topic_deleted_under_a_receiver_is_logged_and_read_again_once_re
     assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
     assert b"RECOVERED" in out
     assert b"does not exist" in err  # the receiver said clearly what is wrong
+
+
+async def test_a_producer_whose_messages_timed_out_in_an_outage_publishes_again(
+    private_broker: FaultyBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The idempotent producer bumps its epoch after messages time out; a broker may then answer
+    # that it is fenced, for good: the streamer must go on with a new producer.
+    streamer = KafkaStreamer(
+        private_broker.bootstrap,
+        partitions=1,
+        connect_timeout=2.0,
+        producer_config={"message.timeout.ms": 1000},
+    )
+    try:
+        at = datetime.now(UTC)
+        await _publish_until_it_works(streamer, Message("before", 1, {}, at))
+        private_broker.lose()
+        with pytest.raises(errors.AdapterError, match="Message timed out"):
+            await streamer.publish("t", [Message("during", 1, {}, at)])
+        private_broker.restore()
+        await _publish_until_it_works(streamer, Message("after", 1, {}, at))
+        receiver = await streamer.receiver("t", "reader")
+        try:
+            keys: list[str] = []
+            async with asyncio.timeout(20):
+                while "after" not in keys:
+                    keys.extend(e.key for e in await receiver.recv())
+            assert keys[0] == "before"
+        finally:
+            await receiver.close()
+    finally:
+        await streamer.close()
+
+
+async def _publish_until_it_works(streamer: KafkaStreamer, message: Message) -> None:
+    """Publish as the relay does: again after a short backoff until it works."""
+    async with asyncio.timeout(40):
+        while True:
+            try:
+                await streamer.publish("t", [message])
+                return
+            except errors.AdapterError:
+                await asyncio.sleep(0.2)

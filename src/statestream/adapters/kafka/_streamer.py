@@ -49,6 +49,15 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Producer errors after which the producer cannot be used again.
+_FATAL = (
+    KafkaError._FATAL,
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+)
+
+
 class ClientLog:
     """Where librdkafka's own log lines go (its ``logger`` setting): to ``logger``, each kind of
     line (level and facility) at most once every ``every`` seconds, with a count of the ones
@@ -165,6 +174,7 @@ class KafkaStreamer:
         self._admin: AdminClient | None = None
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
+        self._retired: list[Producer] = []  # replaced producers with reports still to come
         self._stop = threading.Event()
         self._topics: dict[str, int] = {}  # logical topic -> partition count
         self._creating: dict[str, asyncio.Future[int]] = {}
@@ -245,13 +255,33 @@ class KafkaStreamer:
         return max(1000, int(self.connect_timeout * 1000))
 
     def _poll_producer(self) -> None:
-        producer = self._producer
-        assert producer is not None
         while not self._stop.is_set():
             try:
+                for old in list(self._retired):  # replaced: deliver what they still hold
+                    old.poll(0)
+                    if len(old) == 0:
+                        self._retired.remove(old)
+                producer = self._producer
+                if producer is None:
+                    return
                 producer.poll(0.05)
             except Exception:  # a failing callback must not end delivery reports
                 log.exception("statestream: Kafka producer poll failed")
+
+    async def _replace_producer(self, failed: Producer, err: KafkaError) -> None:
+        """A fatal error (a fenced idempotent producer, after timeouts during an outage) makes
+        a producer useless for good: publish with a new one from now on."""
+        if self._producer is not failed or self._closed:
+            return  # replaced already
+        log.warning(
+            "statestream: the Kafka producer for %s failed for good (%s); starting a new one",
+            self.bootstrap_servers,
+            err.str(),
+        )
+        producer: Producer = await self._run(Producer, self._producer_config)
+        if self._producer is failed and not self._closed:
+            self._retired.append(failed)
+            self._producer = producer
 
     async def topic_partitions(self, topic: str) -> int:
         """The partition count of ``topic``, creating the topic if it does not exist."""
@@ -368,6 +398,8 @@ class KafkaStreamer:
                     f"Kafka at {self.bootstrap_servers} refused an event for topic {topic!r} as "
                     f"too large ({err.str()}); lower max_message_bytes to the broker's limit"
                 )
+            if err.fatal() or err.code() in _FATAL:
+                await self._replace_producer(producer, err)
             if err.code() in (
                 KafkaError.UNKNOWN_TOPIC_OR_PART,
                 KafkaError._UNKNOWN_TOPIC,
