@@ -225,3 +225,76 @@ async def test_members_joining_and_leaving_under_load_lose_and_repeat_nothing(
         for member in members:
             await member.stop()
         await streamer.close()
+
+
+async def test_a_runs_trace_crosses_kafka_in_the_record_headers(
+    kafka_bootstrap: str, db: SqliteDatabase
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from confluent_kafka import Consumer, TopicPartition
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import observe_app
+    from statestream.tracing import TracingObserver, continue_trace
+
+    # Given a traced workflow whose events go through Kafka (one partition per topic)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    streamer = _streamer(kafka_bootstrap, partitions=1)
+    wf = observe_app.builder().build(
+        streamer,
+        SqliteRecordStore(db),
+        SqliteRoleScheduler(db, ttl=2.0, poll_interval=0.02),
+        timeout_store=SqliteTimeoutStore(db),
+        observer=TracingObserver(provider),
+        pause_retry=None,
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        # When a caller's trace starts a run that goes through three steps
+        async with wf:
+            with continue_trace(f"00-{trace_id}-00f067aa0ba902b7-01"):
+                run_id = await wf.trigger("traced-1")
+            await wf.wait_for("traced-1", run_id, observe_app.S.DONE, timeout=20)
+
+        # Then every event on Kafka carries the foreign ID and the trace as record headers
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "audit"})
+        try:
+            records: list[Any] = []
+            for status in (observe_app.S.CREATED, observe_app.S.CHECKED, observe_app.S.PAID):
+                name = streamer.kafka_topic(status_topic("orders", status))
+                consumer.assign([TopicPartition(name, 0, 0)])
+                async with asyncio.timeout(10):
+                    while len(records) < status:
+                        msg = await asyncio.to_thread(consumer.poll, 0.2)
+                        if msg is not None and msg.error() is None:
+                            records.append(msg)
+        finally:
+            await asyncio.to_thread(consumer.close)
+        parents = []
+        for msg in records:
+            headers = dict(msg.headers())
+            assert headers["foreign_id"] == b"traced-1"
+            version, trace, parent, flags = headers["traceparent"].decode().split("-")
+            assert (version, trace, flags) == ("00", trace_id, "01")
+            parents.append(int(parent, 16))
+
+        # And the consumers got the trace back from them: each step's span is a child of the
+        # span that wrote its event, all in the caller's trace
+        spans = [
+            s
+            for s in exporter.get_finished_spans()
+            if (s.attributes or {}).get("statestream.run_id") == run_id
+        ]
+        assert {format(s.context.trace_id, "032x") for s in spans} == {trace_id}
+        by_span = {s.context.span_id: s.name for s in spans}
+        assert [by_span[p] for p in parents] == [
+            "orders trigger",
+            "orders created-consumer-1-of-1",
+            "orders checked-consumer-1-of-1",
+        ]
+    finally:
+        await streamer.close()

@@ -231,7 +231,15 @@ class EventStreamer(Protocol):
 class ConnectorSource(Protocol):
     """An outside stream a connector consumes: opens a receiver under a durable consumer name.
 
-    :class:`statestream.StreamSource` adapts any topic of an :class:`EventStreamer`.
+    :class:`statestream.StreamSource` adapts any topic of an :class:`EventStreamer`;
+    :class:`statestream.adapters.kafka.KafkaSource` reads any Kafka topic.
+
+    A source that can read one shard's part of its stream itself (a Kafka topic's partitions)
+    says so with a ``shards_itself = True`` attribute: each connector shard then opens its
+    receiver with ``receiver(name, shard=i, shards=n)`` and gets only its part, and the engine
+    drops nothing by key. Every event of one key must then fall in one shard, in order.
+    A source may also offer ``async handle(workflow, event)``, the handler
+    ``Builder.add_connector`` uses when given none.
     """
 
     async def receiver(self, name: str) -> EventReceiver: ...

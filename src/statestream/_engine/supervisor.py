@@ -97,7 +97,8 @@ class ProcessInfo:
             or retries one and every minute while it holds its role); see ``Workflow.parked()``.
         skipped: events it passed over as not its own since it started: messages on the topic
             of another workflow's connection (``Builder.connect``) that are not that workflow's
-            or do not decode. Runs left alone because they moved on are not counted.
+            or do not decode, and messages a connector rejected (``EventRejected``, or actions
+            that cannot be applied). Runs left alone because they moved on are not counted.
     """
 
     state: ProcessState

@@ -13,6 +13,9 @@ the run ID), and shard ``i`` of ``parallel_count`` reads the partitions ``p`` wi
 ``p % parallel_count == i``, when ``partitions`` is a multiple of ``parallel_count``. Otherwise
 each shard reads every partition and drops the other shards' events (correct, but the reads grow
 with the shard count; a warning says so). See the README's Kafka section.
+
+:class:`KafkaSource` reads a topic of any producer into a connector (``Builder.add_connector``),
+translating each record into a Trigger or a Callback.
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the Kafka adapter needs confluent-kafka: pip install 'statestream[kafka]'"
     ) from exc
 
+from ._message import KafkaEvent, KafkaMessage
 from ._receiver import KafkaReceiver
+from ._source import KafkaSource, Translator
 from ._streamer import PRODUCER_DEFAULTS, KafkaStreamer
 
-__all__ = ["PRODUCER_DEFAULTS", "KafkaReceiver", "KafkaStreamer"]
+__all__ = [
+    "PRODUCER_DEFAULTS",
+    "KafkaEvent",
+    "KafkaMessage",
+    "KafkaReceiver",
+    "KafkaSource",
+    "KafkaStreamer",
+    "Translator",
+]
