@@ -1,4 +1,8 @@
-"""The outbox relay: publishes events written with their records, then deletes them."""
+"""The outbox relay: publishes events written with their records, then deletes them.
+
+At least once: a relay stopped between publishing a batch and deleting it (killed, its lease
+lost, the store unreachable) publishes the batch again, and the consumers' version checks drop
+the copies."""
 
 from __future__ import annotations
 
@@ -32,8 +36,22 @@ async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
                 by_topic[event.topic] = [event.message]
             else:
                 msgs.append(event.message)
-        for topic, messages in by_topic.items():
-            await rt.streamer.publish(topic, messages)
+        # Every topic of the batch at once (a streamer that batches, Kafka's producer, sends
+        # them together); then delete what the streamer acknowledged, even when another topic
+        # failed: only the failed topics' events are published again.
+        topics = list(by_topic)
+        results = await asyncio.gather(
+            *(rt.streamer.publish(topic, by_topic[topic]) for topic in topics),
+            return_exceptions=True,
+        )
+        failed = {
+            t: r for t, r in zip(topics, results, strict=True) if isinstance(r, BaseException)
+        }
+        if failed:
+            done = [e.id for e in events if e.topic not in failed]
+            if done:
+                await rt.store.delete_outbox(done)
+            raise next(iter(failed.values()))
         await rt.store.delete_outbox([e.id for e in events])
         if rt.observer is not None:
             lag = (rt.clock.now() - events[0].created_at).total_seconds()
