@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -263,3 +264,50 @@ async def test_members_joining_and_leaving_under_load_lose_and_repeat_nothing(
         for member in members:
             await member.stop()
         await streamer.close()
+
+
+# ------------------------------------------------------------------------------ the README
+
+
+def _readme_examples() -> dict[str, str]:
+    """The README's two code blocks for server records with Kafka events, by record store."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### PostgreSQL or MySQL/MariaDB records, Kafka events", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    assert len(blocks) == 2, "the README shows one block for PostgreSQL, one for MySQL"
+    return {"postgres": blocks[0], "mysql": blocks[1]}
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql"])
+async def test_the_readme_kafka_examples_run(name: str, kafka_bootstrap: str) -> None:
+    # Given the README's code, pointed at the test servers under a prefix of this test's own
+    backends.require(name)
+    prefix = backends.new_prefix()
+    url = backends.server_url(name)
+    code = _readme_examples()[name]
+    for shown, actual in (
+        ("postgresql://app:secret@db-host:5432/orders", url),
+        ("mysql://user:password@db.internal:3306/orders", url),
+        ('prefix="statestream_"', f'prefix="{prefix}"'),
+        ("kafka-1:9092,kafka-2:9092", kafka_bootstrap),
+        ('topic_prefix="orders-prod."', f'topic_prefix="{prefix}"'),
+    ):
+        code = code.replace(shown, actual)
+    assert url in code
+    assert kafka_bootstrap in code
+    assert f'prefix="{prefix}"' in code
+    calls: Counter[tuple[str, str]] = Counter()
+    namespace: dict[str, Any] = {"b": _builder("orders", calls)}
+    exec(compile(code, f"README.md ({name} + Kafka)", "exec"), namespace)
+    wf: Workflow[Item, Stage] = namespace["orders"]
+    try:
+        # When a run is triggered and a worker (this process) runs the workflow
+        assert getattr(wf.store, "publishes_in_transaction", False) is False  # the outbox
+        async with wf:
+            await _all_done(wf, {"order-1": await wf.trigger("order-1", initial=Item())})
+        # Then each step ran once
+        assert calls == {("first", "order-1"): 1, ("second", "order-1"): 1}
+    finally:
+        await wf.streamer.close()
+        await namespace["db"].close()
+        await backends.drop_prefixed(name, url, prefix)

@@ -26,6 +26,8 @@ from apps import pipeline
 from statestream._core.records import Message
 
 SERVERS = [name for name in backends.NAMES if backends.BACKENDS[name].server]
+#: and the server records with Kafka events (the Kafka streamer's calls cancelled too)
+SETS = SERVERS + backends.KAFKA_NAMES
 ROUNDS = 40
 TOPIC = "cancel-topic"
 
@@ -34,13 +36,14 @@ def message(n: int) -> Message:
     return Message(f"key-{n}", 1, {"n": str(n)}, datetime.now(UTC))
 
 
-@pytest.fixture(params=SERVERS)
+@pytest.fixture(params=SETS)
 async def adapters(request: pytest.FixtureRequest) -> AsyncIterator[backends.AdapterSet]:
     name: str = request.param
     backends.require(name)
+    kafka = backends.kafka_for(name, request)
     location, prefix = backends.server_url(name), backends.new_prefix()
     try:
-        async with backends.adapter_set(name, location, prefix, ttl=5.0) as adapters:
+        async with backends.adapter_set(name, location, prefix, ttl=5.0, kafka=kafka) as adapters:
             yield adapters
     finally:
         await backends.drop_prefixed(name, location, prefix)
