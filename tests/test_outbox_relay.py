@@ -17,7 +17,12 @@ import pytest
 from statestream import Builder, Run, RunState
 from statestream._core.records import Message, status_topic
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
-from statestream.adapters.sqlite import SqliteDatabase, SqliteRecordStore, SqliteStreamer
+from statestream.adapters.sqlite import (
+    SqliteDatabase,
+    SqliteRecordStore,
+    SqliteRoleScheduler,
+    SqliteStreamer,
+)
 from statestream.errors import ConfigurationError
 
 
@@ -159,3 +164,53 @@ async def test_publish_to_a_kafka_streamer_is_a_configuration_error_that_says_wh
         for _, db in stores:
             await db.close()
         await asyncio.sleep(0)
+
+
+async def test_the_relay_soon_publishes_what_another_process_writes_while_busy(
+    tmp_path: Path,
+) -> None:
+    # Given a worker holding the relay, polling the outbox only every 30 s when idle, and
+    # another process (its own handle on the file, no relay) whose writes cannot wake it
+    b = _builder("relay-poll")
+    b.outbox(polling_frequency=30.0, error_backoff=0.01)
+    mine, theirs = SqliteDatabase(tmp_path / "r.db"), SqliteDatabase(tmp_path / "r.db")
+    streamers = [SqliteStreamer(mine), SqliteStreamer(theirs)]
+    worker = b.build(
+        streamers[0], SqliteRecordStore(mine), SqliteRoleScheduler(mine), pause_retry=None
+    )
+    other = b.build(
+        streamers[1],
+        SqliteRecordStore(theirs),
+        SqliteRoleScheduler(theirs),
+        pause_retry=None,
+        outbox=False,
+    )
+    try:
+        async with worker:
+            first = await worker.trigger("first")  # the worker's own write wakes its relay
+            await worker.wait_for("first", first, Stage.DONE, timeout=10)
+            await asyncio.sleep(0.2)  # the relay published the last event and found no more
+
+            # When the other process triggers runs while the relay is busy
+            # Then they are published long before the idle poll (the old relay waited 30 s:
+            # only the events of these runs' later steps are the worker's own writes)
+            for i in range(5):
+                run_id = await other.trigger(f"other-{i}")
+                run = await worker.wait_for(f"other-{i}", run_id, Stage.DONE, timeout=10)
+                assert run.run_state is RunState.COMPLETED
+    finally:
+        for streamer in streamers:
+            await streamer.close()
+        await mine.close()
+        await theirs.close()
+
+
+async def test_an_idle_relay_stops_at_once() -> None:
+    # (it waited out its poll, 30 s here, or the stop's grace)
+    b = _builder("relay-stop")
+    b.outbox(polling_frequency=30.0, error_backoff=0.01)
+    wf = b.build(MemoryStreamer(), MemoryRecordStore(), MemoryRoleScheduler(), pause_retry=None)
+    await wf.start()
+    await asyncio.sleep(0.1)  # the relay found the outbox empty: it waits for its poll
+    async with asyncio.timeout(10):  # a bound, far below the poll and the grace
+        await wf.stop(grace=20)

@@ -17,17 +17,46 @@ from .runtime import Runtime
 __all__ = ["relay_body"]
 
 
+#: After a batch, the relay looks again this soon, doubling while it finds nothing, up to the
+#: outbox's ``polling_frequency``: the other processes' writes (which cannot wake it) wait
+#: milliseconds while they keep coming, and an idle relay polls at ``polling_frequency``.
+FIRST_IDLE_POLL = 0.01
+
+
 async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
     wake = rt.outbox_wake
     interval = rt.d.outbox_options.polling_frequency
+    idle = interval
+    # Stopping wakes an idle relay too (else a stop waited for its poll, or the grace).
+    forward = asyncio.ensure_future(_wake_on(stopping, wake))
+    try:
+        await _relay(rt, stopping, wake, interval, idle)
+    finally:
+        forward.cancel()
+
+
+async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:
+    await stopping.wait()
+    wake.set()
+
+
+async def _relay(
+    rt: Runtime[Any, Any],
+    stopping: asyncio.Event,
+    wake: asyncio.Event,
+    interval: float,
+    idle: float,
+) -> None:
     while not stopping.is_set():
         wake.clear()
         events = await rt.store.list_outbox(rt.name, 1000)
         if not events:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(idle):
                     await wake.wait()
+            idle = min(interval, idle * 2)
             continue
+        idle = min(interval, FIRST_IDLE_POLL)
         started = time.monotonic()
         by_topic: dict[str, list[Message]] = {}
         for event in events:
