@@ -16,7 +16,7 @@ and checks through the adapters' public API that:
   machine, counts as cut off too: its keys are at least once; the report says how many).
 
 Parametrised over the adapter sets of tests/backends.py: SQLite, PostgreSQL and MariaDB with
-the event row in the record's transaction, and PostgreSQL or MariaDB records with Kafka events
+the event row in the record's transaction, and PostgreSQL records with Kafka events
 (each write's event in the outbox, published by the relay, which one of the workers runs: a
 killed relay republishes, and the checks below still hold). The server ones skip when their
 server is unreachable (fail when ``CI=true``). The cases run
@@ -108,7 +108,13 @@ def report(record_property: Callable[[str, object], None], **values: object) -> 
     print("\n" + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-@pytest.mark.parametrize("cluster", backends.NAMES + backends.KAFKA_NAMES, indirect=True)
+#: PostgreSQL + Kafka only of the Kafka sets: MariaDB + Kafka passes it too (about 16 s), and its
+#: relay and handovers are covered by tests/adapters/test_kafka_workflows.py and
+#: tests/test_worker_roles.py.
+SETS = [*backends.NAMES, "postgres+kafka"]
+
+
+@pytest.mark.parametrize("cluster", SETS, indirect=True)
 async def test_three_workers_one_sigkilled_lose_nothing(
     cluster: Cluster, record_property: Callable[[str, object], None]
 ) -> None:
