@@ -115,24 +115,49 @@ def expected_topics(runs: int) -> dict[str, int]:
     return topics
 
 
-async def check_transitions(streamer: Any, run_ids: list[str]) -> None:
+async def check_transitions(
+    streamer: Any, run_ids: list[str], *, republished: bool = False
+) -> dict[str, int]:
     """Each run's stored writes published exactly one event each: versions 1..FINAL_VERSION,
     none repeated, none missing (a transition applied twice would show as a repeated version
-    or a later one)."""
+    or a later one).
+
+    ``republished``: the events went through the store's outbox, whose relay publishes at least
+    once (a relay killed between publishing a batch and deleting it publishes it again). An
+    event may then be on its topic twice, but only as the same event, published again: same
+    key, version, headers, time and data (two writes of one version would differ, in their time
+    at least). Returns ``{"republished": n}``, the events seen more than once."""
     events = await read_all_events(streamer, expected_topics(len(run_ids)))
     wanted = set(run_ids)
     by_run: dict[str, list[int]] = {}
+    seen: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+    differing: list[tuple[str, int]] = []
+    repeats = 0
     for event in events:
         run_id = event.headers.get("run_id", event.key)
-        if run_id in wanted:
-            by_run.setdefault(run_id, []).append(int(event.headers["record_version"]))
+        if run_id not in wanted:
+            continue
+        version = int(event.headers["record_version"])
+        if republished:
+            identity = (event.key, event.type, dict(event.headers), event.created_at, event.data)
+            first = seen.setdefault((event.topic, run_id, version), identity)
+            if first is not identity:
+                repeats += 1
+                if first != identity:
+                    differing.append((run_id, version))
+                continue
+        by_run.setdefault(run_id, []).append(version)
     full = list(range(1, pipeline.FINAL_VERSION + 1))
     bad = {r: sorted(v) for r, v in by_run.items() if sorted(v) != full}
     missing = wanted - set(by_run)
     assert not missing, f"{len(missing)} runs published no event at all: {sorted(missing)[:5]}"
+    assert not differing, (
+        f"{len(differing)} (run, version) pairs have two different events: {differing[:5]}"
+    )
     assert not bad, (
         f"{len(bad)} runs' events are not one per version {full}: {list(bad.items())[:5]}"
     )
+    return {"republished": repeats}
 
 
 def check_effects(

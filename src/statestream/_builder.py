@@ -475,6 +475,15 @@ class Builder(Generic[T, StatusT]):
         ):
             if not isinstance(value, proto):
                 raise ConfigurationError(f"{what} does not implement {proto.__name__}: {value!r}")
+        into = getattr(store, "publishes_into", None)
+        if into is not None and into is not streamer:
+            # Else the events go where no consumer of this workflow reads: every run would hang.
+            raise ConfigurationError(
+                f"the record store writes each event into {into!r} (its publish_to), but the "
+                f"workflow reads its events from {streamer!r}: pass that streamer to build(), or "
+                "build the store without publish_to (its outbox relay then publishes each event "
+                "to the workflow's streamer, as for Kafka)"
+            )
         if timeout_store is not None and not isinstance(timeout_store, TimeoutStore):
             raise ConfigurationError(
                 f"timeout_store does not implement TimeoutStore: {timeout_store!r}"

@@ -3,7 +3,8 @@
 A three-step pipeline (``reserve``, ``charge``, ``ship``), two shards per step, on the backend the
 environment names (``tests/backends.py``):
 
-- ``PIPELINE_BACKEND``: ``sqlite``, ``postgres`` or ``mysql``;
+- ``PIPELINE_BACKEND``: ``sqlite``, ``postgres``, ``mysql``, ``postgres+kafka`` or ``mysql+kafka``
+  (the Kafka sets find the broker in ``STATESTREAM_KAFKA_BOOTSTRAP``);
 - ``PIPELINE_LOCATION``: the SQLite file or the server URL;
 - ``PIPELINE_PREFIX``: the table prefix (server backends);
 - ``PIPELINE_EFFECTS``: a directory; each process appends its side effects to a file of its own

@@ -77,7 +77,9 @@ class RecordStore(Protocol):
     event straight into the streamer in the write's own transaction, leaving the outbox empty,
     may set ``publishes_in_transaction = True``. The engine then does not wake its outbox relay
     on every write; the relay still polls at its ``polling_frequency``, so outbox rows left by
-    another configuration are still published.
+    another configuration are still published. Such a store may also name that streamer,
+    ``publishes_into``: ``build`` then refuses a different streamer (``ConfigurationError``),
+    whose consumers would never see the events.
 
     Likewise, a store whose ``lookup`` is a read of this process's memory may set
     ``local_lookups = True``: the engine then keeps no cache of the records it wrote to spare

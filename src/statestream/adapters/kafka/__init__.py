@@ -1,10 +1,13 @@
 """Events in Kafka: :class:`KafkaStreamer` (``pip install 'statestream[kafka]'``).
 
 >>> streamer = KafkaStreamer("kafka-1:9092,kafka-2:9092", partitions=12, replication_factor=3)
->>> wf = builder.build(streamer, PostgresRecordStore(...), ...)
+>>> wf = builder.build(streamer, PostgresRecordStore(db), PostgresRoleScheduler(db),
+...                    timeout_store=PostgresTimeoutStore(db))
 
-Records and their outbox stay in the record store; the engine's outbox relay publishes each
-write's event to the topic of the run's status, one topic per ``(workflow, status)``. Delivery is
+Records and their outbox stay in the record store (PostgreSQL, MySQL/MariaDB, SQLite: built
+without ``publish_to``); the engine's outbox relay publishes each write's event to the topic of
+the run's status, one topic per ``(workflow, status)``, and deletes what the brokers
+acknowledged. Delivery is
 at least once: a consumer commits a partition's offset only after the step's write, and only up
 to the events it has finished; a redelivered event is dropped by the engine's version check.
 

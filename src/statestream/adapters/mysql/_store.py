@@ -49,9 +49,13 @@ class MysqlRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: MysqlDatabase, *, publish_to: MysqlStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a MysqlStreamer on the same MysqlDatabase as the store"
+                "publish_to must be a MysqlStreamer on the same MysqlDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._streamer = publish_to
@@ -59,6 +63,8 @@ class MysqlRecordStore:
         #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
         #: by every write (it still polls, for rows another configuration left).
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
 
     async def create(self, record: Record, event: OutboxEvent) -> None:
         await self._batcher.submit(make_write(True, record, event))

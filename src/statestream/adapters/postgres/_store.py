@@ -286,13 +286,19 @@ class PostgresRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: PostgresDatabase, *, publish_to: PostgresStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a PostgresStreamer on the same PostgresDatabase as the store"
+                "publish_to must be a PostgresStreamer on the same PostgresDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._publish = publish_to is not None
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
         self._writer = record_writer(db)
         if publish_to is not None and publish_to not in self._writer.streamers:
             self._writer.streamers.append(publish_to)

@@ -124,15 +124,21 @@ class SqliteRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: SqliteDatabase, *, publish_to: SqliteStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a SqliteStreamer on the same SqliteDatabase as the store"
+                "publish_to must be a SqliteStreamer on the same SqliteDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._streamer = publish_to
         #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
         #: by every write (it still polls, for rows another configuration left).
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
 
     def _emitter(
         self, topic: str
