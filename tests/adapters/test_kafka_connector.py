@@ -251,7 +251,8 @@ def test_the_readme_example_declares_a_connector_that_translates() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### A connector on any Kafka topic", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("### A connector on any Kafka topic", 1)[1]
+    section = section.split("\n## ", 1)[0].split("\n### ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     b = Builder("readme-orders", Order, Status)
     b.add_callback(Status.CREATED, on_paid, Status.PAID, Status.FAILED)
