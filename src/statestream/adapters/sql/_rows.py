@@ -121,9 +121,10 @@ def check_event(event: OutboxEvent) -> None:
         check_text("the outbox event's ID", event.id)
 
 
-def printable(text: str) -> str:
-    """Text for people (an error message): NUL and lone surrogates escaped, not refused."""
-    if "\x00" in text:
+def printable(text: str, *, nul: bool = True) -> str:
+    """Text for people (an error message): NUL (unless ``nul`` is false: SQLite stores it) and
+    lone surrogates escaped, not refused."""
+    if nul and "\x00" in text:
         text = text.replace("\x00", "\\x00")
     try:
         text.encode("utf-8")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import builtins
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..._core.records import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
-from ..._core.runstate import RunState
+from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ...errors import (
     ConfigurationError,
     InvalidInput,
@@ -17,33 +15,15 @@ from ...errors import (
     VersionConflict,
     WorkflowInProgress,
 )
-from ._db import SqliteDatabase, from_us, to_us
-from ._schema import key_hash
+from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
+from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
+from ..sql._rows import from_us, headers_from_json, headers_json, key_hash, printable, to_us
+from ..sql._rows import parked_from_row as _parked
+from ..sql._rows import record_from_row as _record
+from ._db import SqliteDatabase
 from ._stream import SqliteStreamer
 
 __all__ = ["SqliteRecordStore"]
-
-_RECORD_COLUMNS = (
-    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
-    "version, run_state_reason, status_description, auto_resumes"
-)
-
-
-def _record(row: Sequence[Any]) -> Record:
-    return Record(
-        row[0],
-        row[1],
-        row[2],
-        RunState(row[3]),
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-    )
 
 
 def _active_key(record: Record) -> str | None:
@@ -75,7 +55,7 @@ def _insert_event_row(conn: sqlite3.Connection, event: OutboxEvent) -> int:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
             key_hash(m.key),
@@ -98,7 +78,7 @@ def _insert_outbox(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
         ),
@@ -331,7 +311,7 @@ class SqliteRecordStore:
                 row[0],
                 row[1],
                 row[2],
-                Message(row[3], row[4], json.loads(row[5]), from_us(row[7]), row[6]),
+                Message(row[3], row[4], headers_from_json(row[5]), from_us(row[7]), row[6]),
             )
             for row in await self.db.read(select)
         ]
@@ -360,10 +340,10 @@ class SqliteRecordStore:
             e.topic,
             e.key,
             e.type,
-            json.dumps(dict(e.headers), separators=(",", ":")),
+            headers_json(e.headers),
             e.data,
             to_us(e.created_at),
-            _printable(parked.error),
+            printable(parked.error, nul=False),
             parked.attempts,
             to_us(parked.parked_at),
             int(parked.retry_requested),
@@ -427,25 +407,3 @@ class SqliteRecordStore:
             conn.execute("DELETE FROM statestream_parked WHERE id = ?", (parked_id,))
 
         await self.db.write(delete)
-
-
-_PARKED_COLUMNS = (
-    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
-    "error, attempts, parked_at, retry_requested"
-)
-
-
-def _parked(row: Sequence[Any]) -> ParkedEvent:
-    event = Event(row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), row[8])
-    return ParkedEvent(
-        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
-    )
-
-
-def _printable(text: str) -> str:
-    """``text`` with any lone surrogate escaped, so that SQLite can store it as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -13,8 +12,8 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
-from ._db import SqliteDatabase, from_us, to_us
-from ._schema import key_hash
+from ..sql._rows import event_from_row, headers_json, key_hash, to_us
+from ._db import SqliteDatabase
 
 __all__ = ["SqliteReceiver", "SqliteStreamer"]
 
@@ -107,7 +106,7 @@ class SqliteStreamer:
                 topic,
                 m.key,
                 m.type,
-                json.dumps(dict(m.headers), separators=(",", ":")),
+                headers_json(m.headers),
                 m.data,
                 to_us(m.created_at),
                 key_hash(m.key),
@@ -382,18 +381,8 @@ class SqliteReceiver:
             if rows:
                 self._delivered = rows[-1][0]
                 self._drained = not more and len(rows) < limit
-                return [
-                    Event(
-                        row[0],
-                        self.topic,
-                        row[1],
-                        row[2],
-                        json.loads(row[3]),
-                        from_us(row[5]),
-                        row[4],
-                    )
-                    for row in rows
-                ]
+                topic = self.topic
+                return [event_from_row(topic, row) for row in rows]
             if self._acked >= self._delivered and self._position > self._delivered:
                 # Everything returned is acknowledged, and the IDs scanned since hold nothing
                 # of ours: acknowledge them too, so that this shard does not hold prune back.

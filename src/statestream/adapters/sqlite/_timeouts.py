@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from ..._core.clock import utcnow
 from ..._core.records import TimeoutRecord
 from ...errors import InvalidInput, TimeoutNotFound
-from ._db import SqliteDatabase, from_us, to_us
+from ..sql._rows import CANCELLED as _CANCELLED
+from ..sql._rows import COMPLETED as _COMPLETED
+from ..sql._rows import TIMEOUT_COLUMNS as _TIMEOUT_COLUMNS
+from ..sql._rows import from_us, to_us
+from ..sql._rows import timeout_from_row as _timeout
+from ._db import SqliteDatabase
 
 __all__ = ["SqliteTimeoutStore"]
 
 # state: 0 pending (written as a literal in the SQL, which the partial due index needs to be
-# used), 1 completed, 2 cancelled.
-_COMPLETED, _CANCELLED = 1, 2
-_TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
-    "claimed_until"
-)
-
+# used), 1 completed (_COMPLETED), 2 cancelled (_CANCELLED).
 
 #: One range of the due index (workflow, status, expire_at: pending timers only), in its order.
 _LIST_DUE = (
@@ -30,21 +28,6 @@ _LIST_DUE = (
     "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
     "AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY expire_at, id LIMIT ?"
 )
-
-
-def _timeout(row: Sequence[Any]) -> TimeoutRecord:
-    return TimeoutRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8] == _COMPLETED,
-        None if row[9] is None else from_us(row[9]),
-    )
 
 
 def _aware(name: str, value: datetime) -> None:
