@@ -9,7 +9,7 @@ from typing import Any
 
 from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
-from ..sql._rows import RECORD_COLUMNS
+from ..sql._rows import RECORD_COLUMNS, check_page
 from ._batch import Batcher, make_write
 from ._db import MysqlDatabase
 from ._rows import (
@@ -106,14 +106,7 @@ class MysqlRecordStore:
         """Runs in creation order (``seq``). ``after`` (a run ID) starts the page after that
         run: one index seek, however deep the page. ``offset`` is bounded by
         :attr:`max_offset`."""
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: the server skips offset "
-                "rows one by one; page with after= (the run ID of the last run of the "
-                "previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         p = self.db.prefix
         where: builtins.list[str] = []
         args: builtins.list[Any] = []

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
+from ..sql._rows import check_aware, check_shard
 from ._db import Bind, MysqlDatabase
 from ._rows import (
     EVENT_COLUMNS,
@@ -216,10 +217,7 @@ class MysqlStreamer:
         (that start is committed at once). With ``shards > 1``, only the events whose key is
         in ``shard``. An ``ephemeral`` receiver has no cursor row: it starts after the latest
         event, ``ack`` does nothing and it never holds back :meth:`prune`."""
-        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
-            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
-        if not 0 <= shard < shards:
-            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+        check_shard(shard, shards)
         t = encode("topic", topic)
         n = encode("consumer name", name)
         if ephemeral:
@@ -280,8 +278,7 @@ class MysqlStreamer:
         a committed position on the topic has acknowledged (all of them, for a topic without
         one); returns how many. A receiver open in this process counts at the position it has
         acknowledged. Deletes :attr:`prune_chunk` rows per statement."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         at = to_us(before)
         p = self.db.prefix
         total = 0
@@ -312,8 +309,7 @@ class MysqlStreamer:
     async def forget(self, topic: str, keep: Collection[str], before: datetime) -> list[str]:
         """Delete the positions on ``topic`` of names not in ``keep`` committed before
         ``before``; returns the names. Receivers open in this process are kept."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         t = fits("topic", topic)
         if t is None:
             return []

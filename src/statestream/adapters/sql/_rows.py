@@ -1,4 +1,4 @@
-"""Row mapping shared by the server dialects: times, headers, keys and the values refused."""
+"""Row mapping shared by the SQL dialects: times, headers, keys and the values refused."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ __all__ = [
     "PARKED_COLUMNS",
     "RECORD_COLUMNS",
     "TIMEOUT_COLUMNS",
+    "check_aware",
     "check_event",
+    "check_page",
     "check_record",
+    "check_shard",
     "check_text",
     "event_from_row",
     "from_us",
@@ -103,6 +106,32 @@ def check_text(name: str, value: object) -> None:
             f"{name} contains a NUL character (\\x00) at index {value.index(chr(0))}: SQL "
             "servers store text without NUL; remove it, or encode the value"
         )
+
+
+def check_aware(name: str, value: object) -> None:
+    """Refuse what is not a timezone-aware datetime (a timer's expiry, a ``before=``)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+def check_page(offset: int, limit: int, max_offset: int) -> None:
+    """Refuse a page of ``list`` the database cannot serve well: a negative offset or limit,
+    an offset past ``max_offset`` (skipped row by row; ``after=`` pages by key instead)."""
+    if offset < 0 or limit < 0:
+        raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+    if offset > max_offset:
+        raise InvalidInput(
+            f"offset {offset} is larger than {max_offset}: the database skips offset rows one "
+            "by one; page with after= (the run ID of the last run of the previous page)"
+        )
+
+
+def check_shard(shard: object, shards: object) -> None:
+    """Refuse a receiver's shard that is not one of ``0..shards - 1``."""
+    if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
+        raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
+    if not 0 <= shard < shards:
+        raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
 
 
 def check_record(record: Record) -> None:

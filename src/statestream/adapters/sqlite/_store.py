@@ -17,7 +17,15 @@ from ...errors import (
 )
 from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
 from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
-from ..sql._rows import from_us, headers_from_json, headers_json, key_hash, printable, to_us
+from ..sql._rows import (
+    check_page,
+    from_us,
+    headers_from_json,
+    headers_json,
+    key_hash,
+    printable,
+    to_us,
+)
 from ..sql._rows import parked_from_row as _parked
 from ..sql._rows import record_from_row as _record
 from ._db import SqliteDatabase
@@ -250,13 +258,7 @@ class SqliteRecordStore:
         ``after`` (a run ID) starts the page after that run: one index seek, however deep the
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
         """
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
-                "by one; page with after= (the run ID of the last run of the previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if workflow_name is not None:

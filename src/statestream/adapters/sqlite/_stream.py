@@ -12,7 +12,7 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
-from ..sql._rows import event_from_row, headers_json, key_hash, to_us
+from ..sql._rows import check_aware, check_shard, event_from_row, headers_json, key_hash, to_us
 from ._db import SqliteDatabase
 
 __all__ = ["SqliteReceiver", "SqliteStreamer"]
@@ -173,10 +173,7 @@ class SqliteStreamer:
         With ``shards > 1``, only the events whose key is in ``shard``. An ``ephemeral``
         receiver has no cursor row: it starts after the latest event, keeps its position in
         memory only, ``ack`` does nothing and it never holds back :meth:`prune`."""
-        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
-            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
-        if not 0 <= shard < shards:
-            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+        check_shard(shard, shards)
         if ephemeral:
 
             def latest(conn: sqlite3.Connection) -> int:
@@ -237,8 +234,7 @@ class SqliteStreamer:
         so that state changes go on in between. The file does not shrink: SQLite reuses the
         freed pages for new rows (``VACUUM`` gives them back to the file system).
         """
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         at = to_us(before)
         total = 0
         for topic in dict.fromkeys(topics):
@@ -263,8 +259,7 @@ class SqliteStreamer:
         """Delete the positions on ``topic`` of names not in ``keep`` committed before
         ``before`` (wall-clock time of the commit); returns the names. Receivers open in this
         process are kept whatever their name."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         kept = set(keep) | {r.name for r in self._receivers.get(topic, ())}
         at = to_us(before)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from ..._core.clock import utcnow
 from ..._core.records import TimeoutRecord
-from ...errors import InvalidInput, TimeoutNotFound
+from ...errors import TimeoutNotFound
 from ..sql._rows import CANCELLED as _CANCELLED
 from ..sql._rows import COMPLETED as _COMPLETED
 from ..sql._rows import TIMEOUT_COLUMNS as _TIMEOUT_COLUMNS
-from ..sql._rows import from_us, to_us
+from ..sql._rows import check_aware, from_us, to_us
 from ..sql._rows import timeout_from_row as _timeout
 from ._db import SqliteDatabase
 
@@ -28,11 +28,6 @@ _LIST_DUE = (
     "WHERE workflow_name = ? AND status = ? AND state = 0 AND expire_at <= ? "
     "AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY expire_at, id LIMIT ?"
 )
-
-
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
 
 
 class SqliteTimeoutStore:
@@ -57,7 +52,7 @@ class SqliteTimeoutStore:
         run_version: int,
         expire_at: datetime,
     ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
+        check_aware("expire_at", expire_at)
         created = utcnow()
         values = (
             workflow_name,
@@ -115,8 +110,8 @@ class SqliteTimeoutStore:
         return await self.db.write(change)
 
     async def claim(self, timeout_id: int, now: datetime, until: datetime) -> bool:
-        _aware("now", now)
-        _aware("until", until)
+        check_aware("now", now)
+        check_aware("until", until)
         return await self._change(
             timeout_id,
             "UPDATE statestream_timeouts SET claimed_until = ? WHERE id = ? AND state = 0 "
@@ -125,7 +120,7 @@ class SqliteTimeoutStore:
         )
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
-        _aware("until", until)
+        check_aware("until", until)
         await self._change(
             timeout_id,
             "UPDATE statestream_timeouts SET claimed_until = ? WHERE id = ? AND state = 0",
@@ -163,7 +158,7 @@ class SqliteTimeoutStore:
     async def prune(self, workflow_name: str, before: datetime) -> int:
         """Delete the workflow's completed and cancelled timers created before ``before``, a
         few thousand per transaction (other writes go on in between); how many."""
-        _aware("before", before)
+        check_aware("before", before)
         return await self.db.delete_in_chunks(
             "statestream_timeouts",
             condition="workflow_name = ? AND state != 0 AND created_at < ?",
@@ -188,7 +183,7 @@ class SqliteTimeoutStore:
     ) -> builtins.list[TimeoutRecord]:
         """Pending, unclaimed timers due at ``now``, earliest first; one range of the due index
         (pending timers only), on the query thread."""
-        _aware("now", now)
+        check_aware("now", now)
         at = to_us(now)
         args = (workflow_name, status, at, at, limit)
 
