@@ -30,6 +30,7 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
+from ..sql._local import LocalReceivers
 from ..sql._rows import check_aware, check_shard
 from ._db import Bind, MysqlDatabase
 from ._rows import (
@@ -52,7 +53,7 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
-class MysqlStreamer:
+class MysqlStreamer(LocalReceivers["MysqlReceiver"]):
     """Publishes to and reads from the events table of a :class:`MysqlDatabase` (see the
     module for how IDs are kept free of gaps).
 
@@ -80,7 +81,7 @@ class MysqlStreamer:
 
     def __init__(self, db: MysqlDatabase) -> None:
         self.db = db
-        self._receivers: dict[str, set[MysqlReceiver]] = {}
+        super().__init__()
         #: Receivers with an acknowledged position not yet written: one statement (one
         #: commit) writes them all, every ack_interval, whatever the number of receivers.
         self._dirty: set[MysqlReceiver] = set()
@@ -164,38 +165,6 @@ class MysqlStreamer:
         await self.db.script(build)
         self.wake(topic)
 
-    def wake(self, topic: str) -> None:
-        """Wake this process's receivers of ``topic``: new events were committed."""
-        for receiver in self._receivers.get(topic, ()):
-            receiver._stale = True
-            receiver._wake.set()
-
-    def receiving(self, topic: str) -> bool:
-        """Whether a receiver of ``topic`` is open in this process."""
-        return topic in self._receivers
-
-    def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
-        """Hand this process's receivers of ``topic`` an event it has just committed as
-        ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
-
-        A receiver at ``previous`` takes it without reading the table back: IDs become visible
-        in order (see the module), so no event of the topic lies between. Any other receiver
-        is only woken, and reads."""
-        receivers = self._receivers.get(topic)
-        if not receivers:
-            return
-        event = Event(
-            event_id,
-            topic,
-            message.key,
-            message.type,
-            message.headers,
-            message.created_at,
-            message.data,
-        )
-        for receiver in receivers:
-            receiver._hand(event, previous)
-
     async def _top(self) -> int:
         """The highest event ID taken: every ID up to it is committed or never will be."""
         rows = await self.db.fetch(f"SELECT n FROM {self.db.prefix}event_seq WHERE id = 1")
@@ -263,15 +232,8 @@ class MysqlStreamer:
                 shards=shards,
                 is_new=is_new,
             )
-        self._receivers.setdefault(topic, set()).add(receiver)
+        self._opened(receiver)
         return receiver
-
-    def _forget(self, receiver: MysqlReceiver) -> None:
-        receivers = self._receivers.get(receiver.topic)
-        if receivers is not None:
-            receivers.discard(receiver)
-            if not receivers:
-                del self._receivers[receiver.topic]
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int:
         """Delete the events of ``topics`` created before ``before`` that every consumer with

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
+from ..sql._local import LocalReceivers
 from ..sql._rows import check_aware, check_shard, event_from_row, headers_json, key_hash, to_us
 from ._db import SqliteDatabase
 
@@ -65,7 +66,7 @@ class _Wake:
             waiters.remove(waiter)
 
 
-class SqliteStreamer:
+class SqliteStreamer(LocalReceivers["SqliteReceiver"]):
     """Every topic in one append-only events table, each consumer's position in a cursors table.
 
     A receiver reads rows after its cursor. It is woken at once when this process publishes to
@@ -96,7 +97,7 @@ class SqliteStreamer:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self._receivers: dict[str, set[SqliteReceiver]] = {}  # the open ones, by topic
+        super().__init__()
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         if not messages:
@@ -123,38 +124,6 @@ class SqliteStreamer:
 
         await self.db.write(insert)
         self.wake(topic)
-
-    def wake(self, topic: str) -> None:
-        """Wake this process's receivers of ``topic``: new events were committed."""
-        for receiver in self._receivers.get(topic, ()):
-            receiver._stale = True
-            receiver._wake.set()
-
-    def receiving(self, topic: str) -> bool:
-        """Whether a receiver of ``topic`` is open in this process."""
-        return topic in self._receivers
-
-    def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
-        """Hand this process's receivers of ``topic`` an event it has just committed as row
-        ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
-
-        A receiver whose position is ``previous`` (or that holds the events up to it) takes it
-        without reading the table back: no other event of the topic lies between, since IDs
-        are assigned in commit order. Any other receiver is only woken, and reads."""
-        receivers = self._receivers.get(topic)
-        if not receivers:
-            return
-        event = Event(
-            event_id,
-            topic,
-            message.key,
-            message.type,
-            message.headers,
-            message.created_at,
-            message.data,
-        )
-        for receiver in receivers:
-            receiver._hand(event, previous)
 
     async def receiver(
         self,
@@ -186,7 +155,7 @@ class SqliteStreamer:
             receiver = SqliteReceiver(
                 self, topic, name, at, poll_interval, shard=shard, shards=shards, ephemeral=True
             )
-            self._receivers.setdefault(topic, set()).add(receiver)
+            self._opened(receiver)
             return receiver
 
         def position(conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -213,15 +182,8 @@ class SqliteStreamer:
         receiver = SqliteReceiver(
             self, topic, name, start, poll_interval, shard=shard, shards=shards, is_new=is_new
         )
-        self._receivers.setdefault(topic, set()).add(receiver)
+        self._opened(receiver)
         return receiver
-
-    def _forget(self, receiver: SqliteReceiver) -> None:
-        receivers = self._receivers.get(receiver.topic)
-        if receivers is not None:
-            receivers.discard(receiver)
-            if not receivers:
-                del self._receivers[receiver.topic]
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int:
         """Delete the events of ``topics`` created before ``before`` that every consumer with a
