@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, TimeoutRecord
+from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, RecordFilter, TimeoutRecord
 from ..._core.runstate import RunState
 from ...errors import InvalidInput
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_shard",
     "check_text",
     "event_from_row",
+    "filter_clauses",
     "from_us",
     "headers_from_json",
     "headers_json",
@@ -160,6 +161,43 @@ def printable(text: str, *, nul: bool = True) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _same(value: str) -> Any:
+    return value
+
+
+def filter_clauses(
+    workflow_name: str | None,
+    filter: RecordFilter | None,
+    mark: str,
+    text: Callable[[str], Any] = _same,
+) -> tuple[list[str], list[Any]]:
+    """The conditions of a store's ``list`` on the records' columns (joined with AND by the
+    caller), each value a ``mark`` placeholder ("?", "%s"), and their values in order; a set of
+    values is an ``IN`` list. ``text`` turns a text value into what the driver binds."""
+    where: list[str] = []
+    args: list[Any] = []
+    if workflow_name is not None:
+        where.append(f"workflow_name = {mark}")
+        args.append(text(workflow_name))
+    if filter is None:
+        return where, args
+    for column, values in (
+        ("foreign_id", [text(f) for f in filter.foreign_ids]),
+        ("status", [int(s) for s in filter.statuses]),
+        ("run_state", [int(s) for s in filter.run_states]),
+    ):
+        if values:
+            where.append(f"{column} IN ({', '.join([mark] * len(values))})")
+            args.extend(values)
+    if filter.created_after is not None:
+        where.append(f"created_at > {mark}")
+        args.append(to_us(filter.created_after))
+    if filter.created_before is not None:
+        where.append(f"created_at < {mark}")
+        args.append(to_us(filter.created_before))
+    return where, args
 
 
 def record_from_row(row: Sequence[Any]) -> Record:

@@ -19,6 +19,7 @@ from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
 from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
 from ..sql._rows import (
     check_page,
+    filter_clauses,
     from_us,
     headers_from_json,
     headers_json,
@@ -259,26 +260,7 @@ class SqliteRecordStore:
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
         """
         check_page(offset, limit, self.max_offset)
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if workflow_name is not None:
-            where.append("workflow_name = ?")
-            args.append(workflow_name)
-        if filter is not None:
-            for column, values in (
-                ("foreign_id", builtins.list(filter.foreign_ids)),
-                ("status", [int(s) for s in filter.statuses]),
-                ("run_state", [int(s) for s in filter.run_states]),
-            ):
-                if values:
-                    where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                    args.extend(values)
-            if filter.created_after is not None:
-                where.append("created_at > ?")
-                args.append(to_us(filter.created_after))
-            if filter.created_before is not None:
-                where.append("created_at < ?")
-                args.append(to_us(filter.created_before))
+        where, args = filter_clauses(workflow_name, filter, "?")
         descending = order is Order.DESC
         if after is not None:
             where.append("rowid < ?" if descending else "rowid > ?")
