@@ -50,7 +50,7 @@ def _insert_event_handed(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[
     """:func:`_insert_event`, returning the row's ID and the ID of the topic's event before it
     (0: none), read in the same transaction with the writer's warm cache, so that this
     process's receivers can take the event without reading the table back (see
-    :meth:`SqliteStreamer.hand`)."""
+    :meth:`SqliteStreamer.hand`, from the shared :class:`~..sql._local.LocalReceivers`)."""
     prev = conn.execute(_PREVIOUS, (event.topic,)).fetchone()[0] or 0
     return _insert_event_row(conn, event), int(prev)
 

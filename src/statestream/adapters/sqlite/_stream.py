@@ -350,8 +350,10 @@ class SqliteReceiver:
             await self._wake.wait(self._poll)
 
     def _hand(self, event: Event, previous: int) -> None:
-        """Take ``event`` (see :meth:`SqliteStreamer.hand`) if it follows what this receiver
-        has read or holds; otherwise drop what it holds and read the table next time."""
+        """Take ``event`` (see :meth:`~..sql._local.LocalReceivers.hand`) if it follows what
+        this receiver has read or holds, ``previous`` being exactly that: no other event of
+        the topic lies between, since the file's writes are serialised and IDs are assigned in
+        commit order. Otherwise drop what it holds and read the table next time."""
         if self._closed:
             return
         handed = self._handed
