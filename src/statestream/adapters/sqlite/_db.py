@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ...errors import AdapterConnectionError, AdapterError
+from ..sql._schema import SchemaError
 from ._errors import stopped_error as _stopped_error
 from ._errors import translate as _translate
 from ._ops import _answer, _answer_all, _busy, _noop, _Op, _QueryThread, _Stop
@@ -409,7 +410,7 @@ class SqliteDatabase:
             row = conn.execute(VERSION_QUERY).fetchone()
             found = int(row[0]) if row else 0
             if found > SCHEMA_VERSION:
-                raise AdapterError(
+                raise SchemaError(
                     f"{self.path} has statestream schema version {found}, newer than this "
                     f"release understands ({SCHEMA_VERSION}): upgrade statestream, or use "
                     "another file"
