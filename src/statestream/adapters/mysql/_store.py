@@ -9,7 +9,7 @@ from typing import Any
 
 from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
-from ..sql._rows import RECORD_COLUMNS
+from ..sql._rows import RECORD_COLUMNS, check_page, filter_clauses
 from ._batch import Batcher, make_write
 from ._db import MysqlDatabase
 from ._rows import (
@@ -27,6 +27,10 @@ from ._rows import (
 from ._stream import MysqlStreamer
 
 __all__ = ["MysqlRecordStore"]
+
+
+def _utf8(value: str) -> bytes:
+    return value.encode("utf-8", "surrogatepass")
 
 
 class MysqlRecordStore:
@@ -112,38 +116,9 @@ class MysqlRecordStore:
         """Runs in creation order (``seq``). ``after`` (a run ID) starts the page after that
         run: one index seek, however deep the page. ``offset`` is bounded by
         :attr:`max_offset`."""
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: the server skips offset "
-                "rows one by one; page with after= (the run ID of the last run of the "
-                "previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         p = self.db.prefix
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if workflow_name is not None:
-            where.append("workflow_name = %s")
-            args.append(workflow_name.encode("utf-8", "surrogatepass"))
-        if filter is not None:
-            for column, values in (
-                (
-                    "foreign_id",
-                    [f.encode("utf-8", "surrogatepass") for f in filter.foreign_ids],
-                ),
-                ("status", [int(s) for s in filter.statuses]),
-                ("run_state", [int(s) for s in filter.run_states]),
-            ):
-                if values:
-                    where.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
-                    args.extend(values)
-            if filter.created_after is not None:
-                where.append("created_at > %s")
-                args.append(to_us(filter.created_after))
-            if filter.created_before is not None:
-                where.append("created_at < %s")
-                args.append(to_us(filter.created_before))
+        where, args = filter_clauses(workflow_name, filter, "%s", _utf8)
         descending = order is Order.DESC
         if after is not None:
             key = fits("run ID", after)

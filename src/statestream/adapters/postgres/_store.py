@@ -21,6 +21,7 @@ from ..sql._rows import (
     PARKED_COLUMNS,
     RECORD_COLUMNS,
     check_event,
+    check_page,
     check_record,
     check_text,
     from_us,
@@ -343,13 +344,7 @@ class PostgresRecordStore:
     ) -> builtins.list[Record]:
         """Runs in creation order; ``after`` (a run ID) pages by key through the index on
         ``(workflow_name, seq)``; ``offset`` is bounded by :attr:`max_offset`."""
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: page with after= (the run "
-                "ID of the last run of the previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
 

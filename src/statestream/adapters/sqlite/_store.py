@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import builtins
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..._core.records import Event, Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
-from ..._core.runstate import RunState
+from ..._core.records import Message, Order, OutboxEvent, ParkedEvent, Record, RecordFilter
 from ...errors import (
     ConfigurationError,
     InvalidInput,
@@ -17,33 +15,24 @@ from ...errors import (
     VersionConflict,
     WorkflowInProgress,
 )
-from ._db import SqliteDatabase, from_us, to_us
-from ._schema import key_hash
+from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
+from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
+from ..sql._rows import (
+    check_page,
+    filter_clauses,
+    from_us,
+    headers_from_json,
+    headers_json,
+    key_hash,
+    printable,
+    to_us,
+)
+from ..sql._rows import parked_from_row as _parked
+from ..sql._rows import record_from_row as _record
+from ._db import SqliteDatabase
 from ._stream import SqliteStreamer
 
 __all__ = ["SqliteRecordStore"]
-
-_RECORD_COLUMNS = (
-    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
-    "version, run_state_reason, status_description, auto_resumes"
-)
-
-
-def _record(row: Sequence[Any]) -> Record:
-    return Record(
-        row[0],
-        row[1],
-        row[2],
-        RunState(row[3]),
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-    )
 
 
 def _active_key(record: Record) -> str | None:
@@ -61,7 +50,7 @@ def _insert_event_handed(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[
     """:func:`_insert_event`, returning the row's ID and the ID of the topic's event before it
     (0: none), read in the same transaction with the writer's warm cache, so that this
     process's receivers can take the event without reading the table back (see
-    :meth:`SqliteStreamer.hand`)."""
+    :meth:`SqliteStreamer.hand`, from the shared :class:`~..sql._local.LocalReceivers`)."""
     prev = conn.execute(_PREVIOUS, (event.topic,)).fetchone()[0] or 0
     return _insert_event_row(conn, event), int(prev)
 
@@ -75,7 +64,7 @@ def _insert_event_row(conn: sqlite3.Connection, event: OutboxEvent) -> int:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
             key_hash(m.key),
@@ -98,7 +87,7 @@ def _insert_outbox(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
         ),
@@ -276,33 +265,8 @@ class SqliteRecordStore:
         ``after`` (a run ID) starts the page after that run: one index seek, however deep the
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
         """
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
-                "by one; page with after= (the run ID of the last run of the previous page)"
-            )
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if workflow_name is not None:
-            where.append("workflow_name = ?")
-            args.append(workflow_name)
-        if filter is not None:
-            for column, values in (
-                ("foreign_id", builtins.list(filter.foreign_ids)),
-                ("status", [int(s) for s in filter.statuses]),
-                ("run_state", [int(s) for s in filter.run_states]),
-            ):
-                if values:
-                    where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                    args.extend(values)
-            if filter.created_after is not None:
-                where.append("created_at > ?")
-                args.append(to_us(filter.created_after))
-            if filter.created_before is not None:
-                where.append("created_at < ?")
-                args.append(to_us(filter.created_before))
+        check_page(offset, limit, self.max_offset)
+        where, args = filter_clauses(workflow_name, filter, "?")
         descending = order is Order.DESC
         if after is not None:
             where.append("rowid < ?" if descending else "rowid > ?")
@@ -337,7 +301,7 @@ class SqliteRecordStore:
                 row[0],
                 row[1],
                 row[2],
-                Message(row[3], row[4], json.loads(row[5]), from_us(row[7]), row[6]),
+                Message(row[3], row[4], headers_from_json(row[5]), from_us(row[7]), row[6]),
             )
             for row in await self.db.read(select)
         ]
@@ -366,10 +330,10 @@ class SqliteRecordStore:
             e.topic,
             e.key,
             e.type,
-            json.dumps(dict(e.headers), separators=(",", ":")),
+            headers_json(e.headers),
             e.data,
             to_us(e.created_at),
-            _printable(parked.error),
+            printable(parked.error, nul=False),
             parked.attempts,
             to_us(parked.parked_at),
             int(parked.retry_requested),
@@ -433,25 +397,3 @@ class SqliteRecordStore:
             conn.execute("DELETE FROM statestream_parked WHERE id = ?", (parked_id,))
 
         await self.db.write(delete)
-
-
-_PARKED_COLUMNS = (
-    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
-    "error, attempts, parked_at, retry_requested"
-)
-
-
-def _parked(row: Sequence[Any]) -> ParkedEvent:
-    event = Event(row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), row[8])
-    return ParkedEvent(
-        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
-    )
-
-
-def _printable(text: str) -> str:
-    """``text`` with any lone surrogate escaped, so that SQLite can store it as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
