@@ -19,7 +19,7 @@ Settings worth tuning are read from the environment, so that the harness's subpr
 the workers of ``workers-N`` share them (defaults in brackets; see bench/README.md):
 
 * ``BENCH_KAFKA_PARTITIONS`` [4]: partitions of each topic;
-* ``BENCH_KAFKA_FETCH_WAIT_MS`` [1]: the consumers' ``fetch.wait.max.ms``;
+* ``BENCH_KAFKA_FETCH_WAIT_MS`` [10, the adapter's default]: the consumers' ``fetch.wait.max.ms``;
 * ``BENCH_KAFKA_LINGER_MS`` [1]: the producer's ``linger.ms``.
 """
 
@@ -50,7 +50,7 @@ def settings() -> dict[str, int]:
     """The tunables in effect (see the module docstring)."""
     return {
         "partitions": int(os.environ.get("BENCH_KAFKA_PARTITIONS", "4")),
-        "fetch_wait_ms": int(os.environ.get("BENCH_KAFKA_FETCH_WAIT_MS", "1")),
+        "fetch_wait_ms": int(os.environ.get("BENCH_KAFKA_FETCH_WAIT_MS", "10")),
         "linger_ms": int(os.environ.get("BENCH_KAFKA_LINGER_MS", "1")),
     }
 
@@ -169,7 +169,7 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
     """Delete the topics whose names start with ``prefix`` (a benchmark prefix only)."""
     if not prefix.startswith("b_"):
         raise ValueError(f"refusing to delete topics by prefix {prefix!r}")
-    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined,unused-ignore]
 
     def delete() -> None:
         admin = AdminClient({"bootstrap.servers": bootstrap})
