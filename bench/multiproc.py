@@ -1,4 +1,4 @@
-"""Workload 1 with several worker processes sharing one database (``workers-3``).
+"""Workload 1 with several worker processes sharing one database (``workers-3``, ``workers-4``).
 
 The workload's own process (the *driver*) opens a fresh database (a SQLite file, or a table
 prefix on a server), starts ``count`` worker processes on it, waits until each has started its
@@ -14,6 +14,9 @@ Client CPU is the driver's own plus every worker's (read from
 A worker is ``python -m bench.multiproc <backend> <location> <size> <steps>``: it prints
 ``ready`` once started, ``completed N`` whenever its hook's count changes, and a JSON
 summary after its standard input is closed (its signal to stop).
+
+``BENCH_PARALLEL_COUNT`` (default 1, workload 1's) sets every step's ``parallel_count`` in the
+workers, to see how the shards spread over the processes (the note says when it is not 1).
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
         cpu_us_per_transition=(driver_cpu + sum(worker_cpu)) / transitions * 1e6,
         **cpu.per_transition(transitions),
         note=(
-            f"{count} worker processes, roles held at the start {'/'.join(map(str, held))}, "
+            f"{count} worker processes, "
+            + (f"parallel_count {_parallel_count()}, " if _parallel_count() != 1 else "")
+            + f"roles held at the start {'/'.join(map(str, held))}, "
             f"steps run per worker {'/'.join(map(str, handled))}, "
             f"hook in worker {'/'.join(map(str, hooks)) or '-'}; client CPU µs/transition "
             f"driver {driver_cpu / transitions * 1e6:.0f} + workers "
@@ -268,7 +273,9 @@ async def _worker(backend: str, location: str, size: int, steps: int) -> None:
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     async with BACKENDS[backend](location) as adapters:
-        wf, _ = build_chain(adapters, steps, on_complete=count, advance=advance)
+        wf, _ = build_chain(
+            adapters, steps, parallel_count=_parallel_count(), on_complete=count, advance=advance
+        )
         async with wf:
             print("ready", flush=True)
             reporting = asyncio.ensure_future(_report_held(wf, lambda: completed))
@@ -277,6 +284,10 @@ async def _worker(backend: str, location: str, size: int, steps: int) -> None:
     print(
         json.dumps({"steps": handled, "completed": completed, "latencies": latencies}), flush=True
     )
+
+
+def _parallel_count() -> int:
+    return int(os.environ.get("BENCH_PARALLEL_COUNT", "1"))
 
 
 async def _report_held(wf: Any, completed: Callable[[], int]) -> None:
