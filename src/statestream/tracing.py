@@ -41,6 +41,7 @@ try:
     from opentelemetry import trace
     from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
     from opentelemetry.trace import (
+        DEFAULT_TRACE_STATE,
         INVALID_SPAN_CONTEXT,
         Link,
         NonRecordingSpan,
@@ -177,6 +178,13 @@ def _traceparent(ctx: SpanContext) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
+def _tracestate(ctx: SpanContext) -> str | None:
+    state = ctx.trace_state
+    if state is DEFAULT_TRACE_STATE or not state:  # the identity first: len() is Python's
+        return None
+    return state.to_header()
+
+
 def _inject(headers: dict[str, str], span: trace.Span) -> None:
     """Write ``span``'s context as ``traceparent`` (and ``tracestate``) into ``headers``."""
     if type(span) is _Carried:  # an unsampled trace: its headers travel on as they came
@@ -187,8 +195,9 @@ def _inject(headers: dict[str, str], span: trace.Span) -> None:
     ctx = span.get_span_context()
     if ctx.is_valid:
         headers["traceparent"] = _traceparent(ctx)
-        if ctx.trace_state:
-            headers["tracestate"] = ctx.trace_state.to_header()
+        tracestate = _tracestate(ctx)
+        if tracestate:
+            headers["tracestate"] = tracestate
 
 
 @contextlib.contextmanager
@@ -356,6 +365,7 @@ class TracingObserver(NullObserver):
         foreign_id = headers.get("foreign_id", "")
         span = self._tracer.start_span(
             f"{workflow} trigger",
+            context=_current(),  # the caller's (the SDK would look it up three times)
             kind=SpanKind.PRODUCER,
             attributes={
                 "statestream.workflow": workflow,
@@ -368,7 +378,7 @@ class TracingObserver(NullObserver):
         if not ctx.is_valid:
             return
         traceparent = headers["traceparent"] = _traceparent(ctx)
-        tracestate = ctx.trace_state.to_header() if ctx.trace_state else None
+        tracestate = _tracestate(ctx)
         if tracestate:
             headers["tracestate"] = tracestate
         known: _Known = ctx
