@@ -21,7 +21,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIGS = ("none", "null", "metrics", "tracing@0.01", "tracing@0.1", "tracing")
+CONFIGS = (
+    "none",
+    "null",
+    "metrics",
+    "tracing@0.01",
+    "tracing@0.1",
+    "tracing",
+    "metrics,tracing@0.01",
+)
 OTHER_CONFIGS = ("none", "metrics", "tracing-sampled", "tracing")
 
 
@@ -43,11 +51,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=";".join(CONFIGS), help="separated by ';'")
     parser.add_argument("--other", help="another tree's src directory, rotated alongside")
     args = parser.parse_args()
     src = os.environ.get("PYTHONPATH", "src")
-    rows = [("this", src, c) for c in args.configs.split(",")]
+    rows = [("this", src, c) for c in args.configs.split(";")]
     if args.other:
         rows += [("other", args.other, c) for c in OTHER_CONFIGS]
     seen: dict[tuple[str, str], list[dict[str, float]]] = {}
