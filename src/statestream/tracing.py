@@ -15,6 +15,12 @@ Each span is current while the work runs, so spans the user's code makes (an HTT
 database driver's) nest inside it. Only the OpenTelemetry API is needed here; configure the SDK
 (a ``TracerProvider`` with an exporter) in the application, or pass ``tracer_provider=``.
 
+Sampling is decided once per run, by the provider's sampler, when the trigger's span starts;
+the decision travels in the trace flags of the run's events. With the SDK's default
+``ParentBased`` sampler the work of an unsampled run starts no span, makes no span context and
+parses no header: it runs in the run's carried trace context (so the user's own spans inside it
+are dropped too), and the events it writes carry the run's headers on unchanged.
+
 A caller that has a ``traceparent`` but no current span (a message from an uninstrumented
 system) continues its trace with :func:`continue_trace`::
 
