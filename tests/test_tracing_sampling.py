@@ -242,6 +242,32 @@ async def test_an_unsampled_trigger_stays_unsampled_in_another_process(tmp_path:
     assert check_one_chain(spans, root_parent=0xB7AD6B7169203331) == EXPECTED
 
 
+async def test_a_sampler_that_ignores_the_parent_still_decides_each_span() -> None:
+    """The shortcut is only for samplers that drop the children of unsampled parents: with
+    ALWAYS_ON, a run whose caller's trace is unsampled is recorded (the general path)."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    tp, exporter = recording(ALWAYS_ON)
+    observer = TracingObserver(tp)
+    assert not observer._drops_unsampled
+    wf = observe_app.builder().build(
+        MemoryStreamer(),
+        MemoryRecordStore(),
+        MemoryRoleScheduler(),
+        timeout_store=MemoryTimeoutStore(),
+        observer=observer,
+    )
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    async with wf:
+        with continue_trace(f"00-{trace_id}-b7ad6b7169203331-00"):
+            run_id = await wf.trigger("on-1")
+        await wf.wait_for("on-1", run_id, S.DONE, timeout=10)
+        await eventually(lambda: len(of_run(exporter.get_finished_spans(), run_id)) == 5)
+    spans = of_run(exporter.get_finished_spans(), run_id)
+    assert {format(s.context.trace_id, "032x") for s in spans} == {trace_id}
+    assert check_one_chain(spans, root_parent=0xB7AD6B7169203331) == EXPECTED
+
+
 def test_the_fast_context_access_is_the_apis() -> None:
     """The observer reads and sets the current context through the runtime's ContextVar when
     it is the default one: the same context the API sees."""
