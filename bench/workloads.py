@@ -172,8 +172,9 @@ def build_chain(
 
 def bench_observer() -> Any:
     """The observers ``STATESTREAM_BENCH_OBSERVE`` names, to measure what they cost (none by
-    default): ``null`` (the seam's own cost), ``metrics``, ``tracing``, ``tracing-sampled``
-    (1 % of the runs), or several (``metrics,tracing``).
+    default): ``null`` (the seam's own cost), ``metrics``, ``tracing`` (every run sampled),
+    ``tracing-sampled`` (1 % of the runs), ``tracing@R`` (a fraction ``R`` of the runs:
+    ``tracing@0.1``), or several (``metrics,tracing``).
 
     ``tracing`` uses the OpenTelemetry SDK's ``TracerProvider`` with one batch span processor
     whose exporter drops the spans: every span is made, recorded, queued and handed over, as
@@ -189,7 +190,7 @@ def bench_observer() -> Any:
             from statestream.metrics import PrometheusObserver
 
             observers.append(PrometheusObserver(CollectorRegistry()))
-        elif name in ("tracing", "tracing-sampled"):
+        elif name in ("tracing", "tracing-sampled") or name.startswith("tracing@"):
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import (
                 BatchSpanProcessor,
@@ -206,7 +207,11 @@ def bench_observer() -> Any:
             from statestream.tracing import TracingObserver
 
             # tracing-sampled: 1 % of the runs, as a busy service would sample
-            sampler = ParentBased(TraceIdRatioBased(0.01 if name == "tracing-sampled" else 1.0))
+            if name.startswith("tracing@"):
+                ratio = float(name.partition("@")[2])
+            else:
+                ratio = 0.01 if name == "tracing-sampled" else 1.0
+            sampler = ParentBased(TraceIdRatioBased(ratio))
             provider = TracerProvider(sampler=sampler)
             provider.add_span_processor(BatchSpanProcessor(Drop()))
             observers.append(TracingObserver(provider))
