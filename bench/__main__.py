@@ -36,6 +36,7 @@ METRICS = (
     "cpu_us_per_transition",
     "server_cpu_us_per_transition",
     "server_own_cpu_us_per_transition",
+    "broker_cpu_us_per_transition",
 )
 
 
@@ -154,6 +155,7 @@ COLUMNS = (
     ("cpu_us_per_transition", "client CPU µs/tr"),
     ("server_cpu_us_per_transition", "server CPU µs/tr"),
     ("server_own_cpu_us_per_transition", "of it ours"),
+    ("broker_cpu_us_per_transition", "broker CPU µs/tr"),
     ("note", "note"),
 )
 
@@ -215,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(BACKENDS),
         help="backend to run on (repeatable; default: each workload's own list: memory, "
         "plus sqlite and sqlite-normal for throughput and latency, postgres and mysql for "
-        "throughput, latency and workers-3; a server backend whose adapter or server is "
-        "missing is reported as skipped)",
+        "throughput, latency and workers-3, postgres-kafka for throughput and latency, "
+        "postgres and postgres-kafka for workers-4; a server backend whose adapter, server "
+        "or broker is missing is reported as skipped)",
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per workload (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repetition")

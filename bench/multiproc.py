@@ -1,4 +1,4 @@
-"""Workload 1 with several worker processes sharing one database (``workers-3``).
+"""Workload 1 with several worker processes sharing one database (``workers-3``, ``workers-4``).
 
 The workload's own process (the *driver*) opens a fresh database (a SQLite file, or a table
 prefix on a server), starts ``count`` worker processes on it, waits until each has started its
@@ -6,13 +6,17 @@ workflow, then triggers the runs (64 at a time, as ``throughput``) and measures 
 first trigger to the last completion. The driver never starts its workflow: it only triggers.
 Each worker runs the whole workflow (``async with wf``), so the role scheduler decides which
 process runs which step: the row's note says how many steps each worker ran. The ``on_complete``
-hook counts completions in whichever worker holds its role; that worker tells the driver when
-the last one is in. Client CPU is the driver's own plus every worker's (read from
+hook counts completions in whichever worker holds its role (the role can move during the run,
+when the division takes its last step): each worker reports its count, and the driver sums them.
+Client CPU is the driver's own plus every worker's (read from
 ``/proc/<pid>/stat``); the server's, when there is one, as in the other rows.
 
 A worker is ``python -m bench.multiproc <backend> <location> <size> <steps>``: it prints
-``ready`` once started, ``done`` when its hook has counted ``size`` completions, and a JSON
+``ready`` once started, ``completed N`` whenever its hook's count changes, and a JSON
 summary after its standard input is closed (its signal to stop).
+
+``BENCH_PARALLEL_COUNT`` (default 1, workload 1's) sets every step's ``parallel_count`` in the
+workers, to see how the shards spread over the processes (the note says when it is not 1).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +115,7 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
                     )
                 )
             await _first(
-                [r.done.wait() for r in readers], readers, DEADLINE_S, f"{name}: runs not complete"
+                [_all_done(readers, size)], readers, DEADLINE_S, f"{name}: runs not complete"
             )
             elapsed = time.perf_counter() - started
             worker_cpu = [
@@ -138,7 +143,9 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
         cpu_us_per_transition=(driver_cpu + sum(worker_cpu)) / transitions * 1e6,
         **cpu.per_transition(transitions),
         note=(
-            f"{count} worker processes, roles held at the start {'/'.join(map(str, held))}, "
+            f"{count} worker processes, "
+            + (f"parallel_count {_parallel_count()}, " if _parallel_count() != 1 else "")
+            + f"roles held at the start {'/'.join(map(str, held))}, "
             f"steps run per worker {'/'.join(map(str, handled))}, "
             f"hook in worker {'/'.join(map(str, hooks)) or '-'}; client CPU µs/transition "
             f"driver {driver_cpu / transitions * 1e6:.0f} + workers "
@@ -148,12 +155,15 @@ async def workers(backend: str, size: int, *, count: int, name: str, steps: int 
 
 
 class _Reader:
-    """Reads one worker's standard output: its ``ready`` and ``done`` lines, then its summary."""
+    """Reads one worker's standard output: its ``ready`` line, its ``completed N`` lines, then
+    its summary."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.ready = asyncio.Event()
-        self.done = asyncio.Event()
+        #: Completions its hook counted, as it last reported (the hook's role can move).
+        self.completed = 0
+        self.moved = asyncio.Event()
         self.summary: dict[str, Any] = {}
         #: Roles the worker holds, as it last reported, and when that count last changed.
         self.held = 0
@@ -166,13 +176,28 @@ class _Reader:
             line = raw.decode().strip()
             if line == "ready":
                 self.ready.set()
-            elif line == "done":
-                self.done.set()
+            elif line.startswith("completed "):
+                self.completed = int(line.split()[1])
+                self.moved.set()
             elif line.startswith("held "):
                 self.held = int(line.split()[1])
                 self.changed = time.monotonic()
             elif line.startswith("{"):
                 self.summary = json.loads(line)
+
+
+async def _all_done(readers: list[_Reader], size: int) -> None:
+    """Until the workers' hooks counted ``size`` completions between them: the hook's role
+    can move from one worker to another during the run (a late step of the division)."""
+    while sum(r.completed for r in readers) < size:
+        moved = [asyncio.ensure_future(r.moved.wait()) for r in readers]
+        try:
+            await asyncio.wait(moved, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in moved:
+                wait.cancel()
+        for r in readers:
+            r.moved.clear()
 
 
 async def _settled(readers: list[_Reader]) -> None:
@@ -243,17 +268,17 @@ async def _worker(backend: str, location: str, size: int, steps: int) -> None:
         nonlocal completed
         latencies.append((run.updated_at - run.created_at).total_seconds())
         completed += 1
-        if completed == size:
-            print("done", flush=True)
 
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     async with BACKENDS[backend](location) as adapters:
-        wf, _ = build_chain(adapters, steps, on_complete=count, advance=advance)
+        wf, _ = build_chain(
+            adapters, steps, parallel_count=_parallel_count(), on_complete=count, advance=advance
+        )
         async with wf:
             print("ready", flush=True)
-            reporting = asyncio.ensure_future(_report_held(wf))
+            reporting = asyncio.ensure_future(_report_held(wf, lambda: completed))
             await stdin.read()  # until the driver closes it
             reporting.cancel()
     print(
@@ -261,14 +286,23 @@ async def _worker(backend: str, location: str, size: int, steps: int) -> None:
     )
 
 
-async def _report_held(wf: Any) -> None:
-    """Print ``held N`` whenever the number of roles this worker holds changes."""
+def _parallel_count() -> int:
+    return int(os.environ.get("BENCH_PARALLEL_COUNT", "1"))
+
+
+async def _report_held(wf: Any, completed: Callable[[], int]) -> None:
+    """Print ``held N`` whenever the number of roles this worker holds changes, and
+    ``completed N`` whenever its hook's count does."""
     last = None
+    last_completed = 0
     while True:
         held = sum(1 for state in wf.states().values() if state in HOLDING)
         if held != last:
             print(f"held {held}", flush=True)
             last = held
+        if completed() != last_completed:
+            last_completed = completed()
+            print(f"completed {last_completed}", flush=True)
         await asyncio.sleep(0.05)
 
 

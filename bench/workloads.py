@@ -12,8 +12,8 @@ the run's object and returns status ``i + 1``; the last status is terminal, so t
 reaches it completes the run. A *transition* is one record write: the trigger plus one write per
 step, so a 3-step run makes 4.
 
-Backends live in :data:`BACKENDS`: a name mapped to an async context manager that yields the
-adapters and cleans them up. Adding a backend is one factory and one line in the dict.
+Backends live in :data:`bench.backends.BACKENDS` (re-exported here): a name mapped to an async
+context manager that yields the adapters and cleans them up.
 """
 
 from __future__ import annotations
@@ -27,48 +27,26 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
-from statestream import (
-    Builder,
-    CompositeObserver,
-    EventStreamer,
-    NullObserver,
-    RecordStore,
-    RoleScheduler,
-    Run,
-    TimeoutStore,
-    Workflow,
-)
-from statestream.adapters.memory import (
-    MemoryRecordStore,
-    MemoryRoleScheduler,
-    MemoryStreamer,
-    MemoryTimeoutStore,
-)
-from statestream.adapters.sqlite import (
-    SqliteDatabase,
-    SqliteRecordStore,
-    SqliteRoleScheduler,
-    SqliteStreamer,
-    SqliteTimeoutStore,
-)
+from statestream import Builder, CompositeObserver, NullObserver, Run, Workflow
 
-from . import servers
+from .backends import BACKENDS, Adapters, Cpu, CpuWindow, make_memory_adapters, unavailable
 
 __all__ = [
     "BACKENDS",
     "WORKLOADS",
     "Adapters",
     "Result",
+    "Cpu",
+    "CpuWindow",
     "Workload",
     "make_memory_adapters",
+    "unavailable",
     "run_workload",
 ]
 
@@ -79,125 +57,6 @@ DEADLINE_S = 300.0
 TRIGGER_CONCURRENCY = 64
 #: The timeouts workload's poll interval: how late, at most, the poller sees the expiry.
 POLL_S = 0.1
-
-
-# ------------------------------------------------------------------------------------ backends
-
-
-@dataclass(frozen=True, slots=True)
-class Adapters:
-    streamer: EventStreamer
-    store: RecordStore
-    scheduler: RoleScheduler
-    timeout_store: TimeoutStore | None = None
-    #: Where another process finds the same data (a SQLite file, a server's table prefix), for
-    #: the multi-process workloads; None for a backend that lives in one process.
-    location: str | None = None
-    #: The database server's processes, whose CPU time a workload reports beside its own.
-    server: servers.ServerCpu | None = None
-
-
-class BackendFactory(Protocol):
-    """Opens a backend: a fresh one that is removed afterwards, or (``location``, from another
-    process's :attr:`Adapters.location`) an existing one that is left in place."""
-
-    def __call__(
-        self, location: str | None = None
-    ) -> contextlib.AbstractAsyncContextManager[Adapters]: ...
-
-
-@contextlib.asynccontextmanager
-async def make_memory_adapters(location: str | None = None) -> AsyncIterator[Adapters]:
-    """The in-memory adapters, configured as a long-running service would use them.
-
-    ``keep_snapshots=False``: the store's debugging history of every version of every run is
-    off, as its docstring recommends for long-running processes.
-    """
-    if location is not None:
-        raise ValueError("the memory backend lives in one process: it has no location to share")
-    streamer = MemoryStreamer()
-    try:
-        yield Adapters(
-            streamer=streamer,
-            store=MemoryRecordStore(keep_snapshots=False),
-            scheduler=MemoryRoleScheduler(),
-            timeout_store=MemoryTimeoutStore(),
-        )
-    finally:
-        await streamer.close()
-
-
-def make_sqlite_adapters(synchronous: Literal["FULL", "NORMAL"]) -> BackendFactory:
-    """The embedded default: every adapter on one SQLite file in a temporary directory, the
-    store publishing straight into the event table (no outbox relay on the path)."""
-
-    @contextlib.asynccontextmanager
-    async def make(location: str | None = None) -> AsyncIterator[Adapters]:
-        with contextlib.ExitStack() as stack:
-            if location is None:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="statestream-bench-"))
-                location = str(Path(tmp) / "bench.db")
-            db = SqliteDatabase(Path(location), synchronous=synchronous)
-            streamer = SqliteStreamer(db)
-            try:
-                yield Adapters(
-                    streamer=streamer,
-                    store=SqliteRecordStore(db, publish_to=streamer),
-                    scheduler=SqliteRoleScheduler(db),
-                    timeout_store=SqliteTimeoutStore(db),
-                    location=location,
-                )
-            finally:
-                await streamer.close()
-                await db.close()
-
-    return make
-
-
-def make_server_adapters(kind: str) -> BackendFactory:
-    """Every adapter on a database server (``kind``: ``postgres`` or ``mysql``, see
-    :mod:`bench.servers`), records and events in the same database, under a table prefix of
-    the run's own; a fresh prefix's tables are dropped afterwards."""
-
-    @contextlib.asynccontextmanager
-    async def make(location: str | None = None) -> AsyncIterator[Adapters]:
-        prefix = location or servers.new_prefix()
-        try:
-            db, streamer, store, scheduler, timeout_store = servers.open_adapters(kind, prefix)
-            try:
-                yield Adapters(
-                    streamer=streamer,
-                    store=store,
-                    scheduler=scheduler,
-                    timeout_store=timeout_store,
-                    location=prefix,
-                    server=await servers.server_cpu(kind),
-                )
-            finally:
-                await servers.close_all(streamer.close, db.close)
-        finally:
-            if location is None:
-                await servers.drop_prefixed(kind, prefix)
-
-    return make
-
-
-BACKENDS: dict[str, BackendFactory] = {
-    "memory": make_memory_adapters,
-    # WAL + synchronous=FULL: a committed write survives a power cut.
-    "sqlite": make_sqlite_adapters("FULL"),
-    # WAL + synchronous=NORMAL: a power cut may lose the last commits (never corrupts).
-    "sqlite-normal": make_sqlite_adapters("NORMAL"),
-    # Records and events in the server's database; fsync and synchronous_commit as the server
-    # has them (on by default), innodb_flush_log_at_trx_commit likewise (1 by default).
-    "postgres": make_server_adapters("postgres"),
-    "mysql": make_server_adapters("mysql"),
-}
-
-
-def unavailable(backend: str) -> str | None:
-    """Why ``backend`` cannot run here, or None: the harness prints a "skipped" row for it."""
-    return servers.unavailable(backend) if backend in servers.SERVERS else None
 
 
 # ------------------------------------------------------------------------------------ results
@@ -227,6 +86,8 @@ class Result:
     #: The part of it in this workload's own sessions (their backends or threads): a lower
     #: bound, without the server's shared work (see :class:`bench.servers.ServerCpu`)
     server_own_cpu_us_per_transition: float | None = None
+    #: CPU time of the message broker's process in the window, per transition (Kafka)
+    broker_cpu_us_per_transition: float | None = None
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,49 +114,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
-
-
-@dataclass(frozen=True, slots=True)
-class Cpu:
-    """CPU seconds in a window: this process's, the server's, the server's in our sessions."""
-
-    client: float
-    server: float | None = None
-    server_own: float | None = None
-
-    def per_transition(self, transitions: int) -> dict[str, float | None]:
-        """The two server figures in µs per transition, as :class:`Result` fields."""
-        return {
-            "server_cpu_us_per_transition": _per(self.server, transitions),
-            "server_own_cpu_us_per_transition": _per(self.server_own, transitions),
-        }
-
-
-class CpuWindow:
-    """CPU time of this process, and of the database server when there is one, over a window
-    opened by :meth:`start` and read by :meth:`stop`."""
-
-    def __init__(self, adapters: Adapters) -> None:
-        self._server = adapters.server
-        self.start()
-
-    def start(self) -> None:
-        self._client = time.process_time()
-        self._snapshot = self._server.snapshot() if self._server else None
-
-    async def stop(self, clients: tuple[int, ...] = ()) -> Cpu:
-        """Close the window; ``clients``: other processes whose server sessions are ours."""
-        client = time.process_time() - self._client
-        if self._server is None or self._snapshot is None:
-            return Cpu(client)
-        after = self._server.snapshot()
-        total = self._server.total(self._snapshot, after)
-        own = await self._server.own(self._snapshot, after, [os.getpid(), *clients])
-        return Cpu(client, total, own)
-
-
-def _per(seconds: float | None, transitions: int) -> float | None:
-    return None if seconds is None else seconds / transitions * 1e6
 
 
 # ------------------------------------------------------------------------------------ workflows
@@ -354,8 +172,9 @@ def build_chain(
 
 def bench_observer() -> Any:
     """The observers ``STATESTREAM_BENCH_OBSERVE`` names, to measure what they cost (none by
-    default): ``null`` (the seam's own cost), ``metrics``, ``tracing``, ``tracing-sampled``
-    (1 % of the runs), or several (``metrics,tracing``).
+    default): ``null`` (the seam's own cost), ``metrics``, ``tracing`` (every run sampled),
+    ``tracing-sampled`` (1 % of the runs), ``tracing@R`` (a fraction ``R`` of the runs:
+    ``tracing@0.1``), or several (``metrics,tracing``).
 
     ``tracing`` uses the OpenTelemetry SDK's ``TracerProvider`` with one batch span processor
     whose exporter drops the spans: every span is made, recorded, queued and handed over, as
@@ -371,7 +190,7 @@ def bench_observer() -> Any:
             from statestream.metrics import PrometheusObserver
 
             observers.append(PrometheusObserver(CollectorRegistry()))
-        elif name in ("tracing", "tracing-sampled"):
+        elif name in ("tracing", "tracing-sampled") or name.startswith("tracing@"):
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import (
                 BatchSpanProcessor,
@@ -388,7 +207,11 @@ def bench_observer() -> Any:
             from statestream.tracing import TracingObserver
 
             # tracing-sampled: 1 % of the runs, as a busy service would sample
-            sampler = ParentBased(TraceIdRatioBased(0.01 if name == "tracing-sampled" else 1.0))
+            if name.startswith("tracing@"):
+                ratio = float(name.partition("@")[2])
+            else:
+                ratio = 0.01 if name == "tracing-sampled" else 1.0
+            sampler = ParentBased(TraceIdRatioBased(ratio))
             provider = TracerProvider(sampler=sampler)
             provider.add_span_processor(BatchSpanProcessor(Drop()))
             observers.append(TracingObserver(provider))
@@ -512,11 +335,19 @@ async def awaited(backend: str, size: int) -> Result:
     )
 
 
-async def workers_3(backend: str, size: int) -> Result:
-    """Workload 1 with 3 worker processes on one database; this process only triggers."""
-    from .multiproc import workers  # it imports this module
+def _workers(count: int) -> Callable[[str, int], Awaitable[Result]]:
+    async def workers(backend: str, size: int) -> Result:
+        from .multiproc import workers  # it imports this module
 
-    return await workers(backend, size, count=3, name="workers-3")
+        return await workers(backend, size, count=count, name=f"workers-{count}")
+
+    workers.__doc__ = (
+        f"Workload 1 with {count} worker processes on one database; this process only triggers."
+    )
+    return workers
+
+
+workers_3 = _workers(3)
 
 
 async def parallel_1(backend: str, size: int) -> Result:
@@ -684,15 +515,15 @@ class Workload:
     backends: tuple[str, ...] = ("memory",)
 
 
+SERVER_ROWS = ("postgres", "mysql", "postgres-kafka")
 WORKLOADS: dict[str, Workload] = {
     "throughput": Workload(
-        throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal", "postgres", "mysql")
+        throughput, 10_000, 200, 1, ("memory", "sqlite", "sqlite-normal", *SERVER_ROWS)
     ),
     "awaited": Workload(awaited, 10_000, 200, 1, ("memory", "sqlite")),
-    "latency": Workload(
-        latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal", "postgres", "mysql")
-    ),
+    "latency": Workload(latency, 500, 20, 2, ("memory", "sqlite", "sqlite-normal", *SERVER_ROWS)),
     "workers-3": Workload(workers_3, 10_000, 200, 1, ("sqlite", "postgres", "mysql")),
+    "workers-4": Workload(_workers(4), 10_000, 200, 1, ("postgres", "postgres-kafka")),
     "depth-5": Workload(_depth(5), 100, 3, 3),
     "depth-10": Workload(_depth(10), 100, 3, 3),
     "depth-100": Workload(_depth(100), 30, 2, 3),

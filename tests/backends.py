@@ -1,9 +1,17 @@
-"""The SQL adapter sets the fault tests run on, by name: ``sqlite``, ``postgres``, ``mysql``.
+"""The adapter sets the fault tests run on, by name: ``sqlite``, ``postgres``, ``mysql`` (records
+and events in one database, the event row written in the record's transaction), and
+``postgres+kafka``, ``mysql+kafka`` (records and their outbox in the server, events in Kafka,
+published by the engine's outbox relay).
 
 One registry builds the four adapters (streamer, record store, role scheduler, timeout store) of
 a backend from a *location* (a file path for SQLite, a URL for the servers) and a table prefix,
 so that a test written once runs on every backend. The server modules are imported lazily: a
 test process (or a worker subprocess) that uses only SQLite never imports them.
+
+The Kafka sets need a broker: ``open_set(..., kafka="host:port")``, else
+``STATESTREAM_KAFKA_BOOTSTRAP`` (what a test hands to its worker subprocesses; the test itself
+takes the session broker with :func:`kafka_for`). Their topics and consumer groups carry the
+test's table prefix, so tests sharing the broker never see each other's events.
 
 Skips and failures (:func:`require`):
 
@@ -32,11 +40,13 @@ import pytest
 
 __all__ = [
     "BACKENDS",
+    "KAFKA_NAMES",
     "NAMES",
     "AdapterSet",
     "Backend",
     "adapter_set",
     "drop_prefixed",
+    "kafka_for",
     "location_for",
     "new_prefix",
     "open_set",
@@ -50,6 +60,12 @@ DEFAULT_URLS = {
 URL_ENV = {"postgres": "STATESTREAM_POSTGRES_URL", "mysql": "STATESTREAM_MYSQL_URL"}
 
 
+KAFKA_ENV = "STATESTREAM_KAFKA_BOOTSTRAP"
+#: Partitions of the Kafka sets' topics: a multiple of every parallel_count the tests use
+#: (1, 2, 3, 4, 6), so that each shard reads only its own partitions.
+KAFKA_PARTITIONS = 12
+
+
 @dataclass(frozen=True)
 class Backend:
     """How to build one backend's adapters: the module and the class name prefix."""
@@ -58,6 +74,14 @@ class Backend:
     module: str
     prefix: str  # class names: f"{prefix}Database", f"{prefix}RecordStore", ...
     server: bool
+    #: events in Kafka (the record store has no ``publish_to``: the outbox relay publishes)
+    kafka: bool = False
+
+    @property
+    def records(self) -> str:
+        """The SQL backend holding the records (its URL, its tables): ``postgres`` for
+        ``postgres+kafka``."""
+        return self.name.split("+", 1)[0]
 
     def module_exists(self) -> bool:
         try:
@@ -77,8 +101,17 @@ BACKENDS: dict[str, Backend] = {
     "sqlite": Backend("sqlite", "statestream.adapters.sqlite", "Sqlite", server=False),
     "postgres": Backend("postgres", "statestream.adapters.postgres", "Postgres", server=True),
     "mysql": Backend("mysql", "statestream.adapters.mysql", "Mysql", server=True),
+    "postgres+kafka": Backend(
+        "postgres+kafka", "statestream.adapters.postgres", "Postgres", server=True, kafka=True
+    ),
+    "mysql+kafka": Backend(
+        "mysql+kafka", "statestream.adapters.mysql", "Mysql", server=True, kafka=True
+    ),
 }
-NAMES = list(BACKENDS)
+#: The SQL-only sets (records and events in one database).
+NAMES = [name for name, backend in BACKENDS.items() if not backend.kafka]
+#: The server records + Kafka events sets.
+KAFKA_NAMES = [name for name, backend in BACKENDS.items() if backend.kafka]
 
 
 def new_prefix() -> str:
@@ -87,7 +120,8 @@ def new_prefix() -> str:
 
 
 def server_url(name: str) -> str:
-    return os.environ.get(URL_ENV[name], DEFAULT_URLS[name])
+    records = BACKENDS[name].records if name in BACKENDS else name
+    return os.environ.get(URL_ENV[records], DEFAULT_URLS[records])
 
 
 def location_for(name: str, tmp_path: Path) -> str:
@@ -125,6 +159,21 @@ def require(name: str, location: str | None = None) -> None:
             _unavailable(f"{name} server at {_safe(url)} is unreachable: {why}")
 
 
+def kafka_for(
+    name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch | None = None
+) -> str | None:
+    """The session broker's ``host:port`` for a Kafka set (starting it, or skipping the test
+    when there is none: see tests/kafka_broker.py), ``None`` for the others. With
+    ``monkeypatch``, also set ``STATESTREAM_KAFKA_BOOTSTRAP`` for the test (so that
+    :func:`open_set` and the worker subprocesses the test starts find the broker)."""
+    if not BACKENDS[name].kafka:
+        return None
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    if monkeypatch is not None:
+        monkeypatch.setenv(KAFKA_ENV, bootstrap)
+    return bootstrap
+
+
 def _safe(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
@@ -157,6 +206,13 @@ class AdapterSet:
     store: Any
     scheduler: Any
     timeouts: Any
+    kafka: str | None = None
+
+    def new_scheduler(self, **options: Any) -> Any:
+        """One more role scheduler on this set's database (another instance of a workflow in
+        this process, with its own membership)."""
+        cls = BACKENDS[self.name].classes()["RoleScheduler"]
+        return cls(self.db, **_accepted(cls, options))
 
     async def close(self) -> None:
         try:
@@ -173,25 +229,43 @@ def open_set(
     ttl: float | None = None,
     poll_interval: float | None = None,
     member_ttl: float | None = None,
+    kafka: str | None = None,
 ) -> AdapterSet:
     """Build backend ``name``'s adapters on ``location`` (a path or a URL) with ``prefix``.
 
     SQLite keeps every test in a file of its own and takes no prefix. ``ttl``,
     ``poll_interval`` and ``member_ttl`` go to the role scheduler when it takes them (short
-    leases move a dead process's roles fast).
+    leases move a dead process's roles fast). ``kafka``: the broker of a Kafka set (default:
+    ``STATESTREAM_KAFKA_BOOTSTRAP``).
     """
-    classes = BACKENDS[name].classes()
-    if BACKENDS[name].server:
+    backend = BACKENDS[name]
+    classes = backend.classes()
+    if backend.server:
         db = classes["Database"](location, prefix=prefix)
     else:
         db = classes["Database"](location)
-    streamer = classes["Streamer"](db)
-    store = classes["RecordStore"](db, publish_to=streamer)
+    if backend.kafka:
+        kafka = kafka or os.environ.get(KAFKA_ENV)
+        if not kafka:
+            raise RuntimeError(f"the {name} set needs a broker: open_set(kafka=...) or {KAFKA_ENV}")
+        from statestream.adapters.kafka import KafkaStreamer
+
+        streamer: Any = KafkaStreamer(
+            kafka,
+            partitions=KAFKA_PARTITIONS,
+            topic_prefix=prefix,
+            consumer_config={"session.timeout.ms": 6000},
+        )
+        store = classes["RecordStore"](db)  # the outbox: the engine's relay publishes to Kafka
+    else:
+        kafka = None
+        streamer = classes["Streamer"](db)
+        store = classes["RecordStore"](db, publish_to=streamer)
     given = (("ttl", ttl), ("poll_interval", poll_interval), ("member_ttl", member_ttl))
     options = {k: v for k, v in given if v is not None}
     scheduler = classes["RoleScheduler"](db, **_accepted(classes["RoleScheduler"], options))
     timeouts = classes["TimeoutStore"](db)
-    return AdapterSet(name, location, prefix, db, streamer, store, scheduler, timeouts)
+    return AdapterSet(name, location, prefix, db, streamer, store, scheduler, timeouts, kafka)
 
 
 @contextlib.asynccontextmanager
@@ -211,12 +285,13 @@ async def adapter_set(
 
 async def drop_prefixed(name: str, location: str, prefix: str) -> list[str]:
     """Drop the tables (and, on PostgreSQL, the functions) whose names start with ``prefix``,
-    and only those; return their names. SQLite: nothing to do (the file is the test's own)."""
+    and only those; return their names. SQLite: nothing to do (the file is the test's own). The
+    Kafka sets' topics stay: the test broker keeps them in memory only, under the test's prefix."""
     if not BACKENDS[name].server:
         return []
     if not prefix.startswith("t_") or len(prefix) < 8:
         raise ValueError(f"refusing to drop tables by the prefix {prefix!r}: not a test prefix")
-    if name == "postgres":
+    if BACKENDS[name].records == "postgres":
         return await _drop_postgres(location, prefix)
     return await _drop_mysql(location, prefix)
 

@@ -1,7 +1,8 @@
 """The workflow of ``tests/test_worker_roles.py``, run by ``statestream worker fair_worker_app:wf``.
 
-``FAIR_BACKEND`` names the backend (``sqlite``, ``postgres`` or ``mysql``, as in
-``tests/backends.py``; default sqlite), ``FAIR_DB`` its location (the SQLite file or the server
+``FAIR_BACKEND`` names the backend (``sqlite``, ``postgres``, ``mysql``, ``postgres+kafka`` or
+``mysql+kafka``, as in ``tests/backends.py``; default sqlite; the Kafka sets find the broker in
+``STATESTREAM_KAFKA_BOOTSTRAP``), ``FAIR_DB`` its location (the SQLite file or the server
 URL), ``FAIR_PREFIX`` the table prefix on a server, ``FAIR_HOLDS`` a directory: each worker
 process keeps ``<pid>.json`` there, the roles it holds (rewritten by an observer at every
 change), so that the test sees how the roles are divided. Short ttls, so that a killed

@@ -53,6 +53,18 @@ class Completion:
         self.pending = await pending_runs(self.store, self.pending)
         return not self.pending
 
+    async def describe(self, limit: int = 10) -> str:
+        """The runs still pending (at most ``limit``): status, run state and version."""
+        lines = [f"{len(self.pending)} runs pending; the first ones:"]
+        for run_id in self.pending[:limit]:
+            try:
+                r = await self.store.lookup(run_id)
+            except RecordNotFound:
+                lines.append(f"  {run_id}: not found")
+                continue
+            lines.append(f"  {run_id} ({r.foreign_id}): {r.status!r} {r.run_state!r} v{r.version}")
+        return "\n".join(lines)
+
 
 async def check_records(store: Any, run_ids: list[str]) -> None:
     """Every run is Completed at DONE, at the version of one write per transition."""
@@ -103,24 +115,49 @@ def expected_topics(runs: int) -> dict[str, int]:
     return topics
 
 
-async def check_transitions(streamer: Any, run_ids: list[str]) -> None:
+async def check_transitions(
+    streamer: Any, run_ids: list[str], *, republished: bool = False
+) -> dict[str, int]:
     """Each run's stored writes published exactly one event each: versions 1..FINAL_VERSION,
     none repeated, none missing (a transition applied twice would show as a repeated version
-    or a later one)."""
+    or a later one).
+
+    ``republished``: the events went through the store's outbox, whose relay publishes at least
+    once (a relay killed between publishing a batch and deleting it publishes it again). An
+    event may then be on its topic twice, but only as the same event, published again: same
+    key, version, headers, time and data (two writes of one version would differ, in their time
+    at least). Returns ``{"republished": n}``, the events seen more than once."""
     events = await read_all_events(streamer, expected_topics(len(run_ids)))
     wanted = set(run_ids)
     by_run: dict[str, list[int]] = {}
+    seen: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+    differing: list[tuple[str, int]] = []
+    repeats = 0
     for event in events:
         run_id = event.headers.get("run_id", event.key)
-        if run_id in wanted:
-            by_run.setdefault(run_id, []).append(int(event.headers["record_version"]))
+        if run_id not in wanted:
+            continue
+        version = int(event.headers["record_version"])
+        if republished:
+            identity = (event.key, event.type, dict(event.headers), event.created_at, event.data)
+            first = seen.setdefault((event.topic, run_id, version), identity)
+            if first is not identity:
+                repeats += 1
+                if first != identity:
+                    differing.append((run_id, version))
+                continue
+        by_run.setdefault(run_id, []).append(version)
     full = list(range(1, pipeline.FINAL_VERSION + 1))
     bad = {r: sorted(v) for r, v in by_run.items() if sorted(v) != full}
     missing = wanted - set(by_run)
     assert not missing, f"{len(missing)} runs published no event at all: {sorted(missing)[:5]}"
+    assert not differing, (
+        f"{len(differing)} (run, version) pairs have two different events: {differing[:5]}"
+    )
     assert not bad, (
         f"{len(bad)} runs' events are not one per version {full}: {list(bad.items())[:5]}"
     )
+    return {"republished": repeats}
 
 
 def check_effects(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is a top-level package next to src/, not installed
     sys.path.insert(0, str(ROOT))
 
-from bench import servers, workloads  # noqa: E402
+from bench import kafka, servers, workloads  # noqa: E402
 from bench.__main__ import aggregate, main, select, table  # noqa: E402
-from bench.peers.proc_cpu import ProcessTreeCpu  # noqa: E402
+from bench.peers.proc_cpu import ProcessTreeCpu, cpu_seconds  # noqa: E402
 
 TINY = 20
 TINY_DEPTH = 2
@@ -177,3 +178,93 @@ def test_process_tree_cpu_counts_a_child_that_exited() -> None:
         timeout=30,
     )
     assert tree.seconds(before, tree.snapshot()) > 0
+
+
+# ------------------------------------------------------------------------------------ Kafka
+
+
+@pytest.fixture
+def session_broker(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The postgres-kafka rows on the test session's broker (skipped loudly without one, and
+    failed under CI=true, by the fixture)."""
+    monkeypatch.setenv(kafka.BOOTSTRAP_ENV, kafka_bootstrap)
+    return kafka_bootstrap
+
+
+@pytest.mark.usefixtures("quick_settle", "session_broker")
+@pytest.mark.parametrize("name", ["throughput", "latency", "workers-4"])
+def test_postgres_kafka_rows_quick(name: str) -> None:
+    _server_or_skip("postgres")
+    assert workloads.unavailable("postgres-kafka") is None
+    size = 5 if name == "latency" else TINY
+    row = asyncio.run(workloads.run_workload(name, "postgres-kafka", size)).to_dict()
+    assert row["runs"] == size
+    assert row["runs_per_s"] > 0
+    assert row["p50_ms"] is not None
+    assert row["cpu_us_per_transition"] > 0
+    assert row["server_cpu_us_per_transition"] is not None
+    assert row["broker_cpu_us_per_transition"] is None  # not our broker: not measured
+    if name == "workers-4":
+        per_worker = row["note"].split("steps run per worker ")[1].split(",")[0]
+        assert sum(int(n) for n in per_worker.split("/")) >= TINY * 3
+
+
+@pytest.mark.usefixtures("session_broker")
+async def test_postgres_kafka_deletes_its_topics_on_a_broker_not_its_own(
+    kafka_bootstrap: str,
+) -> None:
+    _server_or_skip("postgres")
+    from confluent_kafka.admin import AdminClient
+
+    async with workloads.BACKENDS["postgres-kafka"]() as adapters:
+        assert adapters.location is not None
+        prefix, _, bootstrap = adapters.location.partition("@")
+        assert bootstrap == kafka_bootstrap
+        assert adapters.broker is None
+        await adapters.streamer.topic_partitions("bench-topic")  # type: ignore[attr-defined]
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        topics = await asyncio.to_thread(lambda: admin.list_topics(timeout=10).topics)
+        assert [t for t in topics if t.startswith(prefix)]  # created
+    topics = await asyncio.to_thread(lambda: admin.list_topics(timeout=10).topics)
+    assert not [t for t in topics if t.startswith(prefix)]
+    assert await servers.drop_prefixed("postgres", prefix) == []
+
+
+def _own_broker_or_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kafka.BOOTSTRAP_ENV, raising=False)
+    _server_or_skip("postgres")
+    reason = kafka.unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the bench cannot start its own broker: {reason}")
+        pytest.skip(f"KAFKA BENCH ROWS SKIPPED: {reason}")
+
+
+async def test_postgres_kafka_starts_and_stops_its_own_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without STATESTREAM_KAFKA_BOOTSTRAP the backend starts Tansu, measures its CPU, and
+    stops it (by its PID) when it closes."""
+    _own_broker_or_skip(monkeypatch)
+    async with workloads.BACKENDS["postgres-kafka"]() as adapters:
+        pid = adapters.broker
+        assert pid is not None
+        assert cpu_seconds(pid) is not None  # running
+        window = workloads.CpuWindow(adapters)
+        await adapters.streamer.topic_partitions("bench-topic")  # type: ignore[attr-defined]
+        cpu = await window.stop()
+        assert cpu.broker is not None
+        assert cpu.per_transition(1)["broker_cpu_us_per_transition"] is not None
+    assert cpu_seconds(pid) is None  # stopped and reaped
+
+
+def test_postgres_kafka_names_an_unreachable_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    _server_or_skip("postgres")
+    pytest.importorskip("confluent_kafka")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv(kafka.BOOTSTRAP_ENV, f"127.0.0.1:{port}")
+    reason = workloads.unavailable("postgres-kafka")
+    assert reason is not None
+    assert f"127.0.0.1:{port} unreachable" in reason

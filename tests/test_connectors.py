@@ -27,10 +27,12 @@ from statestream import (
     ConnectorSource,
     Event,
     Message,
+    NullObserver,
     Run,
     RunState,
     RunStopped,
     StreamSource,
+    Trigger,
     Workflow,
     WorkflowInProgress,
     errors,
@@ -385,3 +387,90 @@ async def test_lag_of_events_is_measured_from_their_creation_time() -> None:
     # When the connector starts, then the event is handled at once
     async with wf:
         await eventually(lambda: handled == [1], what="old event handled without waiting")
+
+
+# ------------------------------------------------------------------------------ returned actions
+
+
+class _Twice:
+    """A source that delivers every event twice (a redelivery after a lost acknowledgement)."""
+
+    def __init__(self, inner: StreamSource) -> None:
+        self.inner = inner
+
+    async def receiver(self, name: str) -> Any:
+        receiver = await self.inner.receiver(name)
+        recv = receiver.recv
+
+        async def twice(limit: int = 100) -> list[Event]:
+            events = await recv(limit)
+            return [*events, *events]
+
+        receiver.recv = twice  # type: ignore[method-assign]
+        return receiver
+
+
+class _Skipped(NullObserver):
+    def __init__(self) -> None:
+        self.reasons: Counter[str] = Counter()
+
+    def event_skipped(self, workflow: str, process: str, event: Event | None, reason: str) -> None:
+        self.reasons[reason.split(":")[0]] += 1
+
+
+async def test_returned_triggers_are_applied_once_and_rejected_events_counted() -> None:
+    # Given a handler that returns a Trigger per event, refuses garbage, and sees each event
+    # twice
+    env = Env()
+    calls: Counter[str] = Counter()
+
+    async def translate(wf: Workflow[Payment, S], event: Event) -> Trigger[Payment] | None:
+        calls[event.key] += 1
+        if event.data == b"garbage":
+            raise errors.EventRejected("not a payment")
+        return Trigger(event.key, initial=Payment(amount=int(event.data)))
+
+    source = _Twice(StreamSource(env.outside, TOPIC, poll_interval=0.01))
+    observer = _Skipped()
+    b = env.builder(translate, source=source)
+    wf = b.build(
+        env.streamer, env.store, env.scheduler, clock=env.clock, pause_retry=None, observer=observer
+    )
+    await env.publish(("p-1", b"5"), ("junk", b"garbage"), ("p-2", b"7"))
+
+    # When the connector runs
+    async with wf:
+        await eventually(lambda: sum(calls.values()) == 6, what="every delivery handled")
+        await eventually(lambda: observer.reasons["already triggered"] == 2, what="dedupe")
+        info = wf.process_info()
+
+    # Then each payment started one run, and the garbage was counted and skipped, not retried
+    runs = await env.store.list("payments", limit=10)
+    assert sorted((r.foreign_id, wf.to_run(r).object.amount) for r in runs) == [
+        ("p-1", 5),
+        ("p-2", 7),
+    ]
+    assert calls == Counter({"p-1": 2, "junk": 2, "p-2": 2})
+    assert observer.reasons["rejected"] == 2
+    assert sum(i.skipped for i in info.values()) == 2
+    assert sum(i.parked for i in info.values()) == 0
+
+
+def test_rejections_are_logged_a_few_then_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from statestream._engine import connector
+
+    now = [1000.0]
+    monkeypatch.setattr(connector, "monotonic", lambda: now[0])
+    log_rejected = connector.Rejections("connector psp", first=2, every=60.0)
+    event = Event(1, "t", "k", 0, {}, T0)
+    with caplog.at_level("WARNING", logger="statestream"):
+        for _ in range(10):
+            log_rejected(event, "bad")
+        assert len(caplog.records) == 2
+        now[0] += 61
+        log_rejected(event, "bad")
+    assert len(caplog.records) == 3
+    assert "(8 more since the last report)" in caplog.records[-1].getMessage()
+    assert log_rejected.count == 11

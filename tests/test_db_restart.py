@@ -137,7 +137,10 @@ async def test_restart_under_running_workers_loses_nothing(
                         await asyncio.sleep(0.1)
 
             completion = checks.Completion(adapters.store, run_ids)
-            await poll(completion.done, 60.0, workers, "every run to complete", 0.2)
+            try:
+                await poll(completion.done, 60.0, workers, "every run to complete", 0.2)
+            except pytest.fail.Exception as exc:
+                pytest.fail(f"{await completion.describe()}\n{exc}")
             recovered = time.monotonic() - restarted_at
 
             outages = {

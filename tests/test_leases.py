@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +246,65 @@ async def test_sqlite_a_stalled_loop_past_the_ttl_does_not_write(
             await streamer.close()
         for db in dbs:
             await db.close()
+
+
+class _SwallowingReceiver:
+    """A receiver whose ``recv`` answers our cancellation with an empty batch (as a driver
+    behind Python 3.11's ``asyncio.wait_for`` can) instead of raising it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.swallowed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def recv(self, limit: int = 100) -> Any:
+        try:
+            return await self._inner.recv(limit)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise  # once is enough to show it
+            self.swallowed += 1
+            return []
+
+
+class _SwallowingStreamer(MemoryStreamer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.receivers: list[_SwallowingReceiver] = []
+
+    async def receiver(self, topic: str, name: str, **kwargs: Any) -> Any:
+        receiver = _SwallowingReceiver(await super().receiver(topic, name, **kwargs))
+        self.receivers.append(receiver)
+        return receiver
+
+
+async def test_a_lost_role_stops_its_consumer_even_if_the_receiver_swallows_the_cancellation() -> (
+    None
+):
+    """Regression (a MariaDB restart under two workers): the consumer of a lost role is
+    cancelled while its receiver is reading; the read swallowed the cancellation, the consumer
+    went on waiting, and the worker kept the role in its books for ever, so nobody ran it."""
+    scheduler = DeadlineScheduler()
+    streamer = _SwallowingStreamer()
+    a = Adapters(streamer, MemoryRecordStore(keep_snapshots=True), scheduler)  # type: ignore[arg-type]
+    wf, _ = build(order_builder(), a)
+    async with wf:
+        await eventually(lambda: PAY_ROLE in scheduler.holders, what="the pay role to be held")
+        first = scheduler.holders[PAY_ROLE]
+        await settle()  # the consumer is waiting in recv
+        scheduler.holders.pop(PAY_ROLE)
+        first._lost.set()  # the lease is lost (a renewal failed)
+        await eventually(
+            lambda: sum(r.swallowed for r in streamer.receivers) > 0,
+            what="the receiver to swallow the cancellation",
+        )
+        await eventually(
+            lambda: sum(1 for g in scheduler.grants if g.role == PAY_ROLE) >= 2,
+            timeout=3.0,
+            what="the role to be acquired again after the loss",
+        )
+        run_id = await wf.trigger("after-the-loss", initial=Order(amount=1))
+        run = await wf.wait_for("after-the-loss", run_id, Status.SHIPPED, timeout=5)
+        assert run.status is Status.SHIPPED

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from statestream import Builder, Message, OutboxEvent, Record, Run, RunState
+from statestream.adapters.sql._schema import SchemaError
 from statestream.adapters.sqlite import (
     SCHEMA_VERSION,
     SqliteDatabase,
@@ -344,6 +345,7 @@ async def test_schema_from_a_newer_release_is_refused(tmp_path: Path, opened: Op
         conn.commit()
 
     err = await open_error(opened(path))
+    assert isinstance(err, SchemaError)  # as the servers' newer schema is
     text = str(err)
     assert str(path) in text
     assert "newer" in text

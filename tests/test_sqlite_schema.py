@@ -11,6 +11,7 @@ import sqlite3
 import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from statestream.adapters.sqlite import (
     SqliteTimeoutStore,
     _schema,
 )
+from statestream.adapters.sqlite._dialect import SQLITE
 from statestream.cli import main
 
 V1_SCHEMA = [
@@ -311,10 +313,19 @@ async def migrate(path: Path) -> None:
 
 
 def test_the_current_version_is_4() -> None:
-    # A bump needs a migration in _schema._MIGRATIONS and a test here that migrates a file of
-    # the version before.
+    # A bump needs a file NNN_name.sql in adapters/sql/schema/sqlite/ (it becomes
+    # _schema._MIGRATIONS[NNN - 1]) and a test here that migrates a file of the version before.
     assert SCHEMA_VERSION == 4
     assert sorted(_schema._MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+
+
+def test_the_schema_ships_as_package_data_one_file_per_version() -> None:
+    folder = resources.files("statestream.adapters.sql").joinpath("schema", "sqlite")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    assert [int(name[:3]) for name in names] == list(range(1, SCHEMA_VERSION + 1))
+    assert SQLITE.sql("SELECT $1 FROM {prefix}meta WHERE key = $2", "statestream_") == (
+        "SELECT ? FROM statestream_meta WHERE key = ?"
+    )
 
 
 async def test_a_migrated_file_has_the_same_schema_as_a_new_one(

@@ -1,8 +1,9 @@
 """Three ``statestream worker`` processes on one database divide the workflow's roles, and the
 roles of one killed with SIGKILL move to the other two within the lease and member ttls.
 
-Parametrised over the SQL backends of ``tests/backends.py`` (SQLite, PostgreSQL, MariaDB; a
-server that does not answer skips loudly, and fails when ``CI=true``): each case has its own
+Parametrised over the adapter sets of ``tests/backends.py`` (SQLite, PostgreSQL, MariaDB, and
+PostgreSQL or MariaDB records with Kafka events; a server that does not answer skips loudly, and
+fails when ``CI=true``): each case has its own
 file or table prefix, dropped afterwards. The workers run ``tests/fair_worker_app.py``, whose
 observer keeps the roles each process holds in ``<pid>.json``; this process triggers runs with
 a workflow on the same database that it never starts.
@@ -71,13 +72,15 @@ class Worker:
         self._log.close()
 
 
-@pytest.fixture(params=backends.NAMES)
+@pytest.fixture(params=backends.NAMES + backends.KAFKA_NAMES)
 async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[str, str, str]]:
-    """(backend name, location, table prefix) of this case; its tables dropped afterwards."""
+    """(backend name, location, table prefix) of this case; its tables dropped afterwards. A
+    Kafka set's broker is in ``STATESTREAM_KAFKA_BOOTSTRAP`` (the workers inherit it)."""
     name: str = request.param
     backends.require(name)
+    backends.kafka_for(name, request, monkeypatch)
     location, prefix = backends.location_for(name, tmp_path), backends.new_prefix()
     try:
         yield name, location, prefix

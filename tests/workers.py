@@ -105,6 +105,10 @@ async def poll(
             if not worker.alive():
                 pytest.fail(f"{worker.name} exited ({worker.proc.returncode})\n{worker.log()}")
         if time.monotonic() > deadline:
+            for worker in workers:  # the pipeline app dumps its asyncio tasks on SIGUSR1
+                if worker.alive() and hasattr(signal, "SIGUSR1"):
+                    os.kill(worker.pid, signal.SIGUSR1)
+            await asyncio.sleep(1.0)
             logs = "\n".join(w.log() for w in workers)
             pytest.fail(f"timed out after {timeout}s waiting for {what}\n{logs}")
         await asyncio.sleep(interval)

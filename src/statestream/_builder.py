@@ -243,14 +243,24 @@ class Builder(Generic[T, StatusT]):
         self,
         name: str,
         source: ConnectorSource,
-        handler: Callable[[Workflow[T, StatusT], Event], Awaitable[None]],
+        handler: Callable[[Workflow[T, StatusT], Event], Awaitable[ConnectResult[T] | object]]
+        | None = None,
         **options: Unpack[ConnectorOptions],
     ) -> Builder[T, StatusT]:
         """Consume an outside stream: ``await handler(wf, event)`` for every event of ``source``.
 
-        The handler typically triggers runs or sends callbacks. Events are spread over
-        ``parallel_count`` shards by a stable hash of ``event.key``; each is handled at least once
-        (the handler must be idempotent) and failures are retried with backoff.
+        The handler acts on the workflow itself, or returns what to do: a :class:`Trigger`, a
+        :class:`Callback`, a list of them or None (other values are ignored). Returned actions
+        are applied idempotently: a Trigger's run ID is derived from the connector's name and
+        the event's topic and ID, so a redelivered event starts no second run. Without
+        ``handler``, ``source.handle`` is used (a source that translates its own messages, such
+        as :class:`statestream.adapters.kafka.KafkaSource`).
+
+        Events are spread over ``parallel_count`` shards: by the source itself when it
+        ``shards_itself`` (Kafka: by partition), else by a stable hash of ``event.key``. Each is
+        handled at least once (a handler that acts itself must be idempotent); failures are
+        retried with backoff; an event the handler refuses with
+        :class:`~statestream.errors.EventRejected` is counted, logged and skipped.
         """
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"connector name must be a non-empty string, got {name!r}")
@@ -258,6 +268,12 @@ class Builder(Generic[T, StatusT]):
             raise ConfigurationError(f"a connector named {name!r} is already declared")
         if not isinstance(source, ConnectorSource):
             raise ConfigurationError(f"connector source must have receiver(name), got {source!r}")
+        if handler is None:
+            handler = getattr(source, "handle", None)
+            if handler is None:
+                raise ConfigurationError(
+                    f"add_connector({name!r}) needs a handler: {source!r} has no handle()"
+                )
         if not is_async_callable(handler):
             raise ConfigurationError(f"connector handler must be an async function: {handler!r}")
         overrides = validate_overrides(options, ConnectorOptions, "add_connector()")
@@ -459,6 +475,15 @@ class Builder(Generic[T, StatusT]):
         ):
             if not isinstance(value, proto):
                 raise ConfigurationError(f"{what} does not implement {proto.__name__}: {value!r}")
+        into = getattr(store, "publishes_into", None)
+        if into is not None and into is not streamer:
+            # Else the events go where no consumer of this workflow reads: every run would hang.
+            raise ConfigurationError(
+                f"the record store writes each event into {into!r} (its publish_to), but the "
+                f"workflow reads its events from {streamer!r}: pass that streamer to build(), or "
+                "build the store without publish_to (its outbox relay then publishes each event "
+                "to the workflow's streamer, as for Kafka)"
+            )
         if timeout_store is not None and not isinstance(timeout_store, TimeoutStore):
             raise ConfigurationError(
                 f"timeout_store does not implement TimeoutStore: {timeout_store!r}"

@@ -7,6 +7,7 @@ Every exception the library raises on purpose is a subclass of :class:`WorkflowE
      +-- InvalidInput                bad arguments to a call (unknown status, unencodable text)
      |    +-- UnknownStatus
      |    +-- InvalidObject          an object that cannot be written (wrong type, bad field...)
+     |    +-- EventRejected          a connector refuses an outside message: counted and skipped
      +-- RecordNotFound              no run with that run ID / foreign ID
      +-- WorkflowInProgress          trigger refused: an unfinished run exists for the foreign ID
      +-- InvalidTransition           a run-state or status change that the tables do not allow
@@ -32,6 +33,7 @@ __all__ = [
     "AdapterError",
     "CodecError",
     "ConfigurationError",
+    "EventRejected",
     "InvalidInput",
     "InvalidObject",
     "InvalidTransition",
@@ -69,6 +71,17 @@ class InvalidObject(InvalidInput, TypeError):
 
     It is not of the workflow's object type, or it holds a value that cannot be encoded (a
     lone surrogate in a ``str``...) or that would not decode again (a field of the wrong type).
+    """
+
+
+class EventRejected(InvalidInput):
+    """A connector's handler refuses an outside message: it does not decode, or it is not one
+    the workflow acts on in a way that retrying could fix.
+
+    Raised by a handler (or by a source's translator, :class:`~statestream.adapters.kafka.
+    KafkaSource`), it makes the engine count the message in the process's
+    :attr:`~statestream.ProcessInfo.skipped`, report it to the observer (``event_skipped`` with
+    reason ``"rejected: <message>"``), log it (rate-limited) and move on; it is never retried.
     """
 
 

@@ -15,6 +15,12 @@ Each span is current while the work runs, so spans the user's code makes (an HTT
 database driver's) nest inside it. Only the OpenTelemetry API is needed here; configure the SDK
 (a ``TracerProvider`` with an exporter) in the application, or pass ``tracer_provider=``.
 
+Sampling is decided once per run, by the provider's sampler, when the trigger's span starts;
+the decision travels in the trace flags of the run's events. With the SDK's default
+``ParentBased`` sampler the work of an unsampled run starts no span, makes no span context and
+parses no header: it runs in the run's carried trace context (so the user's own spans inside it
+are dropped too), and the events it writes carry the run's headers on unchanged.
+
 A caller that has a ``traceparent`` but no current span (a message from an uninstrumented
 system) continues its trace with :func:`continue_trace`::
 
@@ -25,8 +31,9 @@ system) continues its trace with :func:`continue_trace`::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import __version__
@@ -38,7 +45,10 @@ from .errors import ConfigurationError
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
     from opentelemetry.trace import (
+        DEFAULT_TRACE_STATE,
+        INVALID_SPAN_CONTEXT,
         Link,
         NonRecordingSpan,
         SpanContext,
@@ -64,40 +74,99 @@ _VERSION_HEADER = "record_version"
 _KEEP_RUNS = 10_000
 #: The last hex digit of a ``traceparent``'s flags when its sampled bit (0x01) is clear.
 _UNSAMPLED = frozenset("02468ace")
+#: The span kind of each kind of work.
+_KINDS = {"event": SpanKind.CONSUMER, "timeout": SpanKind.INTERNAL, "callback": SpanKind.INTERNAL}
 
 
-def _extract(headers: Mapping[str, str]) -> Any:
-    """The context of the ``traceparent`` in ``headers`` (a new trace's if it is invalid).
+def _runtime() -> tuple[Callable[[], Any], Callable[[Any], Any], Callable[[Any], None]]:
+    """How to read, set and reset the current OpenTelemetry context: with the default runtime
+    context (``contextvars``), the ContextVar's own methods (the API wraps each in two or
+    three Python calls, a good part of an unsampled step's cost); the API's functions with
+    any other runtime context."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, contextvars.ContextVar):
+        return var.get, var.set, var.reset
+    return otel_context.get_current, otel_context.attach, otel_context.detach
 
-    The W3C format parsed directly: the propagator's regular expressions cost more than the
-    rest of a step."""
-    parts = headers["traceparent"].split("-")
+
+_current, _attach, _detach = _runtime()
+#: The key of the current span in a context (taken through the API, it is private).
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
+
+
+def _parse(traceparent: str, tracestate: str | None) -> SpanContext | None:
+    """The span context of a version-00 W3C ``traceparent`` (invalid when it is malformed),
+    ``None`` when it is another version (left to the propagator).
+
+    Parsed directly: the propagator's regular expressions cost more than the rest of a step."""
+    parts = traceparent.split("-")
     if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or parts[0] != "00":
-        return _PROPAGATOR.extract(headers, _ROOT)  # another version, or malformed
+        return None
     try:
         trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
     except ValueError:
-        return _ROOT
+        return INVALID_SPAN_CONTEXT
     if not trace_id or not span_id:
-        return _ROOT
-    state = headers.get("tracestate")
-    parent = SpanContext(
+        return INVALID_SPAN_CONTEXT
+    return SpanContext(
         trace_id,
         span_id,
         is_remote=True,
         trace_flags=TraceFlags(flags & TraceFlags.SAMPLED),
-        trace_state=TraceState.from_header([state]) if state else None,
+        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
     )
+
+
+def _extract(headers: Mapping[str, str]) -> Any:
+    """The context of the ``traceparent`` in ``headers`` (a new trace's if it is invalid)."""
+    parent = _parse(headers["traceparent"], headers.get("tracestate"))
+    if parent is None:
+        return _PROPAGATOR.extract(headers, _ROOT)  # another version, or malformed
+    if not parent.is_valid:
+        return _ROOT
     return trace.set_span_in_context(NonRecordingSpan(parent), _ROOT)
 
 
-def _drops_unsampled(provider: trace.TracerProvider | None) -> bool:
+class _Carried(NonRecordingSpan):
+    """The current span of work in an unsampled trace, where no span is started at all.
+
+    It carries the trace headers of the event (or of the trigger) as they came, so that the
+    events the work writes carry them on unchanged (an unsampled trace has no spans to
+    parent: its ``traceparent`` is the same from the trigger to the completion hook). Its
+    :class:`SpanContext` is parsed only when something asks for it (a span or a propagator of
+    the user's code inside the work): it is the remote, unsampled parent the SDK's
+    ``ParentBased`` sampler drops the children of."""
+
+    def __init__(
+        self, traceparent: str, tracestate: str | None, context: SpanContext | None = None
+    ) -> None:
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self._parsed = context
+
+    def get_span_context(self) -> SpanContext:
+        context = self._parsed
+        if context is None:
+            context = self._parsed = (
+                _parse(self.traceparent, self.tracestate) or INVALID_SPAN_CONTEXT
+            )
+        return context
+
+    def __repr__(self) -> str:
+        return f"_Carried({self.traceparent!r})"
+
+
+def _drops_unsampled(provider: trace.TracerProvider | None) -> bool | None:
     """Whether ``provider`` samples like the SDK's default ``ParentBased``: it drops the child
-    of every unsampled remote parent. The work of an event whose ``traceparent`` is not
-    sampled then starts no span at all (no sampler call, no IDs, no attributes): it runs in
-    its parent's non-recording context, which it passes on to the events it writes."""
+    of every unsampled remote parent. The work of an unsampled trace then starts no span at
+    all (no sampler call, no IDs, no attributes, no parsing): it runs in a :class:`_Carried`
+    span, whose headers it passes on to the events it writes. ``None`` while the global
+    provider is not set yet (asked again later)."""
     if provider is None:
         provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None
     sampler = getattr(provider, "sampler", None)
     if sampler is None:
         return False
@@ -111,13 +180,30 @@ def _drops_unsampled(provider: trace.TracerProvider | None) -> bool:
     )
 
 
+def _traceparent(ctx: SpanContext) -> str:
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+
+
+def _tracestate(ctx: SpanContext) -> str | None:
+    state = ctx.trace_state
+    if state is DEFAULT_TRACE_STATE or not state:  # the identity first: len() is Python's
+        return None
+    return state.to_header()
+
+
 def _inject(headers: dict[str, str], span: trace.Span) -> None:
     """Write ``span``'s context as ``traceparent`` (and ``tracestate``) into ``headers``."""
+    if type(span) is _Carried:  # an unsampled trace: its headers travel on as they came
+        headers["traceparent"] = span.traceparent
+        if span.tracestate:
+            headers["tracestate"] = span.tracestate
+        return
     ctx = span.get_span_context()
     if ctx.is_valid:
-        headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-        if ctx.trace_state:
-            headers["tracestate"] = ctx.trace_state.to_header()
+        headers["traceparent"] = _traceparent(ctx)
+        tracestate = _tracestate(ctx)
+        if tracestate:
+            headers["tracestate"] = tracestate
 
 
 @contextlib.contextmanager
@@ -134,8 +220,30 @@ def continue_trace(traceparent: str, tracestate: str = "") -> Iterator[None]:
         otel_context.detach(token)
 
 
+class _Unsampled:
+    """What this process knows of an unsampled run: the span its work runs in and the context
+    that holds it, made once per run and process (not per work)."""
+
+    __slots__ = ("context", "span")
+
+    def __init__(self, span: _Carried) -> None:
+        self.span = span
+        self.context = trace.set_span_in_context(span, _ROOT)
+
+
+#: What a run's later work is parented to when its event or timer carries no trace headers:
+#: the span context of the work that wrote the run last (sampled), or the run's carried trace
+#: headers (unsampled).
+_Known = SpanContext | _Unsampled
+
+
 class TracingObserver(NullObserver):
     """One span per unit of work, parented through the events' trace headers (see the module).
+
+    Whether a run is traced is decided once, at its trigger, by the provider's sampler; the
+    decision travels in the trace flags of the run's events, to every process. With the SDK's
+    default ``ParentBased`` sampler the work of an unsampled run makes no span object and
+    parses no header: its trace headers are carried on as they came.
 
     Args:
         tracer_provider: the provider to take the tracer from (default: the global one that
@@ -144,44 +252,80 @@ class TracingObserver(NullObserver):
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("statestream", __version__, tracer_provider)
-        #: run ID and foreign ID -> the span context of the last work that wrote the run here:
-        #: the parent of work whose event or timer carries no trace headers (a fired timeout,
-        #: a consumer's catch-up events, read from the record store when it first starts)
-        self._runs: OrderedDict[str, trace.SpanContext] = OrderedDict()
-        self._drops_unsampled = _drops_unsampled(tracer_provider)
+        self._provider = tracer_provider
+        #: run ID and foreign ID -> what the last work that wrote the run here ran in: the
+        #: parent of work whose event or timer carries no trace headers (a fired timeout, a
+        #: consumer's catch-up events, read from the record store when it first starts)
+        self._runs: OrderedDict[str, _Known] = OrderedDict()
+        self._drops: bool | None = _drops_unsampled(tracer_provider)
+        #: (workflow, process, kind, status) -> the span name, kind and fixed attributes
+        self._shapes: dict[tuple[str, str, str, int], tuple[str, SpanKind, dict[str, Any]]] = {}
 
-    def _parent(self, work: Work) -> tuple[Any, list[Link]]:
-        """The context the work's span starts in, and its links.
+    @property
+    def _drops_unsampled(self) -> bool:
+        drops = self._drops
+        if drops is None:
+            drops = self._drops = _drops_unsampled(self._provider)
+        return bool(drops)
 
-        Background work takes its parent only from the event's headers or from what this
-        process knows of the run, never from the task's current context (a task may have been
-        started inside a caller's span); a callback is a child of its caller's span when there
-        is one, linked to the run's trace."""
-        headers = work.headers
-        if "traceparent" in headers:
-            return _extract(headers), []
-        known = self._runs.get(work.run_id or work.foreign_id)
-        if work.kind == "callback" and trace.get_current_span().get_span_context().is_valid:
-            return None, [Link(known)] if known is not None else []
-        if known is not None:
-            return trace.set_span_in_context(trace.NonRecordingSpan(known)), []
-        return _ROOT, []
+    def _shape(self, work: Work) -> tuple[str, SpanKind, dict[str, Any]]:
+        key = (work.workflow, work.process, work.kind, work.status)
+        shape = self._shapes[key] = (
+            f"{work.workflow} {work.process}",
+            _KINDS.get(work.kind, SpanKind.INTERNAL),
+            {
+                "statestream.workflow": work.workflow,
+                "statestream.process": work.process,
+                "statestream.kind": work.kind,
+                "statestream.status": work.status,
+            },
+        )
+        return shape
 
     def work_started(self, work: Work) -> object:
-        if self._drops_unsampled:
-            traceparent = work.headers.get("traceparent")
-            # "00-<trace>-<span>-<flags>": the sampled bit clear, the sampler would drop it
-            if traceparent is not None and len(traceparent) == 55 and traceparent[54] in _UNSAMPLED:
-                context = _extract(work.headers)
-                if context is not _ROOT:
-                    return None, otel_context.attach(context)
-        parent, links = self._parent(work)
-        attributes: dict[str, str | int] = {
-            "statestream.workflow": work.workflow,
-            "statestream.process": work.process,
-            "statestream.kind": work.kind,
-            "statestream.status": work.status,
-        }
+        headers = work.headers
+        links: list[Link] | None = None
+        traceparent = headers.get("traceparent")
+        if traceparent is not None:
+            # "00-<trace>-<span>-<flags>" with the sampled bit clear (_is_unsampled, inline)
+            if (
+                len(traceparent) == 55
+                and traceparent[54] in _UNSAMPLED
+                and traceparent[2] == "-"
+                and traceparent[35] == "-"
+                and traceparent[52] == "-"
+                and (self._drops or self._drops_unsampled)
+            ):
+                # The sampler would drop its span: run in the carried headers instead.
+                known = self._runs.get(work.run_id)
+                if type(known) is not _Unsampled or known.span.traceparent != traceparent:
+                    known = _Unsampled(_Carried(traceparent, headers.get("tracestate")))
+                return _attach(known.context)
+            parent = _extract(headers)
+        else:
+            # Background work takes its parent only from the event's headers or from what
+            # this process knows of the run, never from the task's current context (a task
+            # may have been started inside a caller's span); a callback is a child of its
+            # caller's span when there is one, linked to the run's trace.
+            found = self._runs.get(work.run_id or work.foreign_id)
+            if work.kind == "callback" and trace.get_current_span().get_span_context().is_valid:
+                parent = None
+                if found is not None:
+                    linked = found.span.get_span_context() if type(found) is _Unsampled else found
+                    links = [Link(linked)]  # type: ignore[arg-type]
+            elif found is None:
+                parent = _ROOT
+            elif isinstance(found, _Unsampled):
+                if self._drops_unsampled:
+                    return _attach(found.context)
+                parent = found.context
+            else:
+                parent = trace.set_span_in_context(NonRecordingSpan(found), _ROOT)
+        shape = self._shapes.get((work.workflow, work.process, work.kind, work.status))
+        if shape is None:
+            shape = self._shape(work)
+        name, kind, fixed = shape
+        attributes = fixed.copy()
         if work.run_id:
             attributes["statestream.run_id"] = work.run_id
         if work.foreign_id:
@@ -189,24 +333,18 @@ class TracingObserver(NullObserver):
         if work.event is not None:
             attributes["statestream.event_id"] = work.event.id
         span = self._tracer.start_span(
-            f"{work.workflow} {work.process}",
-            context=parent,
-            kind=SpanKind.CONSUMER if work.kind == "event" else SpanKind.INTERNAL,
-            attributes=attributes,
-            links=links,
+            name, context=parent, kind=kind, attributes=attributes, links=links
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token
+        return span, otel_context.attach(trace.set_span_in_context(span))
 
     def work_finished(
         self, work: Work, token: object, seconds: float, error: BaseException | None
     ) -> None:
-        if not isinstance(token, tuple):
+        if type(token) is not tuple:
+            if token is not None:  # an unsampled trace: no span was made
+                _detach(token)
             return
         span, attached = token
-        if span is None:  # an unsampled trace: no span was made
-            otel_context.detach(attached)
-            return
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -215,47 +353,76 @@ class TracingObserver(NullObserver):
 
     def propagate(self, headers: dict[str, str]) -> None:
         if headers.get(_VERSION_HEADER) == "1":
-            # A new run: its trigger is the trace's first span (a child of the caller's).
-            span = self._tracer.start_span(
-                f"{headers.get('workflow_name', '')} trigger",
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "statestream.workflow": headers.get("workflow_name", ""),
-                    "statestream.run_id": headers.get("run_id", ""),
-                    "statestream.foreign_id": headers.get("foreign_id", ""),
-                },
-            )
-            _inject(headers, span)
-            span.end()
-            self._remember(headers.get("run_id", ""), headers.get("foreign_id", ""), span)
+            self._trigger(headers)
             return
-        _inject(headers, trace.get_current_span())
+        span = _current().get(_SPAN_KEY)
+        if type(span) is _Carried:  # an unsampled trace: its headers travel on as they came
+            headers["traceparent"] = span.traceparent
+            if span.tracestate:
+                headers["tracestate"] = span.tracestate
+        else:
+            _inject(headers, trace.get_current_span())
+
+    def _trigger(self, headers: dict[str, str]) -> None:
+        """A new run: its trigger is the trace's first span (a child of the caller's), and
+        the sampler's decision on it is the run's."""
+        workflow = headers.get("workflow_name", "")
+        run_id = headers.get("run_id", "")
+        foreign_id = headers.get("foreign_id", "")
+        span = self._tracer.start_span(
+            f"{workflow} trigger",
+            context=_current(),  # the caller's (the SDK would look it up three times)
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "statestream.workflow": workflow,
+                "statestream.run_id": run_id,
+                "statestream.foreign_id": foreign_id,
+            },
+        )
+        span.end()
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return
+        traceparent = headers["traceparent"] = _traceparent(ctx)
+        tracestate = _tracestate(ctx)
+        if tracestate:
+            headers["tracestate"] = tracestate
+        known: _Known = ctx
+        if not ctx.trace_flags.sampled and self._drops_unsampled:
+            known = _Unsampled(_Carried(traceparent, tracestate, ctx))
+        self._remember(run_id, foreign_id, known)
 
     def record_written(self, previous: Record | None, record: Record) -> None:
         if previous is None:
             return  # a trigger: propagate remembered its span
-        context = trace.get_current_span().get_span_context()
-        if not context.is_valid:
+        span = _current().get(_SPAN_KEY)
+        if type(span) is _Carried:
+            if record.run_state.finished:
+                self._forget(record)
+                return
+            found = self._runs.get(record.run_id)
+            if type(found) is not _Unsampled or found.span is not span:
+                self._remember(record.run_id, record.foreign_id, _Unsampled(span))
             return
-        runs = self._runs
+        ctx = trace.get_current_span().get_span_context()
+        if not ctx.is_valid:
+            return
         if record.run_state.finished:
-            runs.pop(record.run_id, None)
-            runs.pop(record.foreign_id, None)
+            self._forget(record)
             return
-        runs[record.run_id] = context
-        runs[record.foreign_id] = context
+        self._remember(record.run_id, record.foreign_id, ctx)
+
+    def _remember(self, run_id: str, foreign_id: str, known: _Known) -> None:
+        runs = self._runs
+        runs[run_id] = runs[foreign_id] = known
         if len(runs) > _KEEP_RUNS:
             runs.popitem(last=False)
             runs.popitem(last=False)
 
-    def _remember(self, run_id: str, foreign_id: str, span: trace.Span) -> None:
-        context = span.get_span_context()
-        if context.is_valid:
-            runs = self._runs
-            runs[run_id] = runs[foreign_id] = context
-            if len(runs) > _KEEP_RUNS:
-                runs.popitem(last=False)
-                runs.popitem(last=False)
+    def _forget(self, record: Record) -> None:
+        runs = self._runs
+        runs.pop(record.run_id, None)
+        runs.pop(record.foreign_id, None)
 
 
 def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:

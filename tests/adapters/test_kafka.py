@@ -277,3 +277,48 @@ async def test_an_existing_topic_keeps_its_partition_count(kafka_bootstrap: str)
     finally:
         await first.close()
         await second.close()
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_the_runs_origin_travels_as_kafka_record_headers(kafka: KafkaStreamer) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    # Given an event of a run started under a W3C trace context, and one without any
+    topic = "orders-8"
+    at = datetime.now(UTC)
+    traced = {"foreign_id": "order-7", "traceparent": TRACEPARENT, "tracestate": "k=v", "x": "1"}
+    await kafka.publish(
+        topic, [Message("run-a", 1, traced, at), Message("run-a", 1, {"foreign_id": "o-8"}, at)]
+    )
+
+    # When any Kafka consumer reads the records, then their Kafka headers name the origin
+    raw = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": _prefix()})
+    try:
+        partition = shard_of("run-a", kafka.partitions)
+        raw.assign([TopicPartition(kafka.kafka_topic(topic), partition, 0)])
+        got: list[Any] = []
+        async with asyncio.timeout(10):
+            while len(got) < 2:
+                msg = await asyncio.to_thread(raw.poll, 0.2)
+                if msg is not None and msg.error() is None:
+                    got.append(msg)
+    finally:
+        await asyncio.to_thread(raw.close)
+    assert got[0].headers() == [
+        ("foreign_id", b"order-7"),
+        ("traceparent", TRACEPARENT.encode()),
+        ("tracestate", b"k=v"),
+    ]
+    assert got[1].headers() == [("foreign_id", b"o-8")]
+    assert TRACEPARENT.encode() not in got[0].value()  # sent once, as a header
+
+    # And a statestream consumer gets them back among the event's headers
+    receiver = await kafka.receiver(topic, "origin")
+    try:
+        first, second = await _collect(receiver, 2)
+        assert dict(first.headers) == traced
+        assert dict(second.headers) == {"foreign_id": "o-8"}
+    finally:
+        await receiver.close()

@@ -3,7 +3,8 @@
 A three-step pipeline (``reserve``, ``charge``, ``ship``), two shards per step, on the backend the
 environment names (``tests/backends.py``):
 
-- ``PIPELINE_BACKEND``: ``sqlite``, ``postgres`` or ``mysql``;
+- ``PIPELINE_BACKEND``: ``sqlite``, ``postgres``, ``mysql``, ``postgres+kafka`` or ``mysql+kafka``
+  (the Kafka sets find the broker in ``STATESTREAM_KAFKA_BOOTSTRAP``);
 - ``PIPELINE_LOCATION``: the SQLite file or the server URL;
 - ``PIPELINE_PREFIX``: the table prefix (server backends);
 - ``PIPELINE_EFFECTS``: a directory; each process appends its side effects to a file of its own
@@ -25,7 +26,10 @@ The test process imports :func:`build` to trigger runs with a workflow it never 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -35,6 +39,27 @@ import backends  # tests/backends.py: tests/ is on the path (pytest; PYTHONPATH 
 from statestream import Builder, Run, Workflow
 
 WORKFLOW = "pipeline"
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """SIGUSR1: write every asyncio task's stack to stderr (the worker's log), so that a test
+    that timed out can show where each worker's tasks wait."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    out = io.StringIO()
+    tasks = asyncio.all_tasks(loop)
+    out.write(f"=== {len(tasks)} asyncio tasks of pid {os.getpid()} ===\n")
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    out.write("=== end of tasks ===\n")
+    sys.stderr.write(out.getvalue())
+    sys.stderr.flush()
+
+
+if hasattr(signal, "SIGUSR1"):
+    signal.signal(signal.SIGUSR1, _dump_tasks)
 
 
 class Status(IntEnum):

@@ -20,7 +20,8 @@ class Trigger(Generic[O]):
     """Start a run of this workflow for ``foreign_id``.
 
     The run ID is derived from the other run's ID and version (the visit of ``at``) and the
-    connection's name, so a redelivered event starts no second run. While ``foreign_id`` has an
+    connection's name (for a connector: from its name and the event's topic and ID), so a
+    redelivered event starts no second run. While ``foreign_id`` has an
     unfinished run (running or paused), the trigger is skipped (logged, and reported to the
     observer as ``"run in progress"``).
 

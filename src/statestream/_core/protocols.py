@@ -80,7 +80,9 @@ class RecordStore(Protocol):
     event straight into the streamer in the write's own transaction, leaving the outbox empty,
     may set ``publishes_in_transaction = True``. The engine then does not wake its outbox relay
     on every write; the relay still polls at its ``polling_frequency``, so outbox rows left by
-    another configuration are still published.
+    another configuration are still published. Such a store may also name that streamer,
+    ``publishes_into``: ``build`` then refuses a different streamer (``ConfigurationError``),
+    whose consumers would never see the events.
 
     Likewise, a store whose ``lookup`` is a read of this process's memory may set
     ``local_lookups = True``: the engine then keeps no cache of the records it wrote to spare
@@ -279,7 +281,15 @@ class EventHistory(Protocol):
 class ConnectorSource(Protocol):
     """An outside stream a connector consumes: opens a receiver under a durable consumer name.
 
-    :class:`statestream.StreamSource` adapts any topic of an :class:`EventStreamer`.
+    :class:`statestream.StreamSource` adapts any topic of an :class:`EventStreamer`;
+    :class:`statestream.adapters.kafka.KafkaSource` reads any Kafka topic.
+
+    A source that can read one shard's part of its stream itself (a Kafka topic's partitions)
+    says so with a ``shards_itself = True`` attribute: each connector shard then opens its
+    receiver with ``receiver(name, shard=i, shards=n)`` and gets only its part, and the engine
+    drops nothing by key. Every event of one key must then fall in one shard, in order.
+    A source may also offer ``async handle(workflow, event)``, the handler
+    ``Builder.add_connector`` uses when given none.
     """
 
     async def receiver(self, name: str) -> EventReceiver: ...

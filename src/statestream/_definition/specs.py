@@ -60,8 +60,9 @@ class TimeoutSpec(Generic[T, StatusT]):
 class ConnectorSpec(Generic[T, StatusT]):
     name: str
     source: ConnectorSource
-    #: ``handler(workflow, event)``: the public Workflow is passed as its first argument.
-    fn: Callable[[Any, Event], Awaitable[None]]
+    #: ``handler(workflow, event)``: the public Workflow is passed as its first argument; it
+    #: may return Triggers and Callbacks to apply.
+    fn: Callable[[Any, Event], Awaitable[object]]
     options: ProcessOptions
 
 

@@ -34,30 +34,22 @@ the write here are retried with backoff and parked after ``park_after_errors`` a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Any
 
-from .._codec import check_text
-from .._core.actions import Callback, Trigger
-from .._core.ids import derived_id
 from .._core.protocols import EventReceiver
 from .._core.records import Event, Record, run_state_change_topic, status_topic
 from .._core.run import Run
 from .._core.runstate import RunState
-from .._definition.graph import Graph
-from .._definition.options import ProcessOptions
 from .._definition.specs import ConnectionSpec
 from ..errors import (
-    InvalidInput,
     RecordNotFound,
     StaleRead,
     UnknownStatus,
-    VersionConflict,
-    WorkflowInProgress,
 )
-from .callbacks import CallbackOutcome, run_callback
+from .actions import Applier, actions_of, retry_policy
 from .catchup import CatchUp
-from .dispatch import Body, ErrorPolicy, ParkEvent
+from .dispatch import Body
 from .lease import HELD
 from .processes import consumer_body
 from .runtime import H_RUN_STATE, H_VERSION, Runtime
@@ -114,60 +106,6 @@ def _to_run(spec: ConnectionSpec, record: Record) -> Run[Any, Any]:
     )
 
 
-class NotYet(Exception):
-    """A Callback's run does not exist yet, or is at a status before the callback's: retried."""
-
-
-def _reachable(graph: Graph, start: int) -> frozenset[int]:
-    """The statuses a run at ``start`` can still reach (not ``start`` itself unless by a cycle)."""
-    seen: set[int] = set()
-    todo = list(graph.transitions(start))
-    while todo:
-        node = todo.pop()
-        if node not in seen:
-            seen.add(node)
-            todo.extend(graph.transitions(node))
-    return frozenset(seen)
-
-
-def _policy(what: str, opts: ProcessOptions) -> ErrorPolicy:
-    """Retry with backoff (the dispatcher backs off per key) and park after
-    ``park_after_errors`` attempts; a Callback waiting for its run is logged quietly."""
-    limit = opts.park_after_errors
-
-    async def on_error(event: Event, exc: BaseException, attempt: int) -> bool:
-        quiet = isinstance(exc, NotYet)
-        (log.info if quiet else log.warning)(
-            "statestream: %s failed for %s (attempt %d%s): %r",
-            what,
-            event.key,
-            attempt,
-            f" of {limit}" if limit else "",
-            exc,
-            exc_info=attempt == 1 and not quiet,
-        )
-        if limit and attempt >= limit:
-            raise ParkEvent(f"{what} failed {attempt} times", exc)
-        return False
-
-    return on_error
-
-
-def _actions(result: object) -> list[Trigger[Any] | Callback]:
-    if result is None:
-        return []
-    if isinstance(result, Trigger | Callback):
-        return [result]
-    if isinstance(result, Iterable) and not isinstance(result, str | bytes):
-        items = list(result)
-        if all(isinstance(item, Trigger | Callback) for item in items):
-            return items
-    raise InvalidInput(
-        f"a connection's function must return a Trigger, a Callback, a list of them or None, "
-        f"got {result!r}"
-    )
-
-
 def connection_body(
     rt: Runtime[Any, Any], spec: ConnectionSpec, shard: int, shards: int, role: str
 ) -> Body:
@@ -176,13 +114,6 @@ def connection_body(
     streamer = spec.streamer or rt.streamer
     store = spec.store or rt.store
     what = f"connection {spec.name}"
-    reachable: dict[int, frozenset[int]] = {}
-
-    def after(status: int) -> frozenset[int]:
-        found = reachable.get(status)
-        if found is None:
-            found = reachable[status] = _reachable(rt.d.graph, status)
-        return found
 
     def skip(event: Event, reason: str, *, counted: bool = False, warn: bool = False) -> None:
         if counted:
@@ -195,58 +126,7 @@ def connection_body(
         if rt.observer is not None:
             rt.skipped(event, reason)
 
-    async def trigger(event: Event, action: Trigger[Any], key: str) -> None:
-        foreign_id = action.foreign_id
-        if not isinstance(foreign_id, str) or not foreign_id:
-            raise InvalidInput(f"Trigger needs a non-empty foreign_id, got {foreign_id!r}")
-        check_text(foreign_id, "Trigger foreign_id")
-        status = rt.d.start_status
-        if action.start_at is not None:
-            start = action.start_at
-            graph = rt.d.graph
-            if (
-                not isinstance(start, rt.d.status_type)
-                or int(start) not in graph
-                or graph.is_terminal(int(start))
-            ):
-                raise UnknownStatus(f"Trigger start_at {start!r} is not a status runs start at")
-            status = start
-        run_id = derived_id(event.key, key)
-        try:
-            await rt.store.lookup(run_id)
-        except RecordNotFound:
-            pass
-        else:
-            skip(event, "already triggered")  # a redelivery of an event handled before
-            return
-        try:
-            await rt.create(foreign_id, status, action.initial, run_id=run_id)
-        except VersionConflict:
-            skip(event, "already triggered")
-        except WorkflowInProgress:
-            skip(event, f"run in progress for {foreign_id!r}")
-
-    async def deliver(event: Event, action: Callback) -> None:
-        if not isinstance(action.status, rt.d.status_type):
-            raise UnknownStatus(
-                f"Callback status must be a member of {rt.d.status_type.__name__}, "
-                f"got {action.status!r}"
-            )
-        try:
-            result = await run_callback(rt, action.foreign_id, action.status, action.payload)
-        except RecordNotFound:
-            # The run is not triggered yet (by another connection, say): wait for it.
-            raise NotYet(f"no run of {action.foreign_id!r} yet") from None
-        if result.outcome is CallbackOutcome.NOT_AT_STATUS:
-            where, target = int(result.run.status), int(action.status)
-            if target in after(where) and where not in after(target):
-                # Before the status, and not a run that may have passed it: it gets there.
-                raise NotYet(f"run of {action.foreign_id!r} is not at {action.status.name} yet")
-            skip(event, f"run of {action.foreign_id!r} not at {action.status.name}")
-        elif result.outcome is CallbackOutcome.STOPPED:
-            skip(event, "record stopped" if result.run.run_state.stopped else "record finished")
-        elif result.outcome is CallbackOutcome.SKIPPED:
-            skip(event, "next value specified skip")
+    applier = Applier(rt, skip)
 
     async def handle(event: Event) -> None:
         if opts.lag:
@@ -277,11 +157,11 @@ def connection_body(
         # The visit of ``at`` is the event's version (the run may have moved on since: ``run``
         # is as stored now).
         result = await call_user(spec.fn, spec.is_async, run)
-        for i, action in enumerate(_actions(result)):
-            if isinstance(action, Trigger):
-                await trigger(event, action, f"{spec.name}\0{event.key}\0{version}\0{i}")
-            else:
-                await deliver(event, action)
+        await applier.apply(
+            event,
+            actions_of(result, "a connection's function"),
+            lambda i: f"{spec.name}\0{event.key}\0{version}\0{i}",
+        )
 
     def open_receiver() -> Awaitable[EventReceiver]:
         return streamer.receiver(
@@ -304,4 +184,4 @@ def connection_body(
             shards=shards,
             source=(spec.source, streamer, store),
         )
-    return consumer_body(open_receiver, handle, _policy(what, opts), opts, catch_up=pick_up)
+    return consumer_body(open_receiver, handle, retry_policy(what, opts), opts, catch_up=pick_up)

@@ -14,7 +14,6 @@ deadline, measures its lag, and retries the parked events an operator asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from time import monotonic
 from typing import Any
 
+from .._core.aio import checkpoint, wait_event
 from .._core.protocols import EventReceiver
 from .._core.records import Event, ParkedEvent, shard_of
 from . import observe
@@ -175,6 +175,7 @@ class KeyedDispatcher:
         space = self._space
         receiver = self._receiver
         while not stopping.is_set():
+            checkpoint()  # a receiver (or its driver) may have swallowed our cancellation
             if not space.is_set():
                 await space.wait()
                 continue
@@ -422,9 +423,7 @@ class KeyedDispatcher:
                             exc_info=True,
                         )
                     failing = True
-            wake = sup.parked_wake
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval)
+            await wait_event(sup.parked_wake, interval)
 
     def _measure_lag(self, held: Held) -> None:
         clock = held.supervisor.clock

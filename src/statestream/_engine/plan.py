@@ -9,9 +9,9 @@ from typing import Any
 
 from .._definition.options import ProcessOptions
 from .connect import connection_body
+from .connector import connector_body
 from .dispatch import Body
 from .processes import (
-    connector_body,
     delete_body,
     hook_body,
     pause_retry_body,

@@ -1,8 +1,8 @@
 """Bodies of the event-driven background processes of a workflow.
 
 Each factory returns ``body(stopping)``, run by the Supervisor while the process's role is held:
-step consumers, run-state hooks, the data deleter, the pause-retry process and connectors. The
-outbox relay and the timeout processes live in ``relay.py`` and ``timeouts.py``.
+step consumers, run-state hooks, the data deleter and the pause-retry process. The outbox relay,
+the timeout processes and connectors live in ``relay.py``, ``timeouts.py`` and ``connector.py``.
 
 Every engine consumer reads from the newest event when its name is new, and step consumers and
 the data deleter catch up from the record store instead (see ``catchup.py``). Step shards read
@@ -31,11 +31,10 @@ from .runtime import H_PAUSED_BY, H_RUN_STATE, H_VERSION, Runtime
 from .usercode import call_user
 
 if TYPE_CHECKING:
-    from .._definition.specs import ConnectorSpec, HookSpec, StepSpec
+    from .._definition.specs import HookSpec, StepSpec
 
 __all__ = [
     "Body",
-    "connector_body",
     "consumer_body",
     "delete_body",
     "hook_body",
@@ -305,27 +304,4 @@ def pause_retry_body(rt: Runtime[T, StatusT], role: str, opts: ProcessOptions) -
 
     return consumer_body(
         open_receiver, handle, _retry_forever("pause retry", opts), opts, accept=accept
-    )
-
-
-def connector_body(
-    rt: Runtime[T, StatusT], spec: ConnectorSpec[T, StatusT], shard: int, shards: int, role: str
-) -> Body:
-    opts = spec.options
-
-    async def handle(event: Event) -> None:
-        if opts.lag:
-            await rt.wait_lag(event, opts.lag)
-        await call_user(spec.fn, True, rt.facade, event)
-
-    def open_receiver() -> Awaitable[EventReceiver]:
-        return spec.source.receiver(role)
-
-    return consumer_body(
-        open_receiver,
-        handle,
-        _retry_forever(f"connector {spec.name}", opts),
-        opts,
-        shard=shard,
-        shards=shards,
     )

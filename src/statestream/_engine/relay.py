@@ -1,4 +1,8 @@
-"""The outbox relay: publishes events written with their records, then deletes them."""
+"""The outbox relay: publishes events written with their records, then deletes them.
+
+At least once: a relay stopped between publishing a batch and deleting it (killed, its lease
+lost, the store unreachable) publishes the batch again, and the consumers' version checks drop
+the copies."""
 
 from __future__ import annotations
 
@@ -13,17 +17,46 @@ from .runtime import Runtime
 __all__ = ["relay_body"]
 
 
+#: After a batch, the relay looks again this soon, doubling while it finds nothing, up to the
+#: outbox's ``polling_frequency``: the other processes' writes (which cannot wake it) wait
+#: milliseconds while they keep coming, and an idle relay polls at ``polling_frequency``.
+FIRST_IDLE_POLL = 0.01
+
+
 async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
     wake = rt.outbox_wake
     interval = rt.d.outbox_options.polling_frequency
+    idle = interval
+    # Stopping wakes an idle relay too (else a stop waited for its poll, or the grace).
+    forward = asyncio.ensure_future(_wake_on(stopping, wake))
+    try:
+        await _relay(rt, stopping, wake, interval, idle)
+    finally:
+        forward.cancel()
+
+
+async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:
+    await stopping.wait()
+    wake.set()
+
+
+async def _relay(
+    rt: Runtime[Any, Any],
+    stopping: asyncio.Event,
+    wake: asyncio.Event,
+    interval: float,
+    idle: float,
+) -> None:
     while not stopping.is_set():
         wake.clear()
         events = await rt.store.list_outbox(rt.name, 1000)
         if not events:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(idle):
                     await wake.wait()
+            idle = min(interval, idle * 2)
             continue
+        idle = min(interval, FIRST_IDLE_POLL)
         started = time.monotonic()
         by_topic: dict[str, list[Message]] = {}
         for event in events:
@@ -32,8 +65,22 @@ async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
                 by_topic[event.topic] = [event.message]
             else:
                 msgs.append(event.message)
-        for topic, messages in by_topic.items():
-            await rt.streamer.publish(topic, messages)
+        # Every topic of the batch at once (a streamer that batches, Kafka's producer, sends
+        # them together); then delete what the streamer acknowledged, even when another topic
+        # failed: only the failed topics' events are published again.
+        topics = list(by_topic)
+        results = await asyncio.gather(
+            *(rt.streamer.publish(topic, by_topic[topic]) for topic in topics),
+            return_exceptions=True,
+        )
+        failed = {
+            t: r for t, r in zip(topics, results, strict=True) if isinstance(r, BaseException)
+        }
+        if failed:
+            done = [e.id for e in events if e.topic not in failed]
+            if done:
+                await rt.store.delete_outbox(done)
+            raise next(iter(failed.values()))
         await rt.store.delete_outbox([e.id for e in events])
         if rt.observer is not None:
             lag = (rt.clock.now() - events[0].created_at).total_seconds()

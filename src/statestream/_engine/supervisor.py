@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._core.aio import wait_event
 from .._core.protocols import Clock, Lease, RoleMembers, RoleScheduler
 from ..errors import AdapterConnectionError
 from . import observe
@@ -96,7 +97,8 @@ class ProcessInfo:
             or retries one and every minute while it holds its role); see ``Workflow.parked()``.
         skipped: events it passed over as not its own since it started: messages on the topic
             of another workflow's connection (``Builder.connect``) that are not that workflow's
-            or do not decode. Runs left alone because they moved on are not counted.
+            or do not decode, and messages a connector rejected (``EventRejected``, or actions
+            that cannot be applied). Runs left alone because they moved on are not counted.
     """
 
     state: ProcessState
@@ -118,11 +120,7 @@ async def sleep_unless(stopping: asyncio.Event, seconds: float) -> bool:
     """Sleep, returning early with ``True`` if ``stopping`` is set first."""
     if stopping.is_set():
         return True
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    return await wait_event(stopping, seconds)
 
 
 Body = Callable[[asyncio.Event], Awaitable[None]]

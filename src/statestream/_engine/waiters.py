@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from .._core.aio import checkpoint
 from .._core.ids import new_id
 from .._core.protocols import EventReceiver, EventStreamer
 from .._core.records import Event, Header, Record, run_state_change_topic, status_topic
@@ -296,6 +297,7 @@ class Waiters:
                 reopened = True
                 while True:
                     self._delivered(await receiver.recv(_BATCH))
+                    checkpoint()  # the receiver (or its driver) may have swallowed our cancel
             except Exception as exc:
                 self._failed(sub, exc)
             finally:

@@ -13,6 +13,7 @@ ack of an event this receiver did not return commits that event's own partition 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -30,7 +31,7 @@ from confluent_kafka import (
 
 from ..._core.records import Event, shard_of
 from ...errors import AdapterConnectionError, AdapterError
-from . import _wire
+from . import _message, _wire
 
 if TYPE_CHECKING:
     from ._streamer import KafkaStreamer
@@ -47,6 +48,12 @@ _BUFFER = 5_000
 _POLL = 0.05
 #: The same fetch error is logged at most once in this many seconds.
 _WARN_EVERY = 60.0
+#: Fetch errors that mean the topic is gone.
+_MISSING = (
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION,
+)
 #: How long opening a ``from_latest`` receiver waits to find the true end of a partition.
 _PROBE = 5.0
 
@@ -65,6 +72,7 @@ class KafkaReceiver:
         *,
         keep: tuple[int, int] | None,
         ephemeral: bool,
+        external: bool = False,
     ) -> None:
         self._streamer = streamer
         self.topic = topic
@@ -73,13 +81,15 @@ class KafkaReceiver:
         self.partitions = partitions
         self._keep = keep
         self._ephemeral = ephemeral
+        self._external = external  # any producer's records, as KafkaEvents (KafkaSource)
         if ephemeral:
             import uuid
 
             config = {**config, "group.id": f"{group}.ephemeral.{uuid.uuid4().hex}"}
         else:
             config = {**config, "group.id": group}
-        self._config = config
+        self._config = {**config, "on_commit": self._on_commit}
+        self._commits: deque[asyncio.Future[None]] = deque()  # asynchronous commits in flight
         self._consumer: Consumer | None = None
         self._is_new = True
         self._buffer: deque[Event] = deque()
@@ -119,7 +129,7 @@ class KafkaReceiver:
         tps = [TopicPartition(self._kafka_topic, p) for p in self.partitions]
         timeout = streamer.connect_timeout
         consumer = self._consumer
-        if self._ephemeral:
+        if self._ephemeral or not tps:
             committed: dict[int, int] = {}
         else:
             try:
@@ -271,14 +281,30 @@ class KafkaReceiver:
                     at = time.monotonic()
                     if at - self._warned.get(code, -_WARN_EVERY) >= _WARN_EVERY:
                         self._warned[code] = at  # once a minute per kind: no flood of logs
-                        log.warning(
-                            "statestream: Kafka consumer %s on %s: %s (it keeps retrying)",
-                            self.group,
-                            self._kafka_topic,
-                            err,
-                        )
+                        if code in _MISSING:
+                            log.error(
+                                "statestream: Kafka topic %s does not exist at %s (deleted?): "
+                                "consumer %s keeps retrying and reads it again once it is "
+                                "created (%s)",
+                                self._kafka_topic,
+                                self._streamer.bootstrap_servers,
+                                self.group,
+                                err,
+                            )
+                        else:
+                            log.warning(
+                                "statestream: Kafka consumer %s on %s: %s (it keeps retrying)",
+                                self.group,
+                                self._kafka_topic,
+                                err,
+                            )
                 continue
-            event = _wire.decode(self.topic, msg.partition(), msg.offset(), msg.key(), msg.value())
+            if self._external:
+                events.append(_message.external(msg))
+                continue
+            event = _wire.decode(
+                self.topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers()
+            )
             if event is None:
                 skipped += 1
                 if self.skipped + skipped <= 3:
@@ -354,12 +380,51 @@ class KafkaReceiver:
         consumer = self._consumer
         assert consumer is not None
         tps = [TopicPartition(self._kafka_topic, p, o) for p, o in forward.items()]
+        thread = self._thread
         try:
-            await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
+            if thread is None or not thread.is_alive():  # opening: nothing polls for results
+                await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
+            else:
+                await self._commit_async(consumer, tps)
         except KafkaException as exc:
             raise self._failed("committing offsets", exc) from exc
         for p, o in forward.items():
             self._committed[p] = max(o, self._committed.get(p, -1))
+
+    async def _commit_async(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        """Commit on the fetching thread without blocking it, and wait for the broker's answer
+        (its ``on_commit`` report, in order) at most ``connect_timeout``: a commit to a broker
+        that is down must not stop the fetching, nor hold the ack for ever."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def start() -> None:
+            consumer.commit(offsets=tps, asynchronous=True)
+            self._commits.append(future)  # reported by _on_commit, on this same thread
+
+        await self._call(start)
+        timeout = self._streamer.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(future)
+        except TimeoutError:
+            raise AdapterConnectionError(
+                f"committing offsets of consumer {self.group!r} on Kafka topic "
+                f"{self._kafka_topic!r} at {self._streamer.bootstrap_servers} got no answer "
+                f"within {timeout:g}s; check that the brokers are up"
+            ) from None
+
+    def _on_commit(self, err: KafkaError | None, _partitions: object) -> None:
+        """The broker answered the oldest commit in flight (on the fetching thread)."""
+        if not self._commits:
+            return
+        future = self._commits.popleft()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        ok = err is None or err.code() == KafkaError._NO_OFFSET
+        error = None if ok else KafkaException(err)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_settle, future, None, error)
 
     async def close(self) -> None:
         if self._closed:

@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -42,7 +43,43 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 1_000_000,
     "message.timeout.ms": 30_000,
+    # Topics are created by the streamer, with its partition count; a broker must never
+    # create one with its own default when the producer asks about a missing (deleted) one.
+    "allow.auto.create.topics": False,
 }
+
+
+#: Producer errors after which the producer cannot be used again.
+_FATAL = (
+    KafkaError._FATAL,
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+)
+
+
+class ClientLog:
+    """Where librdkafka's own log lines go (its ``logger`` setting): to ``logger``, each kind of
+    line (level and facility) at most once every ``every`` seconds, with a count of the ones
+    left out. A broker that is down makes every client log each reconnection attempt."""
+
+    def __init__(self, logger: logging.Logger, every: float = 30.0) -> None:
+        self.logger = logger
+        self.every = every
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:  # on librdkafka's threads
+        key = (level, str(args[0]) if args else fmt)
+        now = time.monotonic()
+        last, left_out = self._seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self._seen[key] = (last, left_out + 1)
+            return
+        self._seen[key] = (now, 0)
+        if left_out:
+            fmt += " (and %d such lines in the last %gs)"
+            args = (*args, left_out, self.every)
+        self.logger.log(level, fmt, *args)
 
 
 class _Batch:
@@ -124,7 +161,7 @@ class KafkaStreamer:
         self.max_message_bytes = max_message_bytes
         self._common: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
-            "logger": log,
+            "logger": ClientLog(log),
         }
         self._producer_config = {
             **self._common,
@@ -137,6 +174,7 @@ class KafkaStreamer:
         self._admin: AdminClient | None = None
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
+        self._retired: list[Producer] = []  # replaced producers with reports still to come
         self._stop = threading.Event()
         self._topics: dict[str, int] = {}  # logical topic -> partition count
         self._creating: dict[str, asyncio.Future[int]] = {}
@@ -199,17 +237,51 @@ class KafkaStreamer:
         )
         self._poller.start()
 
+    def _consumer_settings(self) -> dict[str, Any]:
+        """The settings of a receiver's consumer: commits only by hand, and no group
+        membership (receivers assign their partitions themselves)."""
+        return {
+            **self._common,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "socket.connection.setup.timeout.ms": self._timeout_ms(),
+            **self._consumer_config,
+        }
+
     def _timeout_ms(self) -> int:
         return max(1000, int(self.connect_timeout * 1000))
 
     def _poll_producer(self) -> None:
-        producer = self._producer
-        assert producer is not None
         while not self._stop.is_set():
             try:
+                for old in list(self._retired):  # replaced: deliver what they still hold
+                    old.poll(0)
+                    if len(old) == 0:
+                        self._retired.remove(old)
+                producer = self._producer
+                if producer is None:
+                    return
                 producer.poll(0.05)
             except Exception:  # a failing callback must not end delivery reports
                 log.exception("statestream: Kafka producer poll failed")
+
+    async def _replace_producer(self, failed: Producer, err: KafkaError) -> None:
+        """A fatal error (a fenced idempotent producer, after timeouts during an outage) makes
+        a producer useless for good: publish with a new one from now on."""
+        if self._producer is not failed or self._closed:
+            return  # replaced already
+        log.warning(
+            "statestream: the Kafka producer for %s failed for good (%s); starting a new one",
+            self.bootstrap_servers,
+            err.str(),
+        )
+        producer: Producer = await self._run(Producer, self._producer_config)
+        if self._producer is failed and not self._closed:
+            self._retired.append(failed)
+            self._producer = producer
 
     async def topic_partitions(self, topic: str) -> int:
         """The partition count of ``topic``, creating the topic if it does not exist."""
@@ -290,21 +362,28 @@ class KafkaStreamer:
         records = []
         for message in messages:
             key = message.key.encode("utf-8", "surrogatepass")
-            value = _wire.encode(message)
-            size = len(key) + len(value)
+            value, headers = _wire.encode(message)
+            size = len(key) + len(value) + sum(len(n) + len(v or b"") for n, v in headers)
             if size > self.max_message_bytes:
                 raise InvalidInput(
                     f"event of key {message.key!r} for topic {topic!r} is {size} bytes, over the "
                     f"Kafka message limit of {self.max_message_bytes} bytes (max_message_bytes); "
                     "nothing of this batch was published"
                 )
-            records.append((key, value, shard_of(message.key, count)))
+            records.append((key, value, headers, shard_of(message.key, count)))
         name = self.kafka_topic(topic)
         batch = _Batch(asyncio.get_running_loop(), len(records))
-        for key, value, partition in records:
+        for key, value, headers, partition in records:
             while True:
                 try:
-                    producer.produce(name, value, key, partition, on_delivery=batch.report)
+                    producer.produce(
+                        name,
+                        value,
+                        key,
+                        partition,
+                        on_delivery=batch.report,
+                        headers=headers or None,
+                    )
                     break
                 except BufferError:
                     await asyncio.sleep(0.005)  # the local queue is full: let it drain
@@ -319,7 +398,14 @@ class KafkaStreamer:
                     f"Kafka at {self.bootstrap_servers} refused an event for topic {topic!r} as "
                     f"too large ({err.str()}); lower max_message_bytes to the broker's limit"
                 )
-            if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+            if err.fatal() or err.code() in _FATAL:
+                await self._replace_producer(producer, err)
+            if err.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._UNKNOWN_TOPIC,
+                KafkaError._UNKNOWN_PARTITION,
+                KafkaError._MSG_TIMED_OUT,  # perhaps a topic deleted: check it, recreate it
+            ):
                 self._topics.pop(topic, None)  # deleted meanwhile: the next publish recreates it
             raise AdapterError(
                 f"publishing to Kafka topic {name!r} at {self.bootstrap_servers} failed: "
@@ -359,23 +445,13 @@ class KafkaStreamer:
                 shards,
             )
             partitions, keep = list(range(count)), (shard, shards)
-        config = {
-            **self._common,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-            "socket.connection.setup.timeout.ms": self._timeout_ms(),
-            **self._consumer_config,
-        }
         receiver = KafkaReceiver(
             self,
             topic,
             self.kafka_topic(topic),
             self.kafka_group(name),
             partitions,
-            config,
+            self._consumer_settings(),
             keep=keep,
             ephemeral=ephemeral,
         )

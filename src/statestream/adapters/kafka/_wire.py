@@ -5,6 +5,12 @@ msgpack array tagged ``"statestream/1"`` holding the type, the creation time (mi
 the epoch), the headers and the optional body. A record on the topic whose value is not such an
 array (another producer's message) is not ours: the receiver skips and counts it.
 
+The headers that say where a run came from travel as Kafka record headers instead of inside the
+value (:data:`RECORD_HEADERS`: the run's ``foreign_id`` and the W3C ``traceparent`` and
+``tracestate`` when the event has them), so that any Kafka tool or instrumented consumer sees
+them; decoding puts them back among the event's headers. A value that still holds them (written
+before) keeps its own.
+
 Event IDs combine the record's partition and offset: ``offset << 12 | partition``. IDs are unique
 per topic, never negative, and increase with the offset within a partition, so within a key (all
 of whose events are in one partition) they follow the order of publication. Across partitions
@@ -23,6 +29,7 @@ from ..._core.records import Event, Message
 
 __all__ = [
     "MAX_PARTITIONS",
+    "RECORD_HEADERS",
     "decode",
     "encode",
     "event_id",
@@ -45,6 +52,8 @@ class _Wire(msgspec.Struct, array_like=True, tag="statestream/1", tag_field="wir
     data: bytes = b""
 
 
+#: Event headers sent as Kafka record headers (UTF-8) rather than in the record's value.
+RECORD_HEADERS = ("foreign_id", "traceparent", "tracestate")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Wire)
 
@@ -60,9 +69,21 @@ def kafka_name(prefix: str, name: str) -> str:
     return clean
 
 
-def encode(message: Message) -> bytes:
+#: Kafka record headers as confluent-kafka takes them.
+RecordHeaders = list[tuple[str, str | bytes | None]]
+
+
+def encode(message: Message) -> tuple[bytes, RecordHeaders]:
+    """The record's value and its Kafka headers."""
     micros = (message.created_at - _EPOCH) // timedelta(microseconds=1)
-    return _encoder.encode(_Wire(message.type, micros, dict(message.headers), bytes(message.data)))
+    headers = dict(message.headers)
+    record: RecordHeaders = []
+    for name in RECORD_HEADERS:
+        text = headers.pop(name, None)
+        if text is not None:
+            record.append((name, text.encode("utf-8", "surrogatepass")))
+    value = _encoder.encode(_Wire(message.type, micros, headers, bytes(message.data)))
+    return value, record
 
 
 def event_id(partition: int, offset: int) -> int:
@@ -75,9 +96,17 @@ def position(event_id: int) -> tuple[int, int]:
 
 
 def decode(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    record: list[tuple[str, bytes | None]] | None = None,
 ) -> Event | None:
-    """The event a record holds, or None when the record is not one of ours."""
+    """The event a record holds, or None when the record is not one of ours.
+
+    ``record`` is the record's Kafka headers: those of :data:`RECORD_HEADERS` join the event's
+    headers (the value's own win); others are not ours and are left out."""
     if value is None:
         return None
     try:
@@ -85,7 +114,16 @@ def decode(
         text = "" if key is None else key.decode("utf-8", "surrogatepass")
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+    headers = wire.headers
+    if record:
+        extra = {}
+        for name, data in record:
+            if name in RECORD_HEADERS and data is not None and name not in headers:
+                try:
+                    extra[name] = data.decode("utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    continue
+        if extra:
+            headers = {**headers, **extra}
     created = _EPOCH + timedelta(microseconds=wire.created_at)
-    return Event(
-        event_id(partition, offset), topic, text, wire.type, wire.headers, created, wire.data
-    )
+    return Event(event_id(partition, offset), topic, text, wire.type, headers, created, wire.data)

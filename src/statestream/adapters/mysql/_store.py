@@ -17,7 +17,7 @@ from ..._core.records import (
     RunCounts,
 )
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
-from ..sql._rows import COUNT_RUNS, RECORD_COLUMNS, counts_from_rows
+from ..sql._rows import COUNT_RUNS, RECORD_COLUMNS, check_page, counts_from_rows, filter_clauses
 from ._batch import Batcher, make_write
 from ._db import MysqlDatabase
 from ._rows import (
@@ -35,6 +35,10 @@ from ._rows import (
 from ._stream import MysqlStreamer
 
 __all__ = ["MysqlRecordStore"]
+
+
+def _utf8(value: str) -> bytes:
+    return value.encode("utf-8", "surrogatepass")
 
 
 class MysqlRecordStore:
@@ -57,9 +61,13 @@ class MysqlRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: MysqlDatabase, *, publish_to: MysqlStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a MysqlStreamer on the same MysqlDatabase as the store"
+                "publish_to must be a MysqlStreamer on the same MysqlDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._streamer = publish_to
@@ -67,6 +75,8 @@ class MysqlRecordStore:
         #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
         #: by every write (it still polls, for rows another configuration left).
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
 
     async def create(self, record: Record, event: OutboxEvent) -> None:
         await self._batcher.submit(make_write(True, record, event))
@@ -114,38 +124,9 @@ class MysqlRecordStore:
         """Runs in creation order (``seq``). ``after`` (a run ID) starts the page after that
         run: one index seek, however deep the page. ``offset`` is bounded by
         :attr:`max_offset`."""
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: the server skips offset "
-                "rows one by one; page with after= (the run ID of the last run of the "
-                "previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         p = self.db.prefix
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if workflow_name is not None:
-            where.append("workflow_name = %s")
-            args.append(workflow_name.encode("utf-8", "surrogatepass"))
-        if filter is not None:
-            for column, values in (
-                (
-                    "foreign_id",
-                    [f.encode("utf-8", "surrogatepass") for f in filter.foreign_ids],
-                ),
-                ("status", [int(s) for s in filter.statuses]),
-                ("run_state", [int(s) for s in filter.run_states]),
-            ):
-                if values:
-                    where.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
-                    args.extend(values)
-            if filter.created_after is not None:
-                where.append("created_at > %s")
-                args.append(to_us(filter.created_after))
-            if filter.created_before is not None:
-                where.append("created_at < %s")
-                args.append(to_us(filter.created_before))
+        where, args = filter_clauses(workflow_name, filter, "%s", _utf8)
         descending = order is Order.DESC
         # With a time bound: (created_at, seq) order, one range of records_by_created
         timed = filter is not None and (

@@ -30,6 +30,8 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
+from ..sql._local import LocalReceivers
+from ..sql._rows import check_aware, check_shard
 from ._db import Bind, MysqlDatabase
 from ._rows import (
     EVENT_COLUMNS,
@@ -51,7 +53,7 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
-class MysqlStreamer:
+class MysqlStreamer(LocalReceivers["MysqlReceiver"]):
     """Publishes to and reads from the events table of a :class:`MysqlDatabase` (see the
     module for how IDs are kept free of gaps).
 
@@ -79,7 +81,7 @@ class MysqlStreamer:
 
     def __init__(self, db: MysqlDatabase) -> None:
         self.db = db
-        self._receivers: dict[str, set[MysqlReceiver]] = {}
+        super().__init__()
         #: Receivers with an acknowledged position not yet written: one statement (one
         #: commit) writes them all, every ack_interval, whatever the number of receivers.
         self._dirty: set[MysqlReceiver] = set()
@@ -163,38 +165,6 @@ class MysqlStreamer:
         await self.db.script(build)
         self.wake(topic)
 
-    def wake(self, topic: str) -> None:
-        """Wake this process's receivers of ``topic``: new events were committed."""
-        for receiver in self._receivers.get(topic, ()):
-            receiver._stale = True
-            receiver._wake.set()
-
-    def receiving(self, topic: str) -> bool:
-        """Whether a receiver of ``topic`` is open in this process."""
-        return topic in self._receivers
-
-    def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
-        """Hand this process's receivers of ``topic`` an event it has just committed as
-        ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
-
-        A receiver at ``previous`` takes it without reading the table back: IDs become visible
-        in order (see the module), so no event of the topic lies between. Any other receiver
-        is only woken, and reads."""
-        receivers = self._receivers.get(topic)
-        if not receivers:
-            return
-        event = Event(
-            event_id,
-            topic,
-            message.key,
-            message.type,
-            message.headers,
-            message.created_at,
-            message.data,
-        )
-        for receiver in receivers:
-            receiver._hand(event, previous)
-
     async def _top(self) -> int:
         """The highest event ID taken: every ID up to it is committed or never will be."""
         rows = await self.db.fetch(f"SELECT n FROM {self.db.prefix}event_seq WHERE id = 1")
@@ -239,10 +209,7 @@ class MysqlStreamer:
         (that start is committed at once). With ``shards > 1``, only the events whose key is
         in ``shard``. An ``ephemeral`` receiver has no cursor row: it starts after the latest
         event, ``ack`` does nothing and it never holds back :meth:`prune`."""
-        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
-            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
-        if not 0 <= shard < shards:
-            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+        check_shard(shard, shards)
         t = encode("topic", topic)
         n = encode("consumer name", name)
         if ephemeral:
@@ -288,23 +255,15 @@ class MysqlStreamer:
                 shards=shards,
                 is_new=is_new,
             )
-        self._receivers.setdefault(topic, set()).add(receiver)
+        self._opened(receiver)
         return receiver
-
-    def _forget(self, receiver: MysqlReceiver) -> None:
-        receivers = self._receivers.get(receiver.topic)
-        if receivers is not None:
-            receivers.discard(receiver)
-            if not receivers:
-                del self._receivers[receiver.topic]
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int:
         """Delete the events of ``topics`` created before ``before`` that every consumer with
         a committed position on the topic has acknowledged (all of them, for a topic without
         one); returns how many. A receiver open in this process counts at the position it has
         acknowledged. Deletes :attr:`prune_chunk` rows per statement."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         at = to_us(before)
         p = self.db.prefix
         total = 0
@@ -335,8 +294,7 @@ class MysqlStreamer:
     async def forget(self, topic: str, keep: Collection[str], before: datetime) -> list[str]:
         """Delete the positions on ``topic`` of names not in ``keep`` committed before
         ``before``; returns the names. Receivers open in this process are kept."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         t = fits("topic", topic)
         if t is None:
             return []

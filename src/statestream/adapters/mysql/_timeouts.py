@@ -7,17 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..._core.records import TimeoutRecord
-from ...errors import InvalidInput, TimeoutNotFound
-from ..sql._rows import TIMEOUT_COLUMNS
+from ...errors import TimeoutNotFound
+from ..sql._rows import TIMEOUT_COLUMNS, check_aware
 from ._db import MysqlDatabase
 from ._rows import CANCELLED, COMPLETED, encode, fits, timeout_from_row, to_us
 
 __all__ = ["MysqlTimeoutStore"]
-
-
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
 
 
 class MysqlTimeoutStore:
@@ -43,7 +38,7 @@ class MysqlTimeoutStore:
         run_version: int,
         expire_at: datetime,
     ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
+        check_aware("expire_at", expire_at)
         created = datetime.now(UTC)
         workflow = encode("workflow name", workflow_name)
         run = encode("run ID", run_id)
@@ -88,8 +83,8 @@ class MysqlTimeoutStore:
         raise TimeoutNotFound(f"no timeout {timeout_id}")
 
     async def claim(self, timeout_id: int, now: datetime, until: datetime) -> bool:
-        _aware("now", now)
-        _aware("until", until)
+        check_aware("now", now)
+        check_aware("until", until)
         return await self._change(
             timeout_id,
             f"UPDATE {self.db.prefix}timeouts SET claimed_until = %s WHERE id = %s AND state = 0 "
@@ -98,7 +93,7 @@ class MysqlTimeoutStore:
         )
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
-        _aware("until", until)
+        check_aware("until", until)
         await self._change(
             timeout_id,
             f"UPDATE {self.db.prefix}timeouts SET claimed_until = %s WHERE id = %s AND state = 0",
@@ -136,7 +131,7 @@ class MysqlTimeoutStore:
     async def prune(self, workflow_name: str, before: datetime) -> int:
         """Delete the workflow's completed and cancelled timers created before ``before``, a
         few thousand per statement; how many."""
-        _aware("before", before)
+        check_aware("before", before)
         workflow = fits("workflow name", workflow_name)
         if workflow is None:
             return 0
@@ -181,7 +176,7 @@ class MysqlTimeoutStore:
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
     ) -> builtins.list[TimeoutRecord]:
         """Pending, unclaimed timers due at ``now``, earliest first."""
-        _aware("now", now)
+        check_aware("now", now)
         workflow = fits("workflow name", workflow_name)
         if workflow is None:
             return []

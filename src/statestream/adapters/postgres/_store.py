@@ -30,6 +30,7 @@ from ..sql._rows import (
     PARKED_COLUMNS,
     RECORD_COLUMNS,
     check_event,
+    check_page,
     check_record,
     check_text,
     counts_from_rows,
@@ -296,13 +297,19 @@ class PostgresRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: PostgresDatabase, *, publish_to: PostgresStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a PostgresStreamer on the same PostgresDatabase as the store"
+                "publish_to must be a PostgresStreamer on the same PostgresDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._publish = publish_to is not None
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
         self._writer = record_writer(db)
         if publish_to is not None and publish_to not in self._writer.streamers:
             self._writer.streamers.append(publish_to)
@@ -347,13 +354,7 @@ class PostgresRecordStore:
     ) -> builtins.list[Record]:
         """Runs in creation order; ``after`` (a run ID) pages by key through the index on
         ``(workflow_name, seq)``; ``offset`` is bounded by :attr:`max_offset`."""
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: page with after= (the run "
-                "ID of the last run of the previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
 

@@ -13,7 +13,15 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
-from ..sql._rows import check_text, event_from_row, headers_json, key_hash, to_us
+from ..sql._rows import (
+    check_aware,
+    check_shard,
+    check_text,
+    event_from_row,
+    headers_json,
+    key_hash,
+    to_us,
+)
 from ._db import PostgresDatabase
 
 __all__ = ["PostgresReceiver", "PostgresStreamer"]
@@ -291,10 +299,7 @@ class PostgresStreamer:
         shards: int = 1,
         ephemeral: bool = False,
     ) -> PostgresReceiver:
-        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
-            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
-        if not 0 <= shard < shards:
-            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+        check_shard(shard, shards)
         check_text("the topic", topic)
         check_text("the consumer name", name)
         if self._closed:
@@ -379,8 +384,7 @@ class PostgresStreamer:
         a committed position on the topic has passed (all of them, for a topic without one),
         :attr:`prune_chunk` per statement; returns how many. A receiver open in this process
         counts at the position it has acknowledged, even before that is written."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         at = to_us(before)
         delete = self.db.sql(
             "DELETE FROM {prefix}events WHERE id IN (SELECT e.id FROM {prefix}events e "
@@ -404,8 +408,7 @@ class PostgresStreamer:
         return total
 
     async def forget(self, topic: str, keep: Collection[str], before: datetime) -> list[str]:
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         kept = list(set(keep) | {r.name for r in self._receivers.get(topic, ())})
         rows = await self.db.fetch(
             self.db.sql(

@@ -7,11 +7,12 @@ from datetime import datetime
 
 from ..._core.clock import utcnow
 from ..._core.records import TimeoutRecord
-from ...errors import InvalidInput, TimeoutNotFound
+from ...errors import TimeoutNotFound
 from ..sql._rows import (
     CANCELLED,
     COMPLETED,
     TIMEOUT_COLUMNS,
+    check_aware,
     check_text,
     from_us,
     timeout_from_row,
@@ -20,11 +21,6 @@ from ..sql._rows import (
 from ._db import PostgresDatabase
 
 __all__ = ["PostgresTimeoutStore"]
-
-
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
 
 
 class PostgresTimeoutStore:
@@ -91,7 +87,7 @@ class PostgresTimeoutStore:
         run_version: int,
         expire_at: datetime,
     ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
+        check_aware("expire_at", expire_at)
         for name, value in (
             ("workflow_name", workflow_name),
             ("foreign_id", foreign_id),
@@ -136,12 +132,12 @@ class PostgresTimeoutStore:
         raise TimeoutNotFound(f"no timeout {timeout_id}")
 
     async def claim(self, timeout_id: int, now: datetime, until: datetime) -> bool:
-        _aware("now", now)
-        _aware("until", until)
+        check_aware("now", now)
+        check_aware("until", until)
         return await self._change(timeout_id, self._claim, to_us(until), to_us(now))
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
-        _aware("until", until)
+        check_aware("until", until)
         await self._change(timeout_id, self._defer, to_us(until))
 
     async def complete(self, timeout_id: int) -> bool:
@@ -160,7 +156,7 @@ class PostgresTimeoutStore:
     async def prune(self, workflow_name: str, before: datetime) -> int:
         """Delete the workflow's completed and cancelled timers created before ``before``,
         :attr:`prune_chunk` per statement; how many."""
-        _aware("before", before)
+        check_aware("before", before)
         total = 0
         while True:
             status = await self.db.execute(
@@ -182,6 +178,6 @@ class PostgresTimeoutStore:
     async def list_due(
         self, workflow_name: str, status: int, now: datetime, limit: int = 100
     ) -> builtins.list[TimeoutRecord]:
-        _aware("now", now)
+        check_aware("now", now)
         rows = await self.db.fetch(self._list_due, workflow_name, status, to_us(now), limit)
         return [timeout_from_row(row) for row in rows]

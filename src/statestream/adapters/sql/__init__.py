@@ -1,11 +1,14 @@
-"""The SQL layer shared by the server adapters (PostgreSQL, MySQL/MariaDB).
+"""The SQL layer shared by the adapters of SQL databases (SQLite, PostgreSQL, MySQL/MariaDB).
 
 What the dialects agree on lives here: the tables and their columns (:mod:`._schema`, with the
-DDL of each dialect as package data under ``schema/<dialect>/``), the schema-version check at
-start, the table-name prefix, the batching writer (:mod:`._batch`), the row mapping
-(:mod:`._rows`), the lease logic (:mod:`._roles`) and the base of a server database
+DDL of each dialect, SQLite's included, as versioned package data under ``schema/<dialect>/``),
+the schema-version check at start, the table-name prefix, the row mapping (:mod:`._rows`) and
+the lease and member logic (:mod:`._roles`; the expiry on the database's clock); for the
+servers also the batching writer (:mod:`._batch`) and the base of a server database
 (:mod:`._server`: URL, pool, reconnection with backoff, error messages, round-trip count). A
-dialect (:class:`~._dialect.Dialect`) says only what differs.
+dialect (:class:`~._dialect.Dialect`) says only what differs. SQLite keeps its own machinery
+where it really differs: one writer thread with group commit, quick lone writes on the loop's
+thread, its schema checked and migrated by that thread when the file opens.
 
 :func:`migrate` and :func:`schema_version` take a URL of any backend (``postgresql://``,
 ``mysql://``, ``sqlite:///path``) and are what ``statestream db migrate|version`` calls.
@@ -106,11 +109,11 @@ async def schema_version(url: str, *, prefix: str = "statestream_") -> int:
 def _sqlite_version(path: str) -> int:
     if not os.path.exists(path):
         return 0
+    from ..sqlite._schema import VERSION_QUERY
+
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        row = conn.execute(
-            "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
-        ).fetchone()
+        row = conn.execute(VERSION_QUERY).fetchone()
         return int(row[0]) if row else 0
     except sqlite3.Error:
         return 0

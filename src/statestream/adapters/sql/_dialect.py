@@ -1,10 +1,13 @@
-"""What one SQL server dialect says differently from the others.
+"""What one SQL dialect says differently from the others.
 
 The shared layer (:mod:`statestream.adapters.sql`) holds everything the dialects agree on:
-the table and column names, the schema-version check, the batching writer, the row mapping,
-the lease logic and the shape of the error messages. A :class:`Dialect` says only what differs:
-the URL schemes, the placeholder style, the queries of the catalogue, the lock that serialises
-schema creation, and how the driver's exceptions are classified.
+the table and column names, the versioned DDL files and their loading, the schema-version
+check, the batching writer, the row mapping, the lease logic and the shape of the error
+messages. A :class:`Dialect` says only what differs: the URL schemes, the placeholder style,
+its schema version, and for a server the queries of the catalogue, the lock that serialises
+schema creation, and how the driver's exceptions are classified. (SQLite, a file opened by
+one process's writer thread, checks and migrates its schema there: it needs none of the
+server parts.)
 """
 
 from __future__ import annotations
@@ -53,8 +56,11 @@ class Dialect:
     env_var: ClassVar[str] = ""
     #: The pip extra that installs the driver.
     extra: ClassVar[str] = ""
-    #: The placeholder style of the driver: "dollar" ($1) or "format" (%s).
+    #: The placeholder style of the driver: "dollar" ($1), "format" (%s) or "qmark" (?).
     paramstyle: ClassVar[str] = "dollar"
+    #: The schema version of this release in this dialect (its DDL files go up to it); 0: the
+    #: servers' shared :data:`~._schema.SCHEMA_VERSION`.
+    schema_version: ClassVar[int] = 0
     #: Longest identifier the server accepts.
     max_identifier: ClassVar[int] = 63
     #: Columns (by table, without the prefix) and whole tables this dialect's schema has
@@ -66,6 +72,8 @@ class Dialect:
         text = text.replace("{prefix}", prefix)
         if self.paramstyle == "format":
             text = _DOLLAR.sub("%s", text.replace("%", "%%"))
+        elif self.paramstyle == "qmark":
+            text = _DOLLAR.sub("?", text)
         return text
 
     def columns_query(self) -> str:

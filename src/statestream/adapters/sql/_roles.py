@@ -1,13 +1,15 @@
-"""Role leases in a server database: one row per role, renewed by its holder.
+"""Role leases in a database: one row per role, renewed by its holder (every dialect).
 
-The logic is the SQLite scheduler's, with one difference: the row's expiry is the *server's*
-clock (``now()`` plus the ttl), written and compared by the server, so that processes on hosts
-whose clocks disagree still agree on when a lease has expired. A dialect subclass supplies the
-three statements (:meth:`ServerRoleScheduler._try`, ``_extend``, ``_release``).
+The row's expiry is on the *database's* clock: a server dialect (PostgreSQL, MySQL) has the
+server write and compare ``now()`` plus the ttl, so that processes on hosts whose clocks
+disagree still agree on when a lease has expired; SQLite, whose processes all run on the host
+that holds the file, uses that host's wall clock (``time.time()``). A dialect subclass supplies
+the statements (:meth:`ServerRoleScheduler._try`, ``_extend``, ``_delete``); the timing, the
+renewals, the hand-over and the clean-up on cancellation are here, once.
 
 It implements :class:`~statestream.RoleMembers` too (the workers sharing the database divide
 the roles): one row per running workflow instance in ``{prefix}members``, its expiry on the
-server's clock like the lease rows'; a dialect supplies the beat (one transaction: upsert the
+same clock as the lease rows'; a dialect supplies the beat (one transaction: upsert the
 member's row, delete the group's expired rows, select the rest) and the delete of ``leave``.
 """
 
@@ -19,6 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from ..._core.aio import wait_event
 from ...errors import InvalidInput
 
 __all__ = ["ServerLease", "ServerRoleScheduler"]
@@ -28,16 +31,17 @@ class ServerLease:
     """A role held through a lease row that the holder renews.
 
     ``valid_until`` (a ``time.monotonic()`` value) is the moment at which the last successful
-    acquire or renewal was *sent*, plus the ttl, minus the scheduler's margin. The server sets
-    the row's expiry to its own clock plus the ttl when it runs the statement, which is after
-    it was sent; another process takes the role only once the server's clock is past that
-    expiry. So ``valid_until`` passes at least ``margin`` before anyone else can hold the role,
-    whatever the clocks of the hosts say (the monotonic clock of one host and the server's
-    clock must only run at the same rate, to within the margin over a ttl).
+    acquire or renewal was *sent*, plus the ttl, minus the scheduler's margin. The database
+    sets the row's expiry to its clock plus the ttl when it runs the statement, which is after
+    it was sent; another process takes the role only once that clock is past that expiry. So
+    ``valid_until`` passes at least ``margin`` before anyone else can hold the role, whatever
+    the clocks of the hosts say (the monotonic clock of one host and the database's clock must
+    only run at the same rate, to within the margin over a ttl).
 
     The lease is lost (``lost()`` returns, and it stays lost) when a renewal fails, when the
-    row was taken, or when the holder finds its deadline passed; the row is then deleted so
-    that the next holder need not wait for it to expire.
+    row was taken, or when the holder finds its deadline passed: an event loop blocked past it
+    learns that as soon as it runs again. The row is then deleted so that the next holder need
+    not wait for it to expire.
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class ServerLease:
                     held = await s._extend(self._role, self.holder)
                 except Exception:
                     held = False
+                # A renewal that returns after the deadline still loses the lease: the holder
+                # may have seen it pass and stopped, and valid_until only ever moves forward.
                 if held and time.monotonic() < self.valid_until:
                     self.valid_until = started + s.ttl - s.margin
                     continue
@@ -100,12 +106,13 @@ class ServerRoleScheduler:
     A holder renews every :attr:`renew_interval` (half of ``ttl - margin``); a process that
     dies or is cut off loses its roles within ``ttl`` seconds (its ``valid_until`` passes
     ``margin`` before that), and another process takes them. ``margin`` is
-    ``max(ttl / 5, 1 s)``, capped at ``ttl / 2``. Waiters try again every ``poll_interval``,
-    and at once when a lease of this scheduler is released.
+    ``max(ttl / 5, 1 s)``, capped at ``ttl / 2``: it covers the write already on its way when
+    the deadline passed and the drift between the clocks. Waiters try again every
+    ``poll_interval``, and at once when a lease of this scheduler is released.
 
     Division of the roles (:class:`~statestream.RoleMembers`): each running instance of a
     workflow keeps a row in ``{prefix}members``, written every ``member_ttl / 3`` seconds with
-    the expiry ``now() + member_ttl`` on the server's clock; the instances divide the
+    the expiry ``now() + member_ttl`` on the database's clock; the instances divide the
     workflow's roles among the rows that have not expired. A killed worker's row expires
     ``member_ttl`` after its last write and its leases ``ttl`` after their last renewal: the
     others hold its roles about ``max(ttl, member_ttl)`` plus a ``poll_interval`` after it died.
@@ -131,18 +138,18 @@ class ServerRoleScheduler:
         self._released = asyncio.Event()
 
     async def _try(self, role: str, holder: str) -> bool:
-        """Take the role's row if it is free or expired (server clock); whether taken."""
+        """Take the role's row if it is free or expired (database clock); whether taken."""
         raise NotImplementedError
 
     async def _extend(self, role: str, holder: str) -> bool:
-        """Move the expiry of our row to the server's now + ttl; whether it was still ours."""
+        """Move the expiry of our row to the database's now + ttl; whether it was still ours."""
         raise NotImplementedError
 
     async def _delete(self, role: str, holder: str) -> None:
         raise NotImplementedError
 
     async def _beat(self, group: str, member: str, held: int, ttl: float) -> dict[str, int]:
-        """One transaction: upsert the member's row (expiry: the server's now + ``ttl``),
+        """One transaction: upsert the member's row (expiry: the database's now + ``ttl``),
         delete the group's expired rows, return ``{member: held}`` of the rest."""
         raise NotImplementedError
 
@@ -166,6 +173,8 @@ class ServerRoleScheduler:
         await self._leave(group, member)
 
     async def _release(self, role: str, holder: str) -> None:
+        # No shield: a delete already on its way runs even if this caller is cancelled, and
+        # awaiting it directly resumes the releaser before any waiter answered with it.
         try:
             await self._delete(role, holder)
         finally:
@@ -190,6 +199,4 @@ class ServerRoleScheduler:
                     return ServerLease(self, role, holder, valid_until)
                 await self._release(role, holder)  # so slow that it is born expired
                 continue
-            released = self._released
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), self.poll_interval)
+            await wait_event(self._released, self.poll_interval)

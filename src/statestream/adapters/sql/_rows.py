@@ -1,16 +1,24 @@
-"""Row mapping shared by the server dialects: times, headers, keys and the values refused."""
+"""Row mapping shared by the SQL dialects: times, headers, keys and the values refused."""
 
 from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from ..._core.records import Event, OutboxEvent, ParkedEvent, Record, RunCounts, TimeoutRecord
+from ..._core.records import (
+    Event,
+    OutboxEvent,
+    ParkedEvent,
+    Record,
+    RecordFilter,
+    RunCounts,
+    TimeoutRecord,
+)
 from ..._core.runstate import RunState
 from ...errors import InvalidInput
 
@@ -19,11 +27,15 @@ __all__ = [
     "PARKED_COLUMNS",
     "RECORD_COLUMNS",
     "TIMEOUT_COLUMNS",
+    "check_aware",
     "check_event",
+    "check_page",
     "counts_from_rows",
     "check_record",
+    "check_shard",
     "check_text",
     "event_from_row",
+    "filter_clauses",
     "from_us",
     "headers_from_json",
     "headers_json",
@@ -130,6 +142,32 @@ def check_text(name: str, value: object) -> None:
         )
 
 
+def check_aware(name: str, value: object) -> None:
+    """Refuse what is not a timezone-aware datetime (a timer's expiry, a ``before=``)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+def check_page(offset: int, limit: int, max_offset: int) -> None:
+    """Refuse a page of ``list`` the database cannot serve well: a negative offset or limit,
+    an offset past ``max_offset`` (skipped row by row; ``after=`` pages by key instead)."""
+    if offset < 0 or limit < 0:
+        raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
+    if offset > max_offset:
+        raise InvalidInput(
+            f"offset {offset} is larger than {max_offset}: the database skips offset rows one "
+            "by one; page with after= (the run ID of the last run of the previous page)"
+        )
+
+
+def check_shard(shard: object, shards: object) -> None:
+    """Refuse a receiver's shard that is not one of ``0..shards - 1``."""
+    if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
+        raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
+    if not 0 <= shard < shards:
+        raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+
+
 def check_record(record: Record) -> None:
     for name in ("workflow_name", "foreign_id", "run_id", "run_state_reason", "status_description"):
         value = getattr(record, name)
@@ -146,15 +184,53 @@ def check_event(event: OutboxEvent) -> None:
         check_text("the outbox event's ID", event.id)
 
 
-def printable(text: str) -> str:
-    """Text for people (an error message): NUL and lone surrogates escaped, not refused."""
-    if "\x00" in text:
+def printable(text: str, *, nul: bool = True) -> str:
+    """Text for people (an error message): NUL (unless ``nul`` is false: SQLite stores it) and
+    lone surrogates escaped, not refused."""
+    if nul and "\x00" in text:
         text = text.replace("\x00", "\\x00")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _same(value: str) -> Any:
+    return value
+
+
+def filter_clauses(
+    workflow_name: str | None,
+    filter: RecordFilter | None,
+    mark: str,
+    text: Callable[[str], Any] = _same,
+) -> tuple[list[str], list[Any]]:
+    """The conditions of a store's ``list`` on the records' columns (joined with AND by the
+    caller), each value a ``mark`` placeholder ("?", "%s"), and their values in order; a set of
+    values is an ``IN`` list. ``text`` turns a text value into what the driver binds."""
+    where: list[str] = []
+    args: list[Any] = []
+    if workflow_name is not None:
+        where.append(f"workflow_name = {mark}")
+        args.append(text(workflow_name))
+    if filter is None:
+        return where, args
+    for column, values in (
+        ("foreign_id", [text(f) for f in filter.foreign_ids]),
+        ("status", [int(s) for s in filter.statuses]),
+        ("run_state", [int(s) for s in filter.run_states]),
+    ):
+        if values:
+            where.append(f"{column} IN ({', '.join([mark] * len(values))})")
+            args.extend(values)
+    if filter.created_after is not None:
+        where.append(f"created_at > {mark}")
+        args.append(to_us(filter.created_after))
+    if filter.created_before is not None:
+        where.append(f"created_at < {mark}")
+        args.append(to_us(filter.created_before))
+    return where, args
 
 
 def record_from_row(row: Sequence[Any]) -> Record:

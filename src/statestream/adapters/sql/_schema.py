@@ -1,10 +1,11 @@
-"""The server schema: its tables, the versioned DDL shipped as package data, and the check at
-start.
+"""The schema: its tables, the versioned DDL shipped as package data, and the check at start.
 
-Every dialect has the same tables with the same column names (:data:`TABLES`); its DDL lives in
-``adapters/sql/schema/<dialect>/NNN_name.sql``. File ``001`` creates version 1; file ``NNN``
-(N > 1) migrates version N - 1 to N. A new database runs every file in turn. Statements are
-separated by a line that ends with ``;`` and ``{prefix}`` stands for the table-name prefix.
+Every server dialect has the same tables with the same column names (:data:`TABLES`). The DDL
+of every dialect, SQLite's included, lives in ``adapters/sql/schema/<dialect>/NNN_name.sql``
+(:func:`load_migrations`). File ``001`` creates version 1; file ``NNN`` (N > 1) migrates
+version N - 1 to N. A new database runs every file in turn. Statements are separated by a line
+that ends with ``;`` and ``{prefix}`` stands for the table-name prefix. (SQLite runs its files
+on its writer thread when a file opens: :mod:`statestream.adapters.sqlite._schema`.)
 
 At start (:func:`ensure_schema`) the database is read without locking: the current version and
 the right columns is the common case and costs one query. An empty database (none of our tables
@@ -37,7 +38,10 @@ __all__ = [
     "Migration",
     "SchemaConnection",
     "SchemaError",
+    "VERSION_QUERY",
+    "VERSION_STATEMENTS",
     "ensure_schema",
+    "latest_version",
     "load_migrations",
     "lock_key",
     "validate_prefix",
@@ -45,8 +49,17 @@ __all__ = [
 
 log = logging.getLogger("statestream.sql")
 
-#: The schema version this release writes (every dialect's files go up to it).
+#: The schema version this release writes on the servers (their files go up to it; SQLite,
+#: whose files are older, has its own: :attr:`Dialect.schema_version`).
 SCHEMA_VERSION = 2
+
+#: The stored schema version, in ``{prefix}meta`` (every dialect).
+VERSION_QUERY = "SELECT value FROM {prefix}meta WHERE key = 'schema_version'"
+#: What sets it (parameter 1: the version, as text), in one transaction with the DDL.
+VERSION_STATEMENTS = (
+    "DELETE FROM {prefix}meta WHERE key = 'schema_version'",
+    "INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', $1)",
+)
 
 #: Every table (without the prefix) and its columns, the same in every dialect.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -143,8 +156,14 @@ class Migration:
     statements: tuple[str, ...]
 
 
+def latest_version(dialect: Dialect) -> int:
+    """The schema version this release writes in ``dialect``."""
+    return dialect.schema_version or SCHEMA_VERSION
+
+
 def load_migrations(dialect: Dialect, prefix: str) -> list[Migration]:
     """The dialect's DDL files, in version order, with ``prefix`` put in."""
+    latest = latest_version(dialect)
     folder = resources.files(__package__).joinpath("schema", dialect.name)
     found: list[Migration] = []
     for entry in folder.iterdir():
@@ -160,10 +179,10 @@ def load_migrations(dialect: Dialect, prefix: str) -> list[Migration]:
         )
         found.append(Migration(int(match.group(1)), match.group(2), statements))
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, SCHEMA_VERSION + 1)):
+    if [m.version for m in found] != list(range(1, latest + 1)):
         raise AdapterError(
             f"statestream's {dialect.title} schema files are incomplete (found versions "
-            f"{[m.version for m in found]}, expected 1..{SCHEMA_VERSION}): reinstall statestream"
+            f"{[m.version for m in found]}, expected 1..{latest}): reinstall statestream"
         )
     return found
 
@@ -212,9 +231,7 @@ async def _inspect(conn: SchemaConnection, dialect: Dialect, prefix: str) -> _Fo
         columns.setdefault(str(table_name)[len(prefix) :], set()).add(str(column_name).lower())
     version = 0
     if "meta" in columns:
-        meta = await conn.fetch(
-            dialect.sql("SELECT value FROM {prefix}meta WHERE key = 'schema_version'", prefix)
-        )
+        meta = await conn.fetch(dialect.sql(VERSION_QUERY, prefix))
         if meta:
             try:
                 version = int(meta[0][0])
@@ -322,19 +339,9 @@ async def ensure_schema(
                         prefix,
                         migration.version,
                     )
-            await conn.execute(
-                dialect.sql(
-                    "DELETE FROM {prefix}meta WHERE key = 'schema_version'",
-                    prefix,
-                )
-            )
-            await conn.execute(
-                dialect.sql(
-                    "INSERT INTO {prefix}meta (key, value) VALUES ('schema_version', $1)",
-                    prefix,
-                ),
-                str(SCHEMA_VERSION),
-            )
+            clear, insert = VERSION_STATEMENTS
+            await conn.execute(dialect.sql(clear, prefix))
+            await conn.execute(dialect.sql(insert, prefix), str(SCHEMA_VERSION))
             await conn.commit()
         except BaseException:
             await conn.rollback()

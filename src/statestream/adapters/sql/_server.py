@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
+from ..._core.aio import checkpoint
 from ...errors import AdapterConnectionError, AdapterError, ConfigurationError, InvalidInput
 from ._dialect import Dialect, ErrorKind
 from ._schema import SCHEMA_VERSION, SchemaConnection, SchemaError, ensure_schema, validate_prefix
@@ -97,6 +98,12 @@ def parse_url(url: object, dialect: Dialect) -> ServerURL:
     )
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark the opening's outcome as seen (its callers may all have been cancelled)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ServerDatabase:
     """A statestream database on a server, shared by the adapters of one process.
 
@@ -141,7 +148,7 @@ class ServerDatabase:
         self._opened = False  # the pool exists and the schema was checked
         self._reached = False  # the server was reached once: later losses are retried
         self._closed = False
-        self._opening: asyncio.Lock | None = None
+        self._opening: asyncio.Future[None] | None = None  # the first connection, in flight
         self._failure: BaseException | None = None  # a schema error: not worth retrying
         self._outage: _Outage | None = None  # the server is unreachable since then
         self._last_outage: _Outage | None = None  # the one whose end is to be reported
@@ -183,18 +190,30 @@ class ServerDatabase:
             raise AdapterError(f"the database ({self.where}) is closed")
         if self._failure is not None:
             raise self._failure
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self.is_open:
-                return
-            try:
-                await self._connect_and_check()
-            except SchemaError as exc:
-                self._failure = exc
-                raise
-            self._opened = True
-            self._reached = True
+        # The opening runs in a task of its own, which the callers share and whose cancellation
+        # does not interrupt it: a caller cancelled while the schema is being created (MySQL's
+        # DDL is not transactional) left half of the tables, and every later start refused
+        # them as not statestream's.
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(self._open_once())
+            opening.add_done_callback(_retrieve)
+        await asyncio.shield(opening)
+
+    async def _open_once(self) -> None:
+        try:
+            await self._connect_and_check()
+        except SchemaError as exc:
+            self._failure = exc
+            raise
+        except BaseException:
+            self._opening = None  # the next call tries again
+            raise
+        if self._closed:  # closed meanwhile: the pool opened after close() must not stay
+            await self._close_pool()
+            raise AdapterError(f"the database ({self.where}) is closed")
+        self._opened = True
+        self._reached = True
 
     @property
     def is_open(self) -> bool:
@@ -367,6 +386,9 @@ class ServerDatabase:
                 self.round_trips += 1
                 result = await fn()
             except Exception as exc:
+                # A driver can turn our cancellation into its own connection error (asyncmy's
+                # connect, through asyncio.wait_for under Python 3.11): never retry under it.
+                checkpoint()
                 if not self.is_connection_error(exc) or self._closed:
                     raise self.translate(exc) from exc
                 self.connection_lost(exc)

@@ -34,23 +34,22 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ...errors import AdapterConnectionError, AdapterError
+from ..sql._schema import SchemaError
 from ._errors import stopped_error as _stopped_error
 from ._errors import translate as _translate
 from ._ops import _answer, _answer_all, _busy, _noop, _Op, _QueryThread, _Stop
-from ._schema import SCHEMA_VERSION, upgrade
+from ._schema import SCHEMA_VERSION, VERSION_QUERY, upgrade
 
-__all__ = ["SCHEMA_VERSION", "SqliteDatabase", "from_us", "to_us"]
+__all__ = ["SCHEMA_VERSION", "SqliteDatabase"]
 
 log = logging.getLogger("statestream.sqlite")
 
 R = TypeVar("R")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_BATCH = 512
 #: How long the worker sleeps between attempts to take the write lock that another process
 #: holds (the schedule of SQLite's own busy handler), until ``busy_timeout`` has passed.
@@ -58,18 +57,6 @@ _BUSY_SLEEPS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.0
 #: A quick write runs on the caller's thread only while most lone commits (a moving average
 #: over the last few dozen) take at most this long: beyond it, the event loop would stall.
 _INLINE_MAX_S = 0.002
-
-
-def to_us(when: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, sortable)."""
-    if when.tzinfo is None:
-        raise AdapterError(f"naive datetime {when!r}: statestream stores timezone-aware times")
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 class SqliteDatabase:
@@ -309,9 +296,7 @@ class SqliteDatabase:
 
     async def schema_version(self) -> int:
         def get(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
-            ).fetchone()
+            row = conn.execute(VERSION_QUERY).fetchone()
             return int(row[0]) if row else 0
 
         return await self.read(get)
@@ -422,12 +407,10 @@ class SqliteDatabase:
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
         if "statestream_meta" in tables:
-            row = conn.execute(
-                "SELECT value FROM statestream_meta WHERE key = 'schema_version'"
-            ).fetchone()
+            row = conn.execute(VERSION_QUERY).fetchone()
             found = int(row[0]) if row else 0
             if found > SCHEMA_VERSION:
-                raise AdapterError(
+                raise SchemaError(
                     f"{self.path} has statestream schema version {found}, newer than this "
                     f"release understands ({SCHEMA_VERSION}): upgrade statestream, or use "
                     "another file"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import builtins
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..._core.records import (
-    Event,
     Message,
     Order,
     OutboxEvent,
@@ -18,7 +16,6 @@ from ..._core.records import (
     RecordFilter,
     RunCounts,
 )
-from ..._core.runstate import RunState
 from ...errors import (
     ConfigurationError,
     InvalidInput,
@@ -26,33 +23,25 @@ from ...errors import (
     VersionConflict,
     WorkflowInProgress,
 )
-from ._db import SqliteDatabase, from_us, to_us
-from ._schema import key_hash
+from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
+from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
+from ..sql._rows import (
+    check_page,
+    counts_from_rows,
+    filter_clauses,
+    from_us,
+    headers_from_json,
+    headers_json,
+    key_hash,
+    printable,
+    to_us,
+)
+from ..sql._rows import parked_from_row as _parked
+from ..sql._rows import record_from_row as _record
+from ._db import SqliteDatabase
 from ._stream import SqliteStreamer
 
 __all__ = ["SqliteRecordStore"]
-
-_RECORD_COLUMNS = (
-    "workflow_name, foreign_id, run_id, run_state, status, object, created_at, updated_at, "
-    "version, run_state_reason, status_description, auto_resumes"
-)
-
-
-def _record(row: Sequence[Any]) -> Record:
-    return Record(
-        row[0],
-        row[1],
-        row[2],
-        RunState(row[3]),
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-    )
 
 
 def _active_key(record: Record) -> str | None:
@@ -70,7 +59,7 @@ def _insert_event_handed(conn: sqlite3.Connection, event: OutboxEvent) -> tuple[
     """:func:`_insert_event`, returning the row's ID and the ID of the topic's event before it
     (0: none), read in the same transaction with the writer's warm cache, so that this
     process's receivers can take the event without reading the table back (see
-    :meth:`SqliteStreamer.hand`)."""
+    :meth:`SqliteStreamer.hand`, from the shared :class:`~..sql._local.LocalReceivers`)."""
     prev = conn.execute(_PREVIOUS, (event.topic,)).fetchone()[0] or 0
     return _insert_event_row(conn, event), int(prev)
 
@@ -84,7 +73,7 @@ def _insert_event_row(conn: sqlite3.Connection, event: OutboxEvent) -> int:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
             key_hash(m.key),
@@ -107,7 +96,7 @@ def _insert_outbox(conn: sqlite3.Connection, event: OutboxEvent) -> None:
             event.topic,
             m.key,
             m.type,
-            json.dumps(dict(m.headers), separators=(",", ":")),
+            headers_json(m.headers),
             m.data,
             to_us(m.created_at),
         ),
@@ -133,15 +122,21 @@ class SqliteRecordStore:
     max_offset = 10_000
 
     def __init__(self, db: SqliteDatabase, *, publish_to: SqliteStreamer | None = None) -> None:
-        if publish_to is not None and publish_to.db is not db:
+        if publish_to is not None and getattr(publish_to, "db", None) is not db:
+            # (a KafkaStreamer, say, has no database: without this check, an AttributeError)
             raise ConfigurationError(
-                "publish_to must be a SqliteStreamer on the same SqliteDatabase as the store"
+                "publish_to must be a SqliteStreamer on the same SqliteDatabase as the store, "
+                f"got {publish_to!r}; for events in another streamer (Kafka...) leave publish_to "
+                "out: each write then puts its event in the outbox table, in the record's "
+                "transaction, and the workflow's outbox relay publishes it"
             )
         self.db = db
         self._streamer = publish_to
         #: True with ``publish_to``: the outbox stays empty, so the engine's relay is not woken
         #: by every write (it still polls, for rows another configuration left).
         self.publishes_in_transaction = publish_to is not None
+        #: The streamer each write's event goes into (``build`` refuses another one).
+        self.publishes_into = publish_to
 
     def _emitter(
         self, topic: str
@@ -281,43 +276,19 @@ class SqliteRecordStore:
         ``after`` (a run ID) starts the page after that run: one index seek, however deep the
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
         """
-        if offset < 0 or limit < 0:
-            raise InvalidInput(f"offset and limit must be >= 0, got {offset} and {limit}")
-        if offset > self.max_offset:
-            raise InvalidInput(
-                f"offset {offset} is larger than {self.max_offset}: SQLite skips offset rows one "
-                "by one; page with after= (the run ID of the last run of the previous page)"
-            )
+        check_page(offset, limit, self.max_offset)
+        where, args = filter_clauses(workflow_name, filter, "?")
         timed = filter is not None and (
             filter.created_after is not None or filter.created_before is not None
         )
-        # With a cursor in a time range, the cursor's time bounds the range of the index; the
-        # range's own bound on that side is kept as a filter only (+created_at), so that
-        # SQLite does not take it for the range instead.
         descending = order is Order.DESC
-        plus_upper = "+" if timed and after is not None and descending else ""
-        plus_lower = "+" if timed and after is not None and not descending else ""
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if workflow_name is not None:
-            where.append("workflow_name = ?")
-            args.append(workflow_name)
-        if filter is not None:
-            for column, values in (
-                ("foreign_id", builtins.list(filter.foreign_ids)),
-                ("status", [int(s) for s in filter.statuses]),
-                ("run_state", [int(s) for s in filter.run_states]),
-            ):
-                if values:
-                    where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                    args.extend(values)
-            if filter.created_after is not None:
-                where.append(f"{plus_lower}created_at > ?")
-                args.append(to_us(filter.created_after))
-            if filter.created_before is not None:
-                where.append(f"{plus_upper}created_at < ?")
-                args.append(to_us(filter.created_before))
         direction = "DESC" if descending else "ASC"
+        if timed and after is not None:
+            # With a cursor in a time range, the cursor's time bounds the range of the index;
+            # the range's own bound on that side is kept as a filter only (+created_at), so
+            # that SQLite does not take it for the range instead.
+            own = "created_at < " if descending else "created_at > "
+            where = [f"+{w}" if w.startswith(own) else w for w in where]
         if after is not None:
             if not timed:
                 where.append("rowid < ?" if descending else "rowid > ?")
@@ -352,14 +323,9 @@ class SqliteRecordStore:
         ``(workflow_name, run_state)``, never the table; on the query thread."""
 
         def select(conn: sqlite3.Connection) -> RunCounts:
-            statuses: dict[int, int] = {}
-            states: dict[RunState, int] = {}
-            for by_state, value, n in conn.execute(_COUNT_RUNS, (workflow_name, workflow_name)):
-                if by_state:
-                    states[RunState(value)] = n
-                else:
-                    statuses[value] = n
-            return RunCounts(statuses, states)
+            return counts_from_rows(
+                conn.execute(_COUNT_RUNS, (workflow_name, workflow_name)).fetchall()
+            )
 
         return await self.db.query(select)
 
@@ -376,7 +342,7 @@ class SqliteRecordStore:
                 row[0],
                 row[1],
                 row[2],
-                Message(row[3], row[4], json.loads(row[5]), from_us(row[7]), row[6]),
+                Message(row[3], row[4], headers_from_json(row[5]), from_us(row[7]), row[6]),
             )
             for row in await self.db.read(select)
         ]
@@ -405,10 +371,10 @@ class SqliteRecordStore:
             e.topic,
             e.key,
             e.type,
-            json.dumps(dict(e.headers), separators=(",", ":")),
+            headers_json(e.headers),
             e.data,
             to_us(e.created_at),
-            _printable(parked.error),
+            printable(parked.error, nul=False),
             parked.attempts,
             to_us(parked.parked_at),
             int(parked.retry_requested),
@@ -481,24 +447,3 @@ _COUNT_RUNS = (
     "SELECT 1, run_state, COUNT(*) FROM statestream_records INDEXED BY "
     "statestream_records_by_run_state WHERE workflow_name = ? GROUP BY run_state"
 )
-
-_PARKED_COLUMNS = (
-    "id, workflow_name, consumer, event_id, topic, key, type, headers, data, created_at, "
-    "error, attempts, parked_at, retry_requested"
-)
-
-
-def _parked(row: Sequence[Any]) -> ParkedEvent:
-    event = Event(row[3], row[4], row[5], row[6], json.loads(row[7]), from_us(row[9]), row[8])
-    return ParkedEvent(
-        row[0], row[1], row[2], event, row[10], row[11], from_us(row[12]), bool(row[13])
-    )
-
-
-def _printable(text: str) -> str:
-    """``text`` with any lone surrogate escaped, so that SQLite can store it as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text

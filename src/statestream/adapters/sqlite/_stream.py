@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -13,8 +12,9 @@ from typing import Any
 
 from ..._core.records import Event, Message
 from ...errors import AdapterError, InvalidInput
-from ._db import SqliteDatabase, from_us, to_us
-from ._schema import key_hash
+from ..sql._local import LocalReceivers
+from ..sql._rows import check_aware, check_shard, event_from_row, headers_json, key_hash, to_us
+from ._db import SqliteDatabase
 
 __all__ = ["SqliteReceiver", "SqliteStreamer"]
 
@@ -66,7 +66,7 @@ class _Wake:
             waiters.remove(waiter)
 
 
-class SqliteStreamer:
+class SqliteStreamer(LocalReceivers["SqliteReceiver"]):
     """Every topic in one append-only events table, each consumer's position in a cursors table.
 
     A receiver reads rows after its cursor. It is woken at once when this process publishes to
@@ -97,7 +97,7 @@ class SqliteStreamer:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self._receivers: dict[str, set[SqliteReceiver]] = {}  # the open ones, by topic
+        super().__init__()
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         if not messages:
@@ -107,7 +107,7 @@ class SqliteStreamer:
                 topic,
                 m.key,
                 m.type,
-                json.dumps(dict(m.headers), separators=(",", ":")),
+                headers_json(m.headers),
                 m.data,
                 to_us(m.created_at),
                 key_hash(m.key),
@@ -124,38 +124,6 @@ class SqliteStreamer:
 
         await self.db.write(insert)
         self.wake(topic)
-
-    def wake(self, topic: str) -> None:
-        """Wake this process's receivers of ``topic``: new events were committed."""
-        for receiver in self._receivers.get(topic, ()):
-            receiver._stale = True
-            receiver._wake.set()
-
-    def receiving(self, topic: str) -> bool:
-        """Whether a receiver of ``topic`` is open in this process."""
-        return topic in self._receivers
-
-    def hand(self, topic: str, event_id: int, previous: int, message: Message) -> None:
-        """Hand this process's receivers of ``topic`` an event it has just committed as row
-        ``event_id``, ``previous`` being the ID of the topic's event before it (0: none).
-
-        A receiver whose position is ``previous`` (or that holds the events up to it) takes it
-        without reading the table back: no other event of the topic lies between, since IDs
-        are assigned in commit order. Any other receiver is only woken, and reads."""
-        receivers = self._receivers.get(topic)
-        if not receivers:
-            return
-        event = Event(
-            event_id,
-            topic,
-            message.key,
-            message.type,
-            message.headers,
-            message.created_at,
-            message.data,
-        )
-        for receiver in receivers:
-            receiver._hand(event, previous)
 
     async def events_for_key(
         self, topics: Sequence[str], key: str, limit: int = 100
@@ -176,10 +144,7 @@ class SqliteStreamer:
         args = (*names, key_hash(key), key, limit)
 
         def select(conn: sqlite3.Connection) -> list[Event]:
-            return [
-                Event(r[0], r[6], r[1], r[2], json.loads(r[3]), from_us(r[5]), r[4])
-                for r in conn.execute(sql, args)
-            ]
+            return [event_from_row(row[6], row) for row in conn.execute(sql, args)]
 
         return await self.db.query(select)
 
@@ -200,10 +165,7 @@ class SqliteStreamer:
         With ``shards > 1``, only the events whose key is in ``shard``. An ``ephemeral``
         receiver has no cursor row: it starts after the latest event, keeps its position in
         memory only, ``ack`` does nothing and it never holds back :meth:`prune`."""
-        if not isinstance(shards, int) or not isinstance(shard, int) or shards < 1:
-            raise InvalidInput(f"shards must be an int >= 1, got {shards!r}")
-        if not 0 <= shard < shards:
-            raise InvalidInput(f"shard must be in 0..{shards - 1}, got {shard!r}")
+        check_shard(shard, shards)
         if ephemeral:
 
             def latest(conn: sqlite3.Connection) -> int:
@@ -216,7 +178,7 @@ class SqliteStreamer:
             receiver = SqliteReceiver(
                 self, topic, name, at, poll_interval, shard=shard, shards=shards, ephemeral=True
             )
-            self._receivers.setdefault(topic, set()).add(receiver)
+            self._opened(receiver)
             return receiver
 
         def position(conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -243,15 +205,8 @@ class SqliteStreamer:
         receiver = SqliteReceiver(
             self, topic, name, start, poll_interval, shard=shard, shards=shards, is_new=is_new
         )
-        self._receivers.setdefault(topic, set()).add(receiver)
+        self._opened(receiver)
         return receiver
-
-    def _forget(self, receiver: SqliteReceiver) -> None:
-        receivers = self._receivers.get(receiver.topic)
-        if receivers is not None:
-            receivers.discard(receiver)
-            if not receivers:
-                del self._receivers[receiver.topic]
 
     async def prune(self, topics: Sequence[str], before: datetime) -> int:
         """Delete the events of ``topics`` created before ``before`` that every consumer with a
@@ -264,8 +219,7 @@ class SqliteStreamer:
         so that state changes go on in between. The file does not shrink: SQLite reuses the
         freed pages for new rows (``VACUUM`` gives them back to the file system).
         """
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         at = to_us(before)
         total = 0
         for topic in dict.fromkeys(topics):
@@ -290,8 +244,7 @@ class SqliteStreamer:
         """Delete the positions on ``topic`` of names not in ``keep`` committed before
         ``before`` (wall-clock time of the commit); returns the names. Receivers open in this
         process are kept whatever their name."""
-        if not isinstance(before, datetime) or before.tzinfo is None:
-            raise InvalidInput(f"before must be a timezone-aware datetime, got {before!r}")
+        check_aware("before", before)
         kept = set(keep) | {r.name for r in self._receivers.get(topic, ())}
         at = to_us(before)
 
@@ -408,18 +361,8 @@ class SqliteReceiver:
             if rows:
                 self._delivered = rows[-1][0]
                 self._drained = not more and len(rows) < limit
-                return [
-                    Event(
-                        row[0],
-                        self.topic,
-                        row[1],
-                        row[2],
-                        json.loads(row[3]),
-                        from_us(row[5]),
-                        row[4],
-                    )
-                    for row in rows
-                ]
+                topic = self.topic
+                return [event_from_row(topic, row) for row in rows]
             if self._acked >= self._delivered and self._position > self._delivered:
                 # Everything returned is acknowledged, and the IDs scanned since hold nothing
                 # of ours: acknowledge them too, so that this shard does not hold prune back.
@@ -430,8 +373,10 @@ class SqliteReceiver:
             await self._wake.wait(self._poll)
 
     def _hand(self, event: Event, previous: int) -> None:
-        """Take ``event`` (see :meth:`SqliteStreamer.hand`) if it follows what this receiver
-        has read or holds; otherwise drop what it holds and read the table next time."""
+        """Take ``event`` (see :meth:`~..sql._local.LocalReceivers.hand`) if it follows what
+        this receiver has read or holds, ``previous`` being exactly that: no other event of
+        the topic lies between, since the file's writes are serialised and IDs are assigned in
+        commit order. Otherwise drop what it holds and read the table next time."""
         if self._closed:
             return
         handed = self._handed

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from ..._core.clock import utcnow
 from ..._core.records import TimeoutRecord
-from ...errors import InvalidInput, TimeoutNotFound
-from ._db import SqliteDatabase, from_us, to_us
+from ...errors import TimeoutNotFound
+from ..sql._rows import CANCELLED as _CANCELLED
+from ..sql._rows import COMPLETED as _COMPLETED
+from ..sql._rows import TIMEOUT_COLUMNS as _TIMEOUT_COLUMNS
+from ..sql._rows import check_aware, from_us, to_us
+from ..sql._rows import timeout_from_row as _timeout
+from ._db import SqliteDatabase
 
 __all__ = ["SqliteTimeoutStore"]
 
 # state: 0 pending (written as a literal in the SQL, which the partial due index needs to be
-# used), 1 completed, 2 cancelled.
-_COMPLETED, _CANCELLED = 1, 2
-_TIMEOUT_COLUMNS = (
-    "id, workflow_name, foreign_id, run_id, status, run_version, expire_at, created_at, state, "
-    "claimed_until"
-)
-
+# used), 1 completed (_COMPLETED), 2 cancelled (_CANCELLED).
 
 #: One range of the due index (workflow, status, expire_at: pending timers only), in its order.
 _LIST_DUE = (
@@ -32,30 +30,11 @@ _LIST_DUE = (
 )
 
 
+#: One run's pending timers: one range of the visit's unique index (workflow, run, ...).
 _LIST_FOR_RUN = (
     f"SELECT {_TIMEOUT_COLUMNS} FROM statestream_timeouts "
     "WHERE workflow_name = ? AND run_id = ? AND state = 0 ORDER BY id"
 )
-
-
-def _timeout(row: Sequence[Any]) -> TimeoutRecord:
-    return TimeoutRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        from_us(row[6]),
-        from_us(row[7]),
-        row[8] == _COMPLETED,
-        None if row[9] is None else from_us(row[9]),
-    )
-
-
-def _aware(name: str, value: datetime) -> None:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
 
 
 class SqliteTimeoutStore:
@@ -80,7 +59,7 @@ class SqliteTimeoutStore:
         run_version: int,
         expire_at: datetime,
     ) -> TimeoutRecord:
-        _aware("expire_at", expire_at)
+        check_aware("expire_at", expire_at)
         created = utcnow()
         values = (
             workflow_name,
@@ -138,8 +117,8 @@ class SqliteTimeoutStore:
         return await self.db.write(change)
 
     async def claim(self, timeout_id: int, now: datetime, until: datetime) -> bool:
-        _aware("now", now)
-        _aware("until", until)
+        check_aware("now", now)
+        check_aware("until", until)
         return await self._change(
             timeout_id,
             "UPDATE statestream_timeouts SET claimed_until = ? WHERE id = ? AND state = 0 "
@@ -148,7 +127,7 @@ class SqliteTimeoutStore:
         )
 
     async def defer(self, timeout_id: int, until: datetime) -> None:
-        _aware("until", until)
+        check_aware("until", until)
         await self._change(
             timeout_id,
             "UPDATE statestream_timeouts SET claimed_until = ? WHERE id = ? AND state = 0",
@@ -186,7 +165,7 @@ class SqliteTimeoutStore:
     async def prune(self, workflow_name: str, before: datetime) -> int:
         """Delete the workflow's completed and cancelled timers created before ``before``, a
         few thousand per transaction (other writes go on in between); how many."""
-        _aware("before", before)
+        check_aware("before", before)
         return await self.db.delete_in_chunks(
             "statestream_timeouts",
             condition="workflow_name = ? AND state != 0 AND created_at < ?",
@@ -220,7 +199,7 @@ class SqliteTimeoutStore:
     ) -> builtins.list[TimeoutRecord]:
         """Pending, unclaimed timers due at ``now``, earliest first; one range of the due index
         (pending timers only), on the query thread."""
-        _aware("now", now)
+        check_aware("now", now)
         at = to_us(now)
         args = (workflow_name, status, at, at, limit)
 
