@@ -198,13 +198,15 @@ async def _seed(b: Backend, n: int = 200) -> list[Record]:
 #: The UI's lists: (name, filter, the indexes that may serve them).
 LISTS = [
     ("newest first", None, ("records_by_workflow", "records_seq")),
-    ("a status", RecordFilter(statuses=(2,)), ("records_by_status",)),
+    # (no index has the status, which every transition changes: the workflow's runs in
+    # creation order, filtered)
+    ("a status", RecordFilter(statuses=(2,)), ("records_by_workflow", "records_seq")),
     ("a run state", RecordFilter(run_states=(RunState.PAUSED,)), ("records_by_run_state",)),
     ("a foreign ID", RecordFilter(foreign_ids=("fid-3",)), ("records_by_foreign_id",)),
     (
         "a status and a run state",
         RecordFilter(statuses=(2,), run_states=(RunState.RUNNING,)),
-        ("records_by_status", "records_by_run_state"),
+        ("records_by_run_state",),
     ),
     (
         "a time range",
@@ -242,14 +244,45 @@ async def test_every_list_of_the_ui_and_the_counts_read_an_index(backend: Backen
     assert dict(counts.run_states) == {**dict.fromkeys(STATES, 50), RunState.COMPLETED: 50 + BULK}
     [(sql, args)] = b.sent
     plan = await b.explain(sql, args, ordered=False)
-    assert f"{b.prefix}records_by_status" in plan, plan
-    assert f"{b.prefix}records_by_run_state" in plan, plan
-    assert "Seq Scan" not in plan, plan
-    assert "type=ALL" not in plan, plan
+    # An index on the workflow can serve it: one range, the other workflows' runs unread.
+    # (MariaDB rightly scans the table instead when, as here, the workflow has most of it.)
     if b.name == "postgres":
-        assert plan.count("Index Only Scan") == 2, plan
+        assert f"{b.prefix}records_by_" in plan, plan
+        assert "Seq Scan" not in plan, plan
+
+
+async def test_no_index_of_the_runs_has_the_status(backend: Backend) -> None:
+    # Every transition changes the status: an index on it would be rewritten each time (and on
+    # PostgreSQL would end HOT updates)
+    b = backend
+    await b.db.open()
+    table = f"{b.prefix}records"
+    if b.name == "postgres":
+        import asyncpg
+
+        conn = await asyncpg.connect(b.url)
+        try:
+            rows = await conn.fetch(
+                "SELECT i.relname, a.attname FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(x.indkey) "
+                "WHERE t.relname = $1",
+                table,
+            )
+        finally:
+            await conn.close()
+        found = [(r[0], r[1]) for r in rows]
     else:
-        assert plan.count("Using index") == 2, plan
+        rows = await b.db.fetch(
+            "SELECT index_name, column_name FROM information_schema.statistics "
+            "WHERE table_schema = DATABASE() AND table_name = %s",
+            (table,),
+        )
+        found = [(str(r[0]), str(r[1])) for r in rows]
+    indexes = {name for name, _ in found}
+    assert f"{table}_by_run_state" in indexes, found
+    assert f"{table}_by_created" in indexes, found
+    assert not [name for name, column in found if column == "status"], found
 
 
 async def test_list_for_run_reads_the_visit_index(backend: Backend) -> None:

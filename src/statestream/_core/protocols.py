@@ -153,9 +153,10 @@ class RunCounter(Protocol):
     ``Builder.build`` makes of a store; callers test ``isinstance(store, RunCounter)`` and
     otherwise page through ``list``.
 
-    A store implements it only when it can answer from an index or a counter, not by reading
-    every run: the memory store keeps counters, the SQL stores scan an index on ``(workflow,
-    status)`` and one on ``(workflow, run state)`` without touching the table. Conformance: the
+    A store implements it when it can count in one statement or from counters, without
+    handing every run to the caller: the memory store keeps counters, the SQL stores group the
+    workflow's runs in one pass on the server (no index has the status, which every transition
+    changes, so the pass reads each of the workflow's rows: callers cache it). Conformance: the
     ``test_count_runs_*`` tests of :class:`~statestream.adaptertest.RecordStoreContract`
     (skipped for a store without the capability).
     """

@@ -307,9 +307,10 @@ def run_json(wf: AnyWorkflow, record: Record) -> dict[str, Any]:
 
 
 class Counts:
-    """Runs at each status: ``RunCounter.count_runs`` where the store has it (exact, from its
-    indexes), else counted through ``RecordStore.list`` up to :data:`COUNT_CAP` per status;
-    cached for a few seconds so that polling pages do not repeat the work."""
+    """Runs at each status: ``RunCounter.count_runs`` where the store has it (exact, one pass
+    over the workflow's runs in the store), else counted through ``RecordStore.list`` up to
+    :data:`COUNT_CAP` per status; cached for a few seconds, or ten times as long as counting
+    took, so that polling pages do not repeat the work."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl

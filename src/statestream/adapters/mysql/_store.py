@@ -164,13 +164,12 @@ class MysqlRecordStore:
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
-        one statement (one read view), reading only the keys ``records_by_status`` and
-        ``records_by_run_state``."""
+        one statement (one read view), one pass over the workflow's runs (:data:`COUNT_RUNS`)."""
         workflow = fits("workflow name", workflow_name)
         if workflow is None:
             return RunCounts()
         sql = COUNT_RUNS.replace("{arg}", "%s").replace("{prefix}", self.db.prefix)
-        return counts_from_rows(await self.db.fetch(sql, (workflow, workflow)))
+        return counts_from_rows(await self.db.fetch(sql, (workflow,)))
 
     async def list_outbox(self, workflow_name: str, limit: int) -> builtins.list[OutboxEvent]:
         workflow = fits("workflow name", workflow_name)

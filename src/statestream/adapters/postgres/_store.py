@@ -408,8 +408,7 @@ class PostgresRecordStore:
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
-        one statement, index-only scans of ``records_by_status`` and ``records_by_run_state``
-        (as far as the visibility map allows)."""
+        one statement (one snapshot), one pass over the workflow's runs (:data:`COUNT_RUNS`)."""
         sql = COUNT_RUNS.replace("{arg}", "$1").replace("{prefix}", self.db.prefix)
         return counts_from_rows(await self.db.fetch(sql, workflow_name))
 

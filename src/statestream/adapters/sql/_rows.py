@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,26 +49,25 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-#: ``count_runs`` in one statement (one snapshot): each half reads one index, by_status or
-#: by_run_state, without the table. ``{prefix}`` and ``{arg}`` (the dialect's placeholder for
-#: the workflow name, given twice) are put in by the store.
+#: ``count_runs`` in one statement (one snapshot): one pass over the workflow's runs (its range
+#: of ``records_by_workflow``), grouped by status and run state together. (No index has the
+#: status: every transition changes it, and an index on it would be rewritten each time.)
+#: ``{prefix}`` and ``{arg}`` (the dialect's placeholder for the workflow name) are put in by
+#: the store.
 COUNT_RUNS = (
-    "SELECT 0, status, COUNT(*) FROM {prefix}records WHERE workflow_name = {arg} "
-    "GROUP BY status UNION ALL "
-    "SELECT 1, run_state, COUNT(*) FROM {prefix}records WHERE workflow_name = {arg} "
-    "GROUP BY run_state"
+    "SELECT status, run_state, COUNT(*) FROM {prefix}records WHERE workflow_name = {arg} "
+    "GROUP BY status, run_state"
 )
 
 
-def counts_from_rows(rows: Sequence[Sequence[Any]]) -> RunCounts:
-    """The :data:`COUNT_RUNS` rows as :class:`RunCounts`."""
+def counts_from_rows(rows: Iterable[Sequence[Any]]) -> RunCounts:
+    """The :data:`COUNT_RUNS` rows (status, run state, count) as :class:`RunCounts`."""
     statuses: dict[int, int] = {}
     states: dict[RunState, int] = {}
-    for by_state, value, n in rows:
-        if by_state:
-            states[RunState(int(value))] = int(n)
-        else:
-            statuses[int(value)] = int(n)
+    for status, run_state, n in rows:
+        statuses[int(status)] = statuses.get(int(status), 0) + int(n)
+        state = RunState(int(run_state))
+        states[state] = states.get(state, 0) + int(n)
     return RunCounts(statuses, states)
 
 

@@ -23,9 +23,8 @@ from ...errors import (
     VersionConflict,
     WorkflowInProgress,
 )
-from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
-from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
 from ..sql._rows import (
+    COUNT_RUNS,
     check_page,
     counts_from_rows,
     filter_clauses,
@@ -36,6 +35,8 @@ from ..sql._rows import (
     printable,
     to_us,
 )
+from ..sql._rows import PARKED_COLUMNS as _PARKED_COLUMNS
+from ..sql._rows import RECORD_COLUMNS as _RECORD_COLUMNS
 from ..sql._rows import parked_from_row as _parked
 from ..sql._rows import record_from_row as _record
 from ._db import SqliteDatabase
@@ -319,13 +320,11 @@ class SqliteRecordStore:
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):
-        one statement (one snapshot) that reads the indexes on ``(workflow_name, status)`` and
-        ``(workflow_name, run_state)``, never the table; on the query thread."""
+        one statement (one snapshot), one pass over the workflow's runs (``COUNT_RUNS``), on the
+        query thread."""
 
         def select(conn: sqlite3.Connection) -> RunCounts:
-            return counts_from_rows(
-                conn.execute(_COUNT_RUNS, (workflow_name, workflow_name)).fetchall()
-            )
+            return counts_from_rows(conn.execute(_COUNT_RUNS, (workflow_name,)))
 
         return await self.db.query(select)
 
@@ -440,10 +439,4 @@ class SqliteRecordStore:
         await self.db.write(delete)
 
 
-_COUNT_RUNS = (
-    "SELECT 0, status, COUNT(*) FROM statestream_records INDEXED BY "
-    "statestream_records_by_status WHERE workflow_name = ? GROUP BY status "
-    "UNION ALL "
-    "SELECT 1, run_state, COUNT(*) FROM statestream_records INDEXED BY "
-    "statestream_records_by_run_state WHERE workflow_name = ? GROUP BY run_state"
-)
+_COUNT_RUNS = COUNT_RUNS.format(prefix="statestream_", arg="?")
