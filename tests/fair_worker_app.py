@@ -25,6 +25,12 @@ from statestream import Builder, NullObserver, Run, after
 
 LEASE_TTL = 1.5
 MEMBER_TTL = 1.5
+#: How long a timeout poller holds a due timer while it fires it (``build(timeout_claim=)``):
+#: a worker killed between the claim and the write leaves the timer to wait this long before
+#: another fires it. Short here (the default is 60 s), as the test waits for that.
+TIMEOUT_CLAIM = 3.0
+TIMER = 0.1
+POLL = 0.05
 
 
 class Status(enum.IntEnum):
@@ -83,7 +89,7 @@ def build_on(adapters: backends.AdapterSet, observer: Holds | None = None):  # t
     b.defaults(polling_frequency=0.05, error_backoff=0.05, max_error_backoff=0.5)
     b.outbox(polling_frequency=0.05, error_backoff=0.05)
     b.add_step(Status.STARTED, start, Status.WAITING, parallel_count=6)
-    b.add_timeout(Status.WAITING, after(0.1), finish, Status.DONE, polling_frequency=0.05)
+    b.add_timeout(Status.WAITING, after(TIMER), finish, Status.DONE, polling_frequency=POLL)
     b.on_complete(completed)
     return b.build(
         adapters.streamer,
@@ -91,6 +97,7 @@ def build_on(adapters: backends.AdapterSet, observer: Holds | None = None):  # t
         adapters.scheduler,
         timeout_store=adapters.timeouts,
         observer=observer,
+        timeout_claim=TIMEOUT_CLAIM,
     )
 
 

@@ -16,6 +16,7 @@ from statestream._engine.dispatch import (
     Supervisor,
     shard_of,
 )
+from statestream._engine.lease import HELD, Held
 from statestream.adapters.memory import MemoryRoleScheduler, MemoryStreamer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -277,6 +278,46 @@ async def test_stopping_waits_for_in_flight_handlers_and_leaves_queued_ones() ->
     # Then the in-flight handler finished and was acknowledged; the queued one was left for later
     assert handled == [1]
     assert receiver.acks == [1]
+
+
+async def test_a_handover_also_handles_the_queued_events_and_acknowledges_them_all() -> None:
+    # Given a consumer holding its role (not a supervisor's stop: a handover), with a slow
+    # event in flight, a second event of its run queued behind it, and a later run's finished
+    handover = asyncio.Event()
+    supervisor = Supervisor(FakeScheduler(), "wf")
+    held = Held(Process("p", "wf-role", never_ends), FakeLease("wf-role"), supervisor, handover)
+    gate = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(event: Event) -> None:
+        if event.id == 1:
+            await gate.wait()
+        handled.append(event.id)
+
+    receiver = FakeReceiver([ev(1, "a"), ev(2, "a"), ev(3, "b")])
+    token = HELD.set(held)
+    try:
+        task = asyncio.create_task(
+            KeyedDispatcher(receiver, handle, never_resolved, concurrency=8).run(handover)
+        )
+    finally:
+        HELD.reset(token)
+    await eventually(lambda: handled == [3])
+
+    # When the role is handed over, and then the event in flight finishes
+    handover.set()
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(task, 5)
+
+    # Then the queued event was handled too, and everything received is acknowledged: the
+    # next holder starts after it (a stopping supervisor leaves it, as the test above shows)
+    assert handled == [3, 1, 2]
+    assert receiver.acks[-1] == 3
+
+
+async def never_ends(stopping: asyncio.Event) -> None:
+    await stopping.wait()
 
 
 class CountingReceiver:

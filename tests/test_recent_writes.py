@@ -4,6 +4,7 @@ and a store that publishes in the write's transaction does not wake the outbox r
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import Adapters, Status, build, eventually, order_builder
-from statestream import Event, Message, OutboxEvent, Record, RunState
+from statestream import Event, Message, OutboxEvent, ProcessState, Record, RunState
 from statestream._core.records import status_topic
 from statestream._engine.recent import RecentWrites
 from statestream._engine.runtime import H_VERSION
@@ -86,6 +87,18 @@ def test_an_entry_older_than_max_age_is_not_used_for_its_own_version() -> None:
     assert recent.get("run-1", 1) is v2  # superseded stays provable at any age
 
 
+def test_an_entry_written_before_the_holding_began_is_not_used_for_its_own_version() -> None:
+    # A consumer that took its role at ``since`` may read again events its predecessor handled
+    # (after a handover): what this process wrote before then proves nothing about them.
+    recent = RecentWrites()
+    v2 = _record(2)
+    recent.put(v2)
+    since = time.monotonic() + 1e-3
+    assert recent.get("run-1", 2, since) is None
+    assert recent.get("run-1", 1, since) is v2  # superseded stays provable
+    assert recent.get("run-1", 2, since - 1.0) is v2
+
+
 def test_the_cache_is_bounded_dropping_the_first_inserted() -> None:
     recent = RecentWrites(limit=4)
     for i in range(5):
@@ -103,6 +116,12 @@ async def test_consumers_of_this_process_need_no_lookup_for_its_own_writes() -> 
     counting = CountingStore(MemoryRecordStore())
     wf, _ = build(order_builder(), Adapters(store=counting))  # type: ignore[arg-type]
     async with wf:
+        # (Once the consumers hold their roles: a write from before a holding began is read
+        # back from the store, as the role's previous holder may have acted on it since.)
+        await eventually(
+            lambda: all(p.state is ProcessState.RUNNING for p in wf.process_info().values()),
+            what="every process running",
+        )
         run_ids = [await wf.trigger(f"order-{i}") for i in range(5)]
 
         async def shipped() -> bool:

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from statestream import Builder, Message, OutboxEvent, Record, Run, RunState
+from helpers import eventually
+from statestream import Builder, Message, OutboxEvent, ProcessState, Record, Run, RunState
 from statestream.adapters.sql._schema import SchemaError
 from statestream.adapters.sqlite import (
     SCHEMA_VERSION,
@@ -668,17 +669,30 @@ async def test_losing_a_role_leaves_no_orphan_receiver_task(tmp_path: Path) -> N
     loop.set_exception_handler(lambda _, ctx: problems.append(str(ctx.get("message"))))
     try:
         await wf.start()
-        await asyncio.sleep(0.3)  # every role held, its consumer idle in recv()
+
+        def states() -> set[ProcessState]:
+            return {info.state for info in wf.process_info().values()}
+
+        # Every role held, its consumer idle in recv() (waited for, not slept: on a loaded
+        # machine the first acquisitions may take longer than any fixed sleep)
+        await eventually(lambda: states() == {ProcessState.RUNNING}, timeout=20.0)
+        await asyncio.sleep(0.1)
+        # Another process takes every role, also one this one lost meanwhile to a stalled loop
+        # (its row is deleted then, and an UPDATE alone would miss it; the lease is short).
+        roles = [(info.role, time.time() + 60) for info in wf.process_info().values()]
         stolen = await thief.write(
             lambda c: (
-                c.execute(
-                    "UPDATE statestream_leases SET holder = 'thief', expires_at = ?",
-                    (time.time() + 60,),
+                c.executemany(
+                    "INSERT INTO statestream_leases (role, holder, expires_at) "
+                    "VALUES (?, 'thief', ?) ON CONFLICT (role) DO UPDATE SET "
+                    "holder = excluded.holder, expires_at = excluded.expires_at",
+                    roles,
                 ).rowcount
             )
         )
-        assert stolen >= 2
-        await asyncio.sleep(0.5)  # renewals fail: every role is lost
+        assert stolen == len(roles) >= 2
+        # Renewals fail: every role is lost (and not acquired again: the thief holds them)
+        await eventually(lambda: ProcessState.RUNNING not in states(), timeout=20.0)
         await wf.stop()
         gc.collect()
         await asyncio.sleep(0.05)

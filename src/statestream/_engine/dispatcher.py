@@ -3,6 +3,11 @@
 A consumer handles events of different runs concurrently (up to ``concurrency``) and the events of
 one run strictly one at a time, in order. The receiver's position is acknowledged only up to the
 oldest event whose handling has not finished, so a crash replays at most the unfinished window.
+When it stops it lets the events in flight finish and acknowledges; when it stops because its
+role is handed over to another worker it also handles the events it holds queued behind them,
+so that the next holder starts after everything it received (but an event backing off after an
+error: the next holder reads the events after it again, and passes over those whose run moved
+past them, see ``Runtime.fresh_record``).
 
 A failing event backs off on its own (only its run's later events wait behind it) and is retried;
 the error policy decides when it counts as done (a step's run paused after repeated errors) or is
@@ -147,7 +152,7 @@ class KeyedDispatcher:
                     _raise_if_ended(helpers)
                 else:
                     recv.result()  # the receiver failed: raise it
-            if self._tasks:
+            while self._tasks:  # (a handover starts the queued events of a run as it goes)
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         except BaseException as exc:
             failure = exc
@@ -336,7 +341,7 @@ class KeyedDispatcher:
         self._active -= 1
         key = slot.event.key  # _next_of, inline: once per event
         queue = self._busy[key]
-        if queue and not self._stopping.is_set():
+        if queue and (not self._stopping.is_set() or self._handing_over()):
             self._start(queue.popleft())
         else:
             del self._busy[key]
@@ -345,10 +350,19 @@ class KeyedDispatcher:
     def _next_of(self, key: str) -> None:
         """The work on ``key`` finished: start its next queued event, if any."""
         queue = self._busy[key]
-        if queue and not self._stopping.is_set():
+        if queue and (not self._stopping.is_set() or self._handing_over()):
             self._start(queue.popleft())
         else:
             del self._busy[key]
+
+    def _handing_over(self) -> bool:
+        """Whether the stop is a handover of the role to another worker (not the supervisor
+        stopping): the consumer then also handles the events it has queued behind the ones in
+        flight (they are in hand, at most ``concurrency`` of them, and a handover has a grace
+        of its own), so that it acknowledges all it received and the next holder starts after
+        it. A stopping supervisor leaves them to the next start: its grace may be short."""
+        held = self._held
+        return held is not None and not held.supervisor.stopping.is_set()
 
     def _advance(self) -> None:
         slots = self._slots

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._core.protocols import Lease
@@ -48,6 +48,9 @@ class Held:
     lease: Lease
     supervisor: Supervisor
     stopping: asyncio.Event
+    #: When the holding began (``time.monotonic()``, before its body started): whatever this
+    #: process wrote earlier, an earlier holder of the role may have acted on since.
+    since: float = field(default_factory=time.monotonic)
 
 
 #: The holding the current task works under (None outside background processes).

@@ -9,6 +9,7 @@ mostly returns the record the process already holds. :class:`RecentWrites` keeps
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 from .._core.records import Record
@@ -42,6 +43,13 @@ class RecentWrites:
       one's lease ran out, and that one is not consuming any more), so the step side effects
       that may repeat (always at least once) are not made more frequent in any way that
       matters; a step that must not run after a cancel elsewhere needs its own check anyway.
+    * A record at exactly the event's version proves nothing when it was written before the
+      consumer's role was taken: the role's previous holder (another process) may have handled
+      that event and written ``v + 1`` since, and a consumer that takes a role over reads
+      again the events its predecessor finished but could not acknowledge (those after an
+      unfinished one). So a consumer passes the start of its holding as ``since`` (see
+      ``Runtime.fresh_record``), and an entry older than that is looked up in the store: the
+      step of an event the previous holder finished is then passed over, not run again.
     * A miss, a version mismatch or an old entry falls back to the store, so a bounded,
       forgetful cache costs only lookups, never correctness.
 
@@ -72,14 +80,15 @@ class RecentWrites:
             keep = self.limit // 2
             self._records = dict(itertools.islice(records.items(), len(records) - keep, None))
 
-    def get(self, run_id: str, version: int) -> Record | None:
-        """The cached record of ``run_id`` if it can answer for an event at ``version``."""
+    def get(self, run_id: str, version: int, since: float = -math.inf) -> Record | None:
+        """The cached record of ``run_id`` if it can answer for an event at ``version``; one at
+        exactly ``version`` only if it was written at ``since`` (monotonic) or later."""
         entry = self._records.get(run_id)
         if entry is None:
             return None
         record, at = entry
         if record.version > version or (
-            record.version == version and time.monotonic() - at < self.max_age
+            record.version == version and at >= since and time.monotonic() - at < self.max_age
         ):
             return record
         return None

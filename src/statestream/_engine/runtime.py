@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -240,7 +241,12 @@ class Runtime(Generic[T, StatusT]):
         version = int(event.headers.get(H_VERSION, 0))
         # Mostly the record this process has just written: no store read (see recent.py).
         recent = self.recent
-        record = recent.get(event.key, version) if recent is not None else None
+        record = None
+        if recent is not None:
+            # Not a record written before this role's holding began: the previous holder may
+            # have handled this event since (a handover re-delivers what it could not ack).
+            current = HELD.get()
+            record = recent.get(event.key, version, -math.inf if current is None else current.since)
         if record is None:
             try:
                 record = await self.store.lookup(event.key)
