@@ -157,6 +157,9 @@ async def main(argv: list[str] | None = None) -> None:
             f"/?from={window[0]}&to={window[1]}&after={deep_in}",
         ),
         ("filter: rare status (0.1 %), 50 per page", "/?status=CANCELLED_UNPAID"),
+        # No index has the status: a status no run has walks every run of the workflow
+        ("filter: status CREATED, Completed (no run)", "/?status=CREATED&state=completed"),
+        ("filter: run state Cancelled (no run)", "/?state=cancelled"),
     ]
     print(f"| request ({args.runs:,} runs, SQLite) | rows | median ms | p95 ms |")
     print("|---|---:|---:|---:|")
@@ -170,6 +173,17 @@ async def main(argv: list[str] | None = None) -> None:
         assert r.status_code == 200
         took = (time.perf_counter() - t0) * 1000
         print(f"| graph counts, uncached (`/api/graph`) | - | {took:.0f} | - |", flush=True)
+    # RecordStore.count_runs alone (what the graph and `statestream top` call), 5 times
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        counts = await wf.store.count_runs(wf.name)
+        times.append((time.perf_counter() - t0) * 1000)
+    print(
+        f"| `count_runs` ({counts.total:,} runs) | - | {statistics.median(times):.0f} "
+        f"| {max(times):.0f} (max) |",
+        flush=True,
+    )
     await db.close()
     if tmp is not None:
         tmp.cleanup()
