@@ -14,9 +14,9 @@ once do not race; an older version is an error that says how to migrate (``state
 migrate --url ...`` or ``migrate=True``), a newer one is an error that says to upgrade, and a
 table under our name with other columns is an error that names it.
 
-History: 1, the tables; 2, indexes on the runs by ``(workflow_name, status, seq)``,
-``(workflow_name, run_state, seq)`` and ``(workflow_name, created_at, seq)``, for the web UI's
-filtered keyset pages and ``count_runs``.
+History: 1, the tables; 2, indexes on the runs by ``(workflow_name, run_state, seq)`` and
+``(workflow_name, created_at, seq)``, for the web UI's filtered keyset pages (none by status,
+which every transition changes).
 """
 
 from __future__ import annotations

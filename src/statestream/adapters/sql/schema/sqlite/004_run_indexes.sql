@@ -4,7 +4,7 @@
 -- transition (created_at never, run_state about twice in a run), so a transition rewrites no
 -- entry of them; there is no index on status, which every transition changes (a list by status
 -- walks records_by_workflow; count_runs reads the workflow's runs once). Building them reads the
--- table once (about 2 s for a million runs).
+-- table once (seconds for a million runs).
 CREATE INDEX IF NOT EXISTS {prefix}records_by_run_state
     ON {prefix}records (workflow_name, run_state);
 CREATE INDEX IF NOT EXISTS {prefix}records_by_created
