@@ -310,9 +310,8 @@ class PostgresRecordStore:
         )
         #: Concurrent lookups share one statement (a consumer's events in flight, each looking
         #: up its run: with several processes the record is rarely this process's own recent
-        #: write). A lookup while none is in flight reads at once, alone, as before.
+        #: write). A lookup while none is in flight reads at once, alone, by run ID.
         self._reader: WriteBatcher[str, Record] = WriteBatcher(self._lookup_many)
-        self._reading = 0
         self._latest = sql(
             f"SELECT {RECORD_COLUMNS} FROM {{prefix}}records WHERE workflow_name = $1 "
             "AND foreign_id = $2 ORDER BY seq DESC LIMIT 1"
@@ -329,13 +328,7 @@ class PostgresRecordStore:
         await self._writer.batcher.submit(_Write(False, record, event, self._publish))
 
     async def lookup(self, run_id: str) -> Record:
-        if self._reading:
-            return await self._reader.submit(run_id)
-        self._reading += 1
-        try:
-            return await self._lookup_one(run_id)
-        finally:
-            self._reading -= 1
+        return await self._reader.submit(run_id)
 
     async def _lookup_one(self, run_id: str) -> Record:
         row = await self.db.fetchrow(self._lookup, run_id)
