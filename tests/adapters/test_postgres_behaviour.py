@@ -230,6 +230,7 @@ async def test_the_hot_queries_use_their_indexes(db: PostgresDatabase) -> None:
     )
     cases = [
         (store._lookup, ("run",), f"{p}records_pkey"),
+        (store._lookup_any, (["run", "other"],), f"{p}records_pkey"),
         (store._latest, ("wf", "fid"), f"{p}records_by_foreign_id"),
         (list_page, ("wf", 0, 25, 0), f"{p}records_by_workflow"),
         (streamer._select, ("topic", 0, 0, 100), f"{p}events_by_topic"),
@@ -577,6 +578,28 @@ async def test_concurrent_writes_share_statements_and_fail_alone(db: PostgresDat
     assert isinstance(results[17], errors.WorkflowInProgress)
     assert (await store.lookup("run-3")).version == 2
     assert (await store.lookup("old")).run_state is RunState.COMPLETED
+
+
+async def test_concurrent_lookups_share_statements_and_miss_alone(db: PostgresDatabase) -> None:
+    store = PostgresRecordStore(db)
+    # Given some runs
+    for i in range(10):
+        await store.create(_record(f"f{i}", f"run-{i}"), _event(f"run-{i}"))
+    trips = db.round_trips
+
+    # When many lookups go at once, one of a missing run and one run twice
+    ids = [f"run-{i}" for i in range(10)] + ["missing", "run-3"]
+    results = await asyncio.gather(*(store.lookup(r) for r in ids), return_exceptions=True)
+
+    # Then they shared statements (fewer round trips than lookups), each got its own run, and
+    # only the missing one failed
+    assert db.round_trips - trips < len(ids)
+    assert [r.run_id for r in results if isinstance(r, Record)] == [*ids[:10], "run-3"]
+    assert isinstance(results[10], errors.RecordNotFound)
+    # And a lookup alone still works, and still misses
+    assert (await store.lookup("run-7")).foreign_id == "f7"
+    with pytest.raises(errors.RecordNotFound):
+        await store.lookup("nope")
 
 
 async def test_an_idle_shard_does_not_hold_prune_back(db: PostgresDatabase) -> None:

@@ -315,6 +315,13 @@ class PostgresRecordStore:
             self._writer.streamers.append(publish_to)
         sql = db.sql
         self._lookup = sql(f"SELECT {RECORD_COLUMNS} FROM {{prefix}}records WHERE run_id = $1")
+        self._lookup_any = sql(
+            f"SELECT {RECORD_COLUMNS} FROM {{prefix}}records WHERE run_id = ANY($1::text[])"
+        )
+        #: Concurrent lookups share one statement (a consumer's events in flight, each looking
+        #: up its run: with several processes the record is rarely this process's own recent
+        #: write). A lookup while none is in flight reads at once, alone, by run ID.
+        self._reader: WriteBatcher[str, Record] = WriteBatcher(self._lookup_many)
         self._latest = sql(
             f"SELECT {RECORD_COLUMNS} FROM {{prefix}}records WHERE workflow_name = $1 "
             "AND foreign_id = $2 ORDER BY seq DESC LIMIT 1"
@@ -331,10 +338,23 @@ class PostgresRecordStore:
         await self._writer.batcher.submit(_Write(False, record, event, self._publish))
 
     async def lookup(self, run_id: str) -> Record:
+        return await self._reader.submit(run_id)
+
+    async def _lookup_one(self, run_id: str) -> Record:
         row = await self.db.fetchrow(self._lookup, run_id)
         if row is None:
             raise RecordNotFound(f"no run {run_id}")
         return record_from_row(row)
+
+    async def _lookup_many(self, run_ids: Sequence[str]) -> builtins.list[Record | BaseException]:
+        if len(run_ids) == 1:
+            try:
+                return [await self._lookup_one(run_ids[0])]
+            except RecordNotFound as exc:
+                return [exc]
+        rows = await self.db.fetch(self._lookup_any, builtins.list(set(run_ids)))
+        found = {record.run_id: record for record in map(record_from_row, rows)}
+        return [found.get(r) or RecordNotFound(f"no run {r}") for r in run_ids]
 
     async def latest(self, workflow_name: str, foreign_id: str) -> Record:
         row = await self.db.fetchrow(self._latest, workflow_name, foreign_id)
