@@ -114,6 +114,26 @@ async def trigger_batch(db: SqliteDatabase) -> list[str]:
         await streamer.close()
 
 
+async def step_writes(db: SqliteDatabase) -> int:
+    """Step results stored so far (the trigger writes version 1, each step one more)."""
+
+    def count(conn: sqlite3.Connection) -> int:
+        return int(
+            conn.execute(
+                "SELECT COALESCE(SUM(version - 1), 0) FROM statestream_records "
+                "WHERE workflow_name = ?",
+                (crash_worker.WORKFLOW,),
+            ).fetchone()[0]
+        )
+
+    return await db.read(count)
+
+
+def count_effects(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM effects").fetchone()[0])
+
+
 async def completed(db: SqliteDatabase) -> int:
     def count(conn: sqlite3.Connection) -> int:
         return int(
@@ -213,6 +233,14 @@ async def test_sigkill_mid_batch_then_restart_completes_every_run_once(
         return await completed(db) >= RUNS * 3 // 10
 
     await poll(some_done, 20.0, [first], "30% of the runs to complete")
+    effects_path = tmp_path / "effects.db"
+
+    async def a_step_in_flight() -> bool:
+        # An effect applied whose step's write is not stored yet (each step sleeps 20 ms
+        # after its effect): a kill now cuts a step between the two, as the test means to.
+        return await step_writes(db) < count_effects(effects_path)
+
+    await poll(a_step_in_flight, 10.0, [first], "a step between its effect and its write", 0.001)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
     assert first.proc.returncode == -signal.SIGKILL

@@ -300,13 +300,19 @@ async def test_a_runs_trace_crosses_kafka_in_the_record_headers(
             await wf.wait_for("traced-1", run_id, observe_app.S.DONE, timeout=20)
 
         # Then every event on Kafka carries the foreign ID and the trace as record headers
-        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "audit"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": f"audit-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            }
+        )
         try:
             records: list[Any] = []
             for status in (observe_app.S.CREATED, observe_app.S.CHECKED, observe_app.S.PAID):
                 name = streamer.kafka_topic(status_topic("orders", status))
                 consumer.assign([TopicPartition(name, 0, 0)])
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(30):  # a new consumer's first fetch, under load
                     while len(records) < status:
                         msg = await asyncio.to_thread(consumer.poll, 0.2)
                         if msg is not None and msg.error() is None:
