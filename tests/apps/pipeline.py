@@ -103,7 +103,10 @@ def read_effects(directory: str | os.PathLike[str]) -> list[tuple[str, str, int]
     """Every effect every process recorded: ``(idempotency_key, step, pid)``."""
     effects = []
     for path in sorted(Path(directory).glob("effects-*.log")):
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        # A line that crosses a page boundary is appended in two steps, and a read between them
+        # sees its first part: leave an unfinished last line to the next read.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             key, step, pid = line.split(" ")
             effects.append((key, step, int(pid)))
     return effects
