@@ -45,7 +45,7 @@
           cell(tr, run.updated_at);
           body.appendChild(tr);
         });
-        if (!data.runs.length) {
+        if (!data.runs.length && !data.partial) {
           var tr = document.createElement("tr");
           tr.className = "empty";
           cell(tr, "No runs match.").colSpan = 7;
