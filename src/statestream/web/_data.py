@@ -247,7 +247,7 @@ async def _scan_runs(query: RunQuery) -> Listing:
     its cursor goes on from the last run examined. The store does it where it can
     (:class:`~statestream.ScanLister`); else the runs are listed here in chunks."""
     wf = query.workflow
-    budget = max(SCAN_ROWS, query.limit + 1)
+    budget = SCAN_ROWS
     order = Order.ASC if query.before else Order.DESC
     cursor = query.before or query.after or None
     if isinstance(wf.store, ScanLister):
