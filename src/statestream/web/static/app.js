@@ -52,6 +52,8 @@
           body.appendChild(tr);
         }
         table.replaceChild(body, table.tBodies[0]);
+        var hint = document.querySelector("p.partial");
+        if (hint) { hint.hidden = !data.partial; }
       }).catch(function () {});
     }
     setInterval(refresh, EVERY);
