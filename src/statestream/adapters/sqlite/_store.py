@@ -379,11 +379,10 @@ class SqliteRecordStore:
             if len(picked) >= limit:
                 resume = picked[-1][1]
             else:
-                row = conn.execute(last, [*values, 1, scan_limit - 1]).fetchone()
-                if row is not None:
-                    row = conn.execute(
-                        "SELECT run_id FROM statestream_records WHERE rowid = ?", row
-                    ).fetchone()
+                row = conn.execute(
+                    f"SELECT run_id FROM statestream_records WHERE rowid = ({last})",
+                    [*values, 1, scan_limit - 1],
+                ).fetchone()
                 resume = row[0] if row is not None else ""
             if not picked:
                 return ScanPage([], resume)
