@@ -194,6 +194,86 @@ async def test_filters_by_status_state_foreign_id_and_time(wf: Any) -> None:
         assert len(await found(**{"from": "2000-01-01T00:00", "to": "2999-01-01"})) == 4
 
 
+def _store(kind: str) -> Any:
+    """A memory store with ``list_scan`` (ScanLister), or one without it (optional)."""
+    from statestream.adapters.memory import MemoryRecordStore
+
+    inner = MemoryRecordStore()
+    if kind == "scan":
+        return inner
+
+    class Plain:
+        def __getattr__(self, name: str) -> Any:
+            if name == "list_scan":
+                raise AttributeError(name)
+            return getattr(inner, name)
+
+    return Plain()
+
+
+@pytest.mark.parametrize("kind", ["scan", "plain"])
+async def test_a_status_filter_examines_a_bounded_number_of_runs_per_page(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 12 runs, all CREATED, and pages of a status filter that examine at most 5 runs
+    from statestream import ScanLister
+    from statestream.web import _data
+
+    monkeypatch.setattr(_data, "SCAN_ROWS", 5)
+    monkeypatch.setattr(_data, "_SCAN_CHUNK", 2)
+    wf = make_workflow(_store(kind))
+    assert isinstance(wf.store, ScanLister) is (kind == "scan")
+    ids = await seed(wf, 12)
+    newest = list(reversed(ids))
+    async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:
+        # When no run has the status: each page is partial, its cursor the last run examined
+        pages = []
+        cursor = ""
+        for _ in range(5):
+            params = {"status": "PAID", **({"after": cursor} if cursor else {})}
+            data = (await c.get("/api/runs", params=params)).json()
+            pages.append((data["runs"], data["partial"], data["older"]))
+            cursor = data["older"]
+            if not cursor:
+                break
+        assert pages == [([], True, newest[4]), ([], True, newest[9]), ([], False, "")]
+        # and the page says so, with the link to look further
+        html = (await c.get("/", params={"status": "PAID"})).text
+        assert "Partial page: No matches in the 5 most recent runs examined" in html
+        assert "No runs match." not in html
+        assert f"after={newest[4]}" in html
+        assert "Older →" in html
+        deeper = (await c.get("/", params={"status": "PAID", "after": newest[4]})).text
+        assert "No matches in the 5 next older runs examined" in deeper
+        end = (await c.get("/", params={"status": "PAID", "after": newest[9]})).text
+        assert "Partial page" not in end
+        assert "No runs match." in end
+        # Going back to newer runs from the end is bounded the same way
+        back = (await c.get("/", params={"status": "PAID", "before": newest[9]})).text
+        assert "No matches in the 5 next newer runs examined" in back
+        assert f"before={newest[4]}" in back
+        assert "← Newer" in back
+
+        # When the runs have the status: full pages, every run once, newest first
+        seen: list[str] = []
+        cursor = ""
+        for _ in range(10):
+            params = {"status": "CREATED", "limit": "3", **({"after": cursor} if cursor else {})}
+            data = (await c.get("/api/runs", params=params)).json()
+            assert data["partial"] is False
+            seen += [run["run_id"] for run in data["runs"]]
+            cursor = data["older"]
+            if not cursor:
+                break
+        assert seen == newest
+        params = {"status": "CREATED", "limit": "3", "before": newest[6]}
+        newer = (await c.get("/", params=params)).text
+        table = newer.split("<tbody>")[1].split("</tbody>")[0]
+        assert [i for i in newest if i in table] == newest[3:6]
+        assert f"before={newest[3]}" in newer
+        assert "Partial page" not in newer
+
+
 async def test_graph_page_carries_the_mermaid_source_with_counts(wf: Any) -> None:
     await seed(wf, 3)
     async with client(create_app(wf, token=TOKEN, open_reads=True)) as c:

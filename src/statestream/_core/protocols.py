@@ -27,6 +27,7 @@ from .records import (
     Record,
     RecordFilter,
     RunCounts,
+    ScanPage,
     TimeoutRecord,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "RoleMembers",
     "RoleScheduler",
     "RunCounter",
+    "ScanLister",
     "SnapshotStore",
     "TimeoutStore",
     "Work",
@@ -164,6 +166,35 @@ class RunCounter(Protocol):
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state, as of one moment (one snapshot).
         An unknown workflow has no runs: empty counts."""
+        ...
+
+
+@runtime_checkable
+class ScanLister(Protocol):
+    """Optional capability of a :class:`RecordStore`: a page of a filter no index serves (the
+    status: every transition changes it, so no store indexes it) that reads a bounded number
+    of runs. The web UI's run list uses it for a status filter, so that a status few or no
+    runs have answers as fast as any page; without it the UI pages through ``list`` itself.
+    Conformance: the ``test_list_scan_*`` tests of
+    :class:`~statestream.adaptertest.RecordStoreContract` (skipped for a store without it).
+    """
+
+    async def list_scan(
+        self,
+        workflow_name: str,
+        *,
+        limit: int,
+        scan_limit: int,
+        order: Order = Order.DESC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> ScanPage:
+        """Examine at most ``scan_limit`` of the runs ``list(workflow_name, order=order,
+        filter=<filter without its statuses>, after=after)`` returns, in that order, and
+        return those at one of ``filter.statuses`` (every run when it has none), stopping at
+        ``limit`` of them; ``ScanPage.resume`` is the last run examined ("" when the runs
+        ended before ``scan_limit``). InvalidInput when ``limit`` or ``scan_limit`` < 1;
+        RecordNotFound when ``after`` names no run."""
         ...
 
 

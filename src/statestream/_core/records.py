@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..errors import InvalidInput
 from .runstate import RunState
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Record",
     "RecordFilter",
     "RunCounts",
+    "ScanPage",
     "TimeoutRecord",
     "delete_topic",
     "run_state_change_topic",
@@ -205,6 +207,39 @@ class RunCounts:
             statuses[record.status] = statuses.get(record.status, 0) + 1
             run_states[record.run_state] = run_states.get(record.run_state, 0) + 1
         return cls(statuses, run_states)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """What :meth:`ScanLister.list_scan` found: the runs at the statuses, in the order asked,
+    and where the scan stopped."""
+
+    records: Sequence[Record]
+    #: The run ID of the last run examined, to pass as ``after=`` to go on; "" when the scan
+    #: reached the end of the runs (nothing is left to examine).
+    resume: str = ""
+
+    @staticmethod
+    def check(limit: int, scan_limit: int) -> None:
+        """InvalidInput unless both are at least 1."""
+        if limit < 1 or scan_limit < 1:
+            raise InvalidInput(f"limit and scan_limit must be >= 1, got {limit}, {scan_limit}")
+
+    @classmethod
+    def of(
+        cls, examined: Sequence[Record], statuses: Sequence[int], limit: int, scan_limit: int
+    ) -> ScanPage:
+        """Reference implementation: the page out of ``examined``, the runs the scan read
+        (``list`` with the filter but its statuses and ``limit=scan_limit``). Every run matches
+        when ``statuses`` is empty."""
+        found: list[Record] = []
+        wanted = set(statuses)
+        for record in examined:
+            if not wanted or record.status in wanted:
+                found.append(record)
+                if len(found) >= limit:
+                    return cls(found, record.run_id)
+        return cls(found, examined[-1].run_id if len(examined) >= scan_limit else "")
 
 
 def shard_of(key: str, shards: int) -> int:

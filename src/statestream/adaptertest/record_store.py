@@ -30,6 +30,7 @@ from .._core.records import (
 from .._core.runstate import RunState
 from ._counts import RunCountsContract
 from ._parked import ParkedEventsContract
+from ._scan import ScanListContract
 from ._timed import TimeRangeContract
 from ._util import assert_close, now, unique
 
@@ -122,7 +123,9 @@ def _ids(rows: Sequence[Record]) -> list[str]:
     return [r.run_id for r in rows]
 
 
-class RecordStoreContract(ParkedEventsContract, RunCountsContract, TimeRangeContract):
+class RecordStoreContract(
+    ParkedEventsContract, RunCountsContract, ScanListContract, TimeRangeContract
+):
     """Conformance tests for a :class:`~statestream.RecordStore`.
 
     Subclass it as ``TestXxxRecordStore`` and define a ``store`` fixture that gives the store

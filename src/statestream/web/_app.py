@@ -270,7 +270,12 @@ class _UI:
         listing = await list_runs(query)
         wf = query.workflow
         return JSONResponse(
-            {"runs": [run_json(wf, r) for r in listing.records], "older": listing.older}
+            {
+                "runs": [run_json(wf, r) for r in listing.records],
+                "older": listing.older,
+                "partial": listing.partial,
+                "scanned": listing.scanned,
+            }
         )
 
     async def run(self, request: Request) -> Response:

@@ -7,17 +7,18 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .._core.protocols import EventHistory, RunCounter, SnapshotStore
+from .._core.protocols import EventHistory, RunCounter, ScanLister, SnapshotStore
 from .._core.records import (
     Event,
     Order,
     ParkedEvent,
     Record,
     RecordFilter,
+    ScanPage,
     TimeoutRecord,
     delete_topic,
     run_state_change_topic,
@@ -50,6 +51,13 @@ MAX_LIMIT = 200
 #: The most retained events a run's page shows (the oldest ones).
 MAX_EVENTS = 200
 COUNT_CAP = 10_000
+#: The most runs one page of a status filter examines (no index has the status: every
+#: transition changes it). A page that examined this many without filling up is partial: it
+#: shows what it found and a cursor to look further.
+SCAN_ROWS = 50_000
+#: The first chunk of such a scan (it doubles up to ``_SCAN_CHUNK_MAX``).
+_SCAN_CHUNK = 200
+_SCAN_CHUNK_MAX = 2_000
 _ID = re.compile(r"^[\x21-\x7e]{1,200}$")  # run IDs and cursors: printable ASCII, no spaces
 
 #: The run-state changes the UI offers, with the state each leads to.
@@ -188,37 +196,108 @@ class Listing:
     #: Cursor of the next (older) page, "" at the end; of the previous (newer) page, "" at top.
     older: str
     newer: str
+    #: True when the page stopped after examining :data:`SCAN_ROWS` runs before it filled up:
+    #: the runs past its cursor (``older``, or ``newer`` for a ``before=`` page) are unseen.
+    partial: bool = False
+    #: How many runs a status filter examined for this page (0: the store filtered alone).
+    scanned: int = 0
 
 
 async def list_runs(query: RunQuery) -> Listing:
     """One page, newest first, by key: ``after`` (older than) or ``before`` (newer than)."""
-    wf = query.workflow
-    flt = query.record_filter()
     try:
-        if query.before:
-            rows = await wf.store.list(
-                wf.name, limit=query.limit + 1, order=Order.ASC, filter=flt, after=query.before
-            )
-            more_newer = len(rows) > query.limit
-            records = list(reversed(rows[: query.limit]))
-            return Listing(
-                records,
-                records[-1].run_id if records else "",
-                records[0].run_id if records and more_newer else "",
-            )
-        rows = await wf.store.list(
-            wf.name,
-            limit=query.limit + 1,
-            order=Order.DESC,
-            filter=flt,
-            after=query.after or None,
-        )
+        if query.statuses:
+            return await _scan_runs(query)
+        return await _list_runs(query)
     except RecordNotFound:
         raise InvalidInput("the page cursor names no run of this workflow") from None
+
+
+async def _list_runs(query: RunQuery) -> Listing:
+    wf = query.workflow
+    flt = query.record_filter()
+    if query.before:
+        rows = await wf.store.list(
+            wf.name, limit=query.limit + 1, order=Order.ASC, filter=flt, after=query.before
+        )
+        more_newer = len(rows) > query.limit
+        records = list(reversed(rows[: query.limit]))
+        return Listing(
+            records,
+            records[-1].run_id if records else "",
+            records[0].run_id if records and more_newer else "",
+        )
+    rows = await wf.store.list(
+        wf.name,
+        limit=query.limit + 1,
+        order=Order.DESC,
+        filter=flt,
+        after=query.after or None,
+    )
     records = rows[: query.limit]
     older = records[-1].run_id if len(rows) > query.limit else ""
     newer = records[0].run_id if query.after and records else ""
     return Listing(records, older, newer)
+
+
+async def _scan_runs(query: RunQuery) -> Listing:
+    """A status filter, bounded: no index has the status (every transition changes it), so a
+    page examines at most :data:`SCAN_ROWS` runs (by key, with the other, indexed filters) and
+    keeps those at the status. A page that examined that many before it filled up is partial:
+    its cursor goes on from the last run examined. The store does it where it can
+    (:class:`~statestream.ScanLister`); else the runs are listed here in chunks."""
+    wf = query.workflow
+    budget = SCAN_ROWS
+    order = Order.ASC if query.before else Order.DESC
+    cursor = query.before or query.after or None
+    if isinstance(wf.store, ScanLister):
+        page = await wf.store.list_scan(
+            wf.name,
+            limit=query.limit + 1,
+            scan_limit=budget,
+            order=order,
+            filter=query.record_filter(),
+            after=cursor,
+        )
+    else:
+        page = await _scan_by_list(query, budget, order, cursor)
+    found = list(page.records)
+    more = len(found) > query.limit
+    # Stopped by the budget before the page filled: the runs past the cursor are unseen.
+    partial = bool(page.resume) and len(found) < query.limit
+    go_on = "" if more else page.resume
+    records = found[: query.limit]
+    scanned = budget if partial else 0
+    if query.before:
+        records.reverse()
+        newer = records[0].run_id if more and records else go_on
+        return Listing(records, records[-1].run_id if records else "", newer, partial, scanned)
+    older = records[-1].run_id if more else go_on
+    newer = records[0].run_id if query.after and records else ""
+    return Listing(records, older, newer, partial, scanned)
+
+
+async def _scan_by_list(query: RunQuery, budget: int, order: Order, cursor: str | None) -> ScanPage:
+    """``ScanLister.list_scan`` through ``RecordStore.list``: chunks that double in size."""
+    wf = query.workflow
+    flt = replace(query.record_filter(), statuses=())
+    wanted = set(query.statuses)
+    found: list[Record] = []
+    scanned, chunk = 0, _SCAN_CHUNK
+    while scanned < budget:
+        size = min(chunk, budget - scanned)
+        rows = await wf.store.list(wf.name, limit=size, order=order, filter=flt, after=cursor)
+        for row in rows:
+            scanned += 1
+            cursor = row.run_id
+            if row.status in wanted:
+                found.append(row)
+                if len(found) > query.limit:
+                    return ScanPage(found, cursor)
+        if len(rows) < size:
+            return ScanPage(found, "")
+        chunk = min(2 * chunk, _SCAN_CHUNK_MAX)
+    return ScanPage(found, cursor or "")
 
 
 def object_text(data: bytes, limit: int = 200_000) -> tuple[str, bool]:

@@ -166,8 +166,23 @@ class Page:
             "Clear</a></form>"
         )
         rows = "".join(self._run_row(wf, r) for r in listing.records)
-        if not rows:
+        if not rows and not listing.partial:
             rows = '<tr class="empty"><td colspan="7">No runs match.</td></tr>'
+        partial = ""
+        if listing.partial:
+            # No index has the status: a page examines a bounded number of runs (SCAN_ROWS).
+            found = f"Only {len(listing.records)} matches" if listing.records else "No matches"
+            which, button = (
+                ("next newer", "← Newer")
+                if query.before
+                else ("next older", "Older →")
+                if query.after
+                else ("most recent", "Older →")
+            )
+            partial = (
+                f'<p class="hint partial" role="status">Partial page: {found} in the '
+                f"{listing.scanned:,} {which} runs examined; look further with {button}.</p>"
+            )
         pager = []
         link = '<a class="button secondary" href="{}">{}</a>'
         if listing.newer:
@@ -188,7 +203,7 @@ class Page:
             if api
             else '<p class="hint">Newest first. Go to the newest page for live updates.</p>'
         )
-        body = f"{filters}{note}{table}<div class=pager>{''.join(pager)}</div>"
+        body = f"{filters}{note}{partial}{table}<div class=pager>{''.join(pager)}</div>"
         return self.layout(f"Runs of {wf.name}", body, active="runs", workflow=wf.name, live="runs")
 
     def _run_row(self, wf: AnyWorkflow, r: Any) -> str:

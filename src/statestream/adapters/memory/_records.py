@@ -18,6 +18,7 @@ from ..._core.records import (
     Record,
     RecordFilter,
     RunCounts,
+    ScanPage,
 )
 from ..._core.runstate import RunState
 from ._util import _check_window
@@ -149,6 +150,26 @@ class MemoryRecordStore:
             run_states[state] = n
         else:
             del run_states[state]
+
+    async def list_scan(
+        self,
+        workflow_name: str,
+        *,
+        limit: int,
+        scan_limit: int,
+        order: Order = Order.DESC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> ScanPage:
+        """A page of a status filter that examines at most ``scan_limit`` runs
+        (:class:`~statestream.ScanLister`): ``list`` without the statuses, picked here."""
+        ScanPage.check(limit, scan_limit)
+        flt = dataclasses.replace(filter or RecordFilter(), statuses=())
+        rows = await self.list(
+            workflow_name, limit=scan_limit, order=order, filter=flt, after=after
+        )
+        statuses = filter.statuses if filter is not None else ()
+        return ScanPage.of(rows, statuses, limit, scan_limit)
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from ..._core.records import (
     Record,
     RecordFilter,
     RunCounts,
+    ScanPage,
 )
 from ...errors import ConfigurationError, InvalidInput, RecordNotFound
 from ..sql._rows import COUNT_RUNS, RECORD_COLUMNS, check_page, counts_from_rows, filter_clauses
@@ -35,6 +37,11 @@ from ._rows import (
 from ._stream import MysqlStreamer
 
 __all__ = ["MysqlRecordStore"]
+
+
+def _text(value: Any) -> str:
+    """A run ID as the driver gives it (text, or bytes for a binary collation)."""
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def _utf8(value: str) -> bytes:
@@ -125,6 +132,19 @@ class MysqlRecordStore:
         run: one index seek, however deep the page. ``offset`` is bounded by
         :attr:`max_offset`."""
         check_page(offset, limit, self.max_offset)
+        sql, args = await self._list_sql(RECORD_COLUMNS, workflow_name, order, filter, after)
+        rows = await self.db.fetch(sql + " LIMIT %s OFFSET %s", [*args, limit, offset])
+        return [record_from_row(row) for row in rows]
+
+    async def _list_sql(
+        self,
+        columns: str,
+        workflow_name: str | None,
+        order: Order,
+        filter: RecordFilter | None,
+        after: str | None,
+    ) -> tuple[str, builtins.list[Any]]:
+        """The statement of ``list`` without its LIMIT, and its arguments."""
         p = self.db.prefix
         where, args = filter_clauses(workflow_name, filter, "%s", _utf8)
         descending = order is Order.DESC
@@ -153,14 +173,69 @@ class MysqlRecordStore:
             else:
                 where.append(f"seq {sign} %s")
                 args.append(seq)
-        sql = f"SELECT {RECORD_COLUMNS} FROM {p}records"
+        sql = f"SELECT {columns} FROM {p}records"
         if where:
             sql += " WHERE " + " AND ".join(where)
         direction = "DESC" if descending else "ASC"
         keys = f"created_at {direction}, seq {direction}" if timed else f"seq {direction}"
-        sql += f" ORDER BY {keys} LIMIT %s OFFSET %s"
-        rows = await self.db.fetch(sql, [*args, limit, offset])
-        return [record_from_row(row) for row in rows]
+        return sql + f" ORDER BY {keys}", args
+
+    async def list_scan(
+        self,
+        workflow_name: str,
+        *,
+        limit: int,
+        scan_limit: int,
+        order: Order = Order.DESC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> ScanPage:
+        """A page of a status filter that reads at most ``scan_limit`` runs
+        (:class:`~statestream.ScanLister`): the ``list`` statement without the statuses,
+        limited to ``scan_limit`` rows (one range of an index), filtered by status outside
+        it; a second statement finds the last run examined when the page did not fill up;
+        the runs picked are then read by ``seq``."""
+        ScanPage.check(limit, scan_limit)
+        wanted = sorted({int(s) for s in filter.statuses}) if filter is not None else []
+        flt = dataclasses.replace(filter, statuses=()) if filter is not None else None
+        timed = flt is not None and (
+            flt.created_after is not None or flt.created_before is not None
+        )
+        direction = "DESC" if order is Order.DESC else "ASC"
+        keys = f"s_at {direction}, s_seq {direction}" if timed else f"s_seq {direction}"
+        inner, args = await self._list_sql(
+            "seq AS s_seq, created_at AS s_at, status AS s_status, run_id AS s_id",
+            workflow_name,
+            order,
+            flt,
+            after,
+        )
+        sql = f"SELECT s_seq, s_id FROM ({inner} LIMIT %s) AS scan"
+        params: builtins.list[Any] = [*args, scan_limit]
+        if wanted:
+            sql += f" WHERE s_status IN ({', '.join(['%s'] * len(wanted))})"
+            params.extend(wanted)
+        sql += f" ORDER BY {keys} LIMIT %s"
+        picked = await self.db.fetch(sql, [*params, limit])
+        if len(picked) >= limit:
+            resume = _text(picked[-1][1])
+        else:
+            last = await self.db.fetch(f"{inner} LIMIT 1 OFFSET %s", [*args, scan_limit - 1])
+            resume = _text(last[0][3]) if last else ""
+        if not picked:
+            return ScanPage([], resume)
+        seqs = [int(p[0]) for p in picked]
+        rows = await self.db.fetch(
+            f"SELECT seq, {RECORD_COLUMNS} FROM {self.db.prefix}records "
+            f"WHERE seq IN ({', '.join(['%s'] * len(seqs))})",
+            seqs,
+        )
+        by_seq = {int(row[0]): record_from_row(row[1:]) for row in rows}
+        # (a run deleted or moved on between the statements is left out)
+        found = [by_seq.get(s) for s in seqs]
+        return ScanPage(
+            [r for r in found if r is not None and (not wanted or r.status in wanted)], resume
+        )
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):

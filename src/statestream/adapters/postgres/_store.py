@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from ..._core.records import (
     Record,
     RecordFilter,
     RunCounts,
+    ScanPage,
 )
 from ...errors import (
     ConfigurationError,
@@ -375,6 +377,19 @@ class PostgresRecordStore:
         """Runs in creation order; ``after`` (a run ID) pages by key through the index on
         ``(workflow_name, seq)``; ``offset`` is bounded by :attr:`max_offset`."""
         check_page(offset, limit, self.max_offset)
+        sql, args = await self._list_sql(RECORD_COLUMNS, workflow_name, order, filter, after)
+        sql += f" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}"
+        return [record_from_row(row) for row in await self.db.fetch(sql, *args, limit, offset)]
+
+    async def _list_sql(
+        self,
+        columns: str,
+        workflow_name: str | None,
+        order: Order,
+        filter: RecordFilter | None,
+        after: str | None,
+    ) -> tuple[str, builtins.list[Any]]:
+        """The statement of ``list`` without its LIMIT, and its arguments ($1..$n)."""
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
 
@@ -417,14 +432,69 @@ class PostgresRecordStore:
                 where.append(f"(created_at, seq) {sign} ({arg(row[1])}, {arg(row[0])})")
             else:
                 where.append(f"seq {sign} {arg(row[0])}")
-        sql = f"SELECT {RECORD_COLUMNS} FROM {self.db.table('records')}"
+        sql = f"SELECT {columns} FROM {self.db.table('records')}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         direction = "DESC" if descending else "ASC"
         keys = f"created_at {direction}, seq {direction}" if timed else f"seq {direction}"
-        sql += f" ORDER BY {keys} LIMIT {arg(limit)}"
-        sql += f" OFFSET {arg(offset)}"
-        return [record_from_row(row) for row in await self.db.fetch(sql, *args)]
+        return sql + f" ORDER BY {keys}", args
+
+    async def list_scan(
+        self,
+        workflow_name: str,
+        *,
+        limit: int,
+        scan_limit: int,
+        order: Order = Order.DESC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> ScanPage:
+        """A page of a status filter that reads at most ``scan_limit`` runs
+        (:class:`~statestream.ScanLister`): the ``list`` statement without the statuses,
+        limited to ``scan_limit`` rows (one range of an index), filtered by status outside
+        it; a second statement finds the last run examined when the page did not fill up;
+        the runs picked are then read by ``seq``."""
+        ScanPage.check(limit, scan_limit)
+        wanted = sorted({int(s) for s in filter.statuses}) if filter is not None else []
+        flt = dataclasses.replace(filter, statuses=()) if filter is not None else None
+        timed = flt is not None and (
+            flt.created_after is not None or flt.created_before is not None
+        )
+        direction = "DESC" if order is Order.DESC else "ASC"
+        keys = f"s_at {direction}, s_seq {direction}" if timed else f"s_seq {direction}"
+        inner, args = await self._list_sql(
+            "seq AS s_seq, created_at AS s_at, status AS s_status, run_id AS s_id",
+            workflow_name,
+            order,
+            flt,
+            after,
+        )
+        n = len(args)
+        sql = f"SELECT s_seq, s_id FROM ({inner} LIMIT ${n + 1}) AS scan"
+        params: builtins.list[Any] = [*args, scan_limit]
+        if wanted:
+            sql += f" WHERE s_status = ANY(${n + 2}::bigint[])"
+            params.append(wanted)
+        sql += f" ORDER BY {keys} LIMIT ${len(params) + 1}"
+        picked = await self.db.fetch(sql, *params, limit)
+        if len(picked) >= limit:
+            resume = str(picked[-1][1])
+        else:
+            last = await self.db.fetchrow(f"{inner} LIMIT 1 OFFSET ${n + 1}", *args, scan_limit - 1)
+            resume = str(last[3]) if last is not None else ""
+        if not picked:
+            return ScanPage([], resume)
+        rows = await self.db.fetch(
+            f"SELECT seq, {RECORD_COLUMNS} FROM {self.db.table('records')} "
+            "WHERE seq = ANY($1::bigint[])",
+            [int(p[0]) for p in picked],
+        )
+        by_seq = {int(row[0]): record_from_row(row[1:]) for row in rows}
+        # (a run deleted or moved on between the statements is left out)
+        found = [by_seq.get(int(p[0])) for p in picked]
+        return ScanPage(
+            [r for r in found if r is not None and (not wanted or r.status in wanted)], resume
+        )
 
     async def count_runs(self, workflow_name: str) -> RunCounts:
         """The workflow's runs by status and by run state (:class:`~statestream.RunCounter`):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from ..._core.records import (
     Record,
     RecordFilter,
     RunCounts,
+    ScanPage,
 )
 from ...errors import (
     ConfigurationError,
@@ -278,6 +280,24 @@ class SqliteRecordStore:
         page. ``offset`` skips rows one by one, so it is bounded by :attr:`max_offset`.
         """
         check_page(offset, limit, self.max_offset)
+        sql, needs_row = self._list_sql(_RECORD_COLUMNS, workflow_name, order, filter, after)
+
+        def select(conn: sqlite3.Connection) -> builtins.list[Record]:
+            values = needs_row(conn)
+            return [_record(row) for row in conn.execute(sql, [*values, limit, offset])]
+
+        return await self.db.query(select)
+
+    def _list_sql(
+        self,
+        columns: str,
+        workflow_name: str | None,
+        order: Order,
+        filter: RecordFilter | None,
+        after: str | None,
+    ) -> tuple[str, Callable[[sqlite3.Connection], builtins.list[Any]]]:
+        """The statement of ``list`` (``LIMIT ? OFFSET ?`` last) and the function that gives
+        its arguments on the query thread (it looks ``after`` up)."""
         where, args = filter_clauses(workflow_name, filter, "?")
         timed = filter is not None and (
             filter.created_after is not None or filter.created_before is not None
@@ -297,7 +317,7 @@ class SqliteRecordStore:
                 where.append("created_at <= ? AND (created_at < ? OR rowid < ?)")
             else:
                 where.append("created_at >= ? AND (created_at > ? OR rowid > ?)")
-        sql = f"SELECT {_RECORD_COLUMNS} FROM statestream_records"
+        sql = f"SELECT {columns} FROM statestream_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
         if timed:
@@ -305,16 +325,83 @@ class SqliteRecordStore:
         else:
             sql += f" ORDER BY rowid {direction} LIMIT ? OFFSET ?"
 
-        def select(conn: sqlite3.Connection) -> builtins.list[Record]:
-            values = args
-            if after is not None:
+        def values(conn: sqlite3.Connection) -> builtins.list[Any]:
+            if after is None:
+                return args
+            row = conn.execute(
+                "SELECT rowid, created_at FROM statestream_records WHERE run_id = ?", (after,)
+            ).fetchone()
+            if row is None:
+                raise RecordNotFound(f"no run {after} (the after= of list)")
+            return [*args, row[1], row[1], row[0]] if timed else [*args, row[0]]
+
+        return sql, values
+
+    async def list_scan(
+        self,
+        workflow_name: str,
+        *,
+        limit: int,
+        scan_limit: int,
+        order: Order = Order.DESC,
+        filter: RecordFilter | None = None,
+        after: str | None = None,
+    ) -> ScanPage:
+        """A page of a status filter that reads at most ``scan_limit`` runs
+        (:class:`~statestream.ScanLister`), on the query thread. SQLite does it: the ``list``
+        statement without the statuses, limited to ``scan_limit`` rows (one range of an
+        index), filtered by status outside it; a second statement finds the last run examined
+        when the page did not fill up; the runs picked are then read by row ID."""
+        ScanPage.check(limit, scan_limit)
+        wanted = list(dict.fromkeys(filter.statuses)) if filter is not None else []
+        flt = dataclasses.replace(filter, statuses=()) if filter is not None else None
+        inner, needs_row = self._list_sql(
+            "rowid AS r, run_id AS i, status AS s",
+            workflow_name,
+            order,
+            flt,
+            after,
+        )
+        # (the row ID alone: the index has it, no row is read)
+        last, _ = self._list_sql("rowid", workflow_name, order, flt, after)
+        sql = f"SELECT r, i FROM ({inner})"
+        if wanted:
+            sql += f" WHERE s IN ({', '.join('?' * len(wanted))})"
+        # No ORDER BY outside: SQLite runs the inner statement (it has a LIMIT, the outer one
+        # a WHERE: it is not flattened) as a co-routine whose rows come in its own order, so
+        # the outer LIMIT stops the scan at the limit-th match (an ORDER BY here would read
+        # all scan_limit rows and sort them). The conformance tests check the order.
+        sql += " LIMIT ?"
+
+        def select(conn: sqlite3.Connection) -> ScanPage:
+            values = needs_row(conn)
+            picked = conn.execute(sql, [*values, scan_limit, 0, *wanted, limit]).fetchall()
+            if len(picked) >= limit:
+                resume = picked[-1][1]
+            else:
                 row = conn.execute(
-                    "SELECT rowid, created_at FROM statestream_records WHERE run_id = ?", (after,)
+                    f"SELECT run_id FROM statestream_records WHERE rowid = ({last})",
+                    [*values, 1, scan_limit - 1],
                 ).fetchone()
-                if row is None:
-                    raise RecordNotFound(f"no run {after} (the after= of list)")
-                values = [*args, row[1], row[1], row[0]] if timed else [*args, row[0]]
-            return [_record(row) for row in conn.execute(sql, [*values, limit, offset])]
+                resume = row[0] if row is not None else ""
+            if not picked:
+                return ScanPage([], resume)
+            marks = ", ".join("?" * len(picked))
+            rows = conn.execute(
+                f"SELECT rowid, {_RECORD_COLUMNS} FROM statestream_records "
+                f"WHERE rowid IN ({marks})",
+                [r for r, _ in picked],
+            ).fetchall()
+            by_id = {row[0]: _record(row[1:]) for row in rows}
+            # (a run deleted or moved on between the statements is left out)
+            return ScanPage(
+                [
+                    by_id[r]
+                    for r, _ in picked
+                    if r in by_id and (not wanted or by_id[r].status in wanted)
+                ],
+                resume,
+            )
 
         return await self.db.query(select)
 

@@ -45,13 +45,15 @@
           cell(tr, run.updated_at);
           body.appendChild(tr);
         });
-        if (!data.runs.length) {
+        if (!data.runs.length && !data.partial) {
           var tr = document.createElement("tr");
           tr.className = "empty";
           cell(tr, "No runs match.").colSpan = 7;
           body.appendChild(tr);
         }
         table.replaceChild(body, table.tBodies[0]);
+        var hint = document.querySelector("p.partial");
+        if (hint) { hint.hidden = !data.partial; }
       }).catch(function () {});
     }
     setInterval(refresh, EVERY);
