@@ -307,6 +307,10 @@ class KafkaReceiver:
             if self._external:
                 events.append(_message.external(msg))
                 continue
+            if msg.offset() < self._next.get(msg.partition(), -1):
+                # Handed over already (``offer``): no decoding, no wake-up of the loop. The
+                # offsets only grow, so a stale read here only lets ``_deliver`` drop it.
+                continue
             event = _wire.decode(
                 self.topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers()
             )
