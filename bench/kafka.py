@@ -19,7 +19,7 @@ Settings worth tuning are read from the environment, so that the harness's subpr
 the workers of ``workers-N`` share them (defaults in brackets; see bench/README.md):
 
 * ``BENCH_KAFKA_PARTITIONS`` [4]: partitions of each topic;
-* ``BENCH_KAFKA_FETCH_WAIT_MS`` [10, the adapter's default]: the consumers' ``fetch.wait.max.ms``;
+* ``BENCH_KAFKA_FETCH_WAIT_MS`` [100, the adapter's default]: the consumers' ``fetch.wait.max.ms``;
 * ``BENCH_KAFKA_LINGER_MS`` [1]: the producer's ``linger.ms``.
 """
 
@@ -50,7 +50,7 @@ def settings() -> dict[str, int]:
     """The tunables in effect (see the module docstring)."""
     return {
         "partitions": int(os.environ.get("BENCH_KAFKA_PARTITIONS", "4")),
-        "fetch_wait_ms": int(os.environ.get("BENCH_KAFKA_FETCH_WAIT_MS", "10")),
+        "fetch_wait_ms": int(os.environ.get("BENCH_KAFKA_FETCH_WAIT_MS", "100")),
         "linger_ms": int(os.environ.get("BENCH_KAFKA_LINGER_MS", "1")),
     }
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from statestream import Builder, Run, RunState
-from statestream._core.records import Message, status_topic
+from statestream._core.records import Message, OutboxEvent, status_topic
 from statestream.adapters.memory import MemoryRecordStore, MemoryRoleScheduler, MemoryStreamer
 from statestream.adapters.sqlite import (
     SqliteDatabase,
@@ -214,3 +214,40 @@ async def test_an_idle_relay_stops_at_once() -> None:
     await asyncio.sleep(0.1)  # the relay found the outbox empty: it waits for its poll
     async with asyncio.timeout(10):  # a bound, far below the poll and the grace
         await wf.stop(grace=20)
+
+
+class _CountingStore(MemoryRecordStore):
+    """Counts the relay's looks at the outbox that found nothing."""
+
+    empty_looks = 0
+
+    async def list_outbox(self, workflow_name: str, limit: int) -> list[OutboxEvent]:
+        events = await super().list_outbox(workflow_name, limit)
+        if not events:
+            self.empty_looks += 1
+        return events
+
+
+async def test_after_a_batch_the_relay_waits_for_a_write_before_looking_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a relay whose first look after a batch, and idle poll, are far off (30 s)
+    from statestream._engine import relay
+
+    monkeypatch.setattr(relay, "FIRST_IDLE_POLL", 30.0)
+    b = _builder("relay-after-batch")
+    b.outbox(polling_frequency=30.0, error_backoff=0.01)
+    store = _CountingStore()
+    wf = b.build(MemoryStreamer(), store, MemoryRoleScheduler(), pause_retry=None)
+    async with wf:
+        await asyncio.sleep(0.1)  # its first look, at start, found the outbox empty
+        looks = store.empty_looks
+        # When runs go through one at a time, each write waking the relay
+        for i in range(3):
+            run_id = await wf.trigger(f"r-{i}")
+            run = await wf.wait_for(f"r-{i}", run_id, Stage.DONE, timeout=10)
+            assert run.run_state is RunState.COMPLETED
+        await asyncio.sleep(0.1)
+        # Then it looked only when woken, and each look found the write's event (the old relay
+        # looked again at once after every batch: a query that found nothing each time)
+        assert store.empty_looks == looks

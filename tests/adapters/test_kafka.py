@@ -322,3 +322,62 @@ async def test_the_runs_origin_travels_as_kafka_record_headers(kafka: KafkaStrea
         assert dict(second.headers) == {"foreign_id": "o-8"}
     finally:
         await receiver.close()
+
+
+def _event_at(topic: str, partition: int, offset: int, key: str) -> Event:
+    from statestream.adapters.kafka import _wire
+
+    value, headers = _wire.encode(_messages([key])[0])
+    event = _wire.decode(topic, partition, offset, key.encode(), value, headers)
+    assert event is not None
+    return event
+
+
+def test_a_receiver_takes_its_own_producers_records_only_in_order_and_once() -> None:
+    # Given a receiver whose next record in partition 0 is at offset 5 (none known in 1)
+    from statestream.adapters.kafka._receiver import KafkaReceiver
+
+    streamer = KafkaStreamer("127.0.0.1:1")
+    receiver = KafkaReceiver(streamer, "t", "t", "g", [0, 1], {}, keep=None, ephemeral=False)
+    receiver._next = {0: 5}
+    at = {o: _event_at("t", 0, o, f"k{o}") for o in range(4, 9)}
+
+    # When this process's producer hands over offsets 4 to 6 and 8 of partition 0, and one
+    # of partition 1 (whose position it does not know)
+    receiver.offer(
+        [
+            (0, 4, at[4]),
+            (0, 5, at[5]),
+            (0, 6, at[6]),
+            (0, 8, at[8]),
+            (1, 0, _event_at("t", 1, 0, "x")),
+        ]
+    )
+    # Then it takes 5 and 6 only: 4 is behind it, 8 would skip 7, partition 1 is unknown
+    assert list(receiver._buffer) == [at[5], at[6]]
+
+    # And the fetch then delivers 7 and 8 but not the copies of 5 and 6 (the old receiver
+    # took nothing but its fetches)
+    receiver._deliver([at[5], at[6], at[7], at[8]], 0)
+    assert list(receiver._buffer) == [at[5], at[6], at[7], at[8]]
+    assert receiver._next == {0: 9}
+
+
+async def test_a_streamer_hands_what_it_publishes_to_its_receivers_once(
+    kafka: KafkaStreamer,
+) -> None:
+    # Given a receiver of a topic this streamer publishes to
+    topic = "handed-over"
+    receiver = await kafka.receiver(topic, "mine", from_latest=True)
+    try:
+        # When it publishes events, twice
+        await kafka.publish(topic, _messages(KEYS[:10]))
+        first = await _collect(receiver, 10)
+        await kafka.publish(topic, _messages(KEYS[10:20]))
+        second = await _collect(receiver, 10)
+        # Then each arrives once (handed over, and its fetched copy dropped), each key's in order
+        assert sorted(e.key for e in first + second) == sorted(KEYS[:20])
+        await _nothing_more(receiver)
+        await receiver.ack(second[-1])
+    finally:
+        await receiver.close()

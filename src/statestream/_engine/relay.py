@@ -17,10 +17,13 @@ from .runtime import Runtime
 __all__ = ["relay_body"]
 
 
-#: After a batch, the relay looks again this soon, doubling while it finds nothing, up to the
-#: outbox's ``polling_frequency``: the other processes' writes (which cannot wake it) wait
-#: milliseconds while they keep coming, and an idle relay polls at ``polling_frequency``.
+#: After a batch, the relay looks again this soon (or when a write in this process wakes it),
+#: doubling while it finds nothing, up to the outbox's ``polling_frequency``: the other
+#: processes' writes (which cannot wake it) wait milliseconds while they keep coming, and an
+#: idle relay polls at ``polling_frequency``.
 FIRST_IDLE_POLL = 0.01
+#: Events published per batch at most.
+BATCH = 1000
 
 
 async def relay_body(rt: Runtime[Any, Any], stopping: asyncio.Event) -> None:
@@ -47,16 +50,23 @@ async def _relay(
     interval: float,
     idle: float,
 ) -> None:
+    pause = 0.0  # how long to wait (unless woken) before looking at the outbox again
     while not stopping.is_set():
-        wake.clear()
-        events = await rt.store.list_outbox(rt.name, 1000)
-        if not events:
+        if pause > 0 and not wake.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(pause):
                     await wake.wait()
+        wake.clear()
+        events = await rt.store.list_outbox(rt.name, BATCH)
+        if not events:
             idle = min(interval, idle * 2)
+            pause = idle
             continue
         idle = min(interval, FIRST_IDLE_POLL)
+        # A full batch: more wait, look again at once. Else only after FIRST_IDLE_POLL or a
+        # write here (that wakes the relay), not at once: a query that finds nothing after each
+        # batch cost a round trip per transition when runs go one at a time.
+        pause = 0.0 if len(events) >= BATCH else idle
         started = time.monotonic()
         by_topic: dict[str, list[Message]] = {}
         for event in events:

@@ -104,6 +104,10 @@ class KafkaReceiver:
         self._delivered: deque[tuple[int, int, int]] = deque()  # (event ID, partition, offset)
         self._pending: set[int] = set()
         self._committed: dict[int, int] = {}
+        #: Per partition, the offset of the next record this receiver has not delivered yet,
+        #: when known: records handed over by this process's producer (``offer``) are taken
+        #: only at this offset, so that nothing is skipped, and fetched copies are dropped.
+        self._next: dict[int, int] = {}
         self._ack_lock = asyncio.Lock()
         self._closed = False
         self._warned: dict[int, float] = {}  # error code -> when it was last logged
@@ -146,6 +150,7 @@ class KafkaReceiver:
                 await self._commit(start)
         else:
             start = {p: committed.get(p, OFFSET_BEGINNING) for p in self.partitions}
+        self._next = {p: o for p, o in start.items() if o >= 0}
         consumer.assign([TopicPartition(self._kafka_topic, p, o) for p, o in start.items()])
         self._thread = threading.Thread(
             target=self._fetch, name=f"statestream-kafka-{self.topic}", daemon=True
@@ -302,6 +307,10 @@ class KafkaReceiver:
             if self._external:
                 events.append(_message.external(msg))
                 continue
+            if msg.offset() < self._next.get(msg.partition(), -1):
+                # Handed over already (``offer``): no decoding, no wake-up of the loop. The
+                # offsets only grow, so a stale read here only lets ``_deliver`` drop it.
+                continue
             event = _wire.decode(
                 self.topic, msg.partition(), msg.offset(), msg.key(), msg.value(), msg.headers()
             )
@@ -325,8 +334,51 @@ class KafkaReceiver:
         if skipped:
             self.skipped += skipped
             self._streamer.skipped += skipped
+        if events and not self._external:
+            fresh = []
+            following = self._next
+            for event in events:
+                partition, offset = _wire.position(event.id)
+                if offset < following.get(partition, -1):
+                    continue  # handed over by this process's producer already (offer)
+                following[partition] = offset + 1
+                fresh.append(event)
+            events = fresh
         if events:
             self._buffer.extend(events)
+            self._ready.set()
+            if len(self._buffer) >= _BUFFER:
+                self._room.clear()
+
+    @property
+    def takes_offers(self) -> bool:
+        thread = self._thread
+        return (
+            not self._external
+            and not self._closed
+            and self._error is None
+            and thread is not None
+            and self._room.is_set()
+        )
+
+    def offer(self, events: list[tuple[int, int, Event]]) -> None:
+        """Records this process's producer just wrote to the topic, by partition and offset
+        (on the event loop). Each one that is the next record of one of this receiver's
+        partitions is delivered now, instead of after the next fetch; the fetched copy is then
+        dropped. The others (a gap: records of other processes not fetched yet) come by fetch.
+        """
+        following = self._next
+        keep = self._keep
+        took = False
+        for partition, offset, event in events:
+            if following.get(partition) != offset or partition not in self.partitions:
+                continue
+            following[partition] = offset + 1
+            if keep is not None and shard_of(event.key, keep[1]) != keep[0]:
+                continue
+            self._buffer.append(event)
+            took = True
+        if took:
             self._ready.set()
             if len(self._buffer) >= _BUFFER:
                 self._room.clear()

@@ -48,6 +48,13 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "allow.auto.create.topics": False,
 }
 
+#: How long a consumer's fetch may wait on the broker for records. Kafka answers as soon as a
+#: record arrives, so this only paces idle fetches: each receiver sends one per wait, and an
+#: engine has a receiver per step, shard, hook and waiter (at 10 ms, idle fetches were most of
+#: the broker's and much of the client's CPU). Some brokers (Tansu 0.6) hold every fetch for
+#: its whole wait: there an event published by another process waits up to this long, while
+#: one published by this streamer reaches its receivers here at once (see ``_hand_over``).
+FETCH_WAIT_MS = 100
 
 #: Producer errors after which the producer cannot be used again.
 _FATAL = (
@@ -85,7 +92,7 @@ class ClientLog:
 class _Batch:
     """The delivery reports of one ``publish`` call, counted down on the producer's thread."""
 
-    __slots__ = ("error", "future", "left", "lock", "loop")
+    __slots__ = ("error", "future", "left", "lock", "loop", "offsets")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
         self.loop = loop
@@ -93,6 +100,18 @@ class _Batch:
         self.left = count
         self.error: KafkaError | None = None
         self.lock = threading.Lock()
+        #: The offset each record was written at (by its index in the batch), when known.
+        self.offsets: list[int] = [-1] * count
+
+    def reporter(self, index: int) -> Any:
+        def report(err: KafkaError | None, msg: Any) -> None:
+            if err is None and msg is not None:
+                offset = msg.offset()
+                if offset is not None:
+                    self.offsets[index] = offset
+            self.report(err, msg)
+
+        return report
 
     def report(self, err: KafkaError | None, _msg: object) -> None:  # on the producer's thread
         with self.lock:
@@ -246,7 +265,7 @@ class KafkaStreamer:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
             "socket.connection.setup.timeout.ms": self._timeout_ms(),
             **self._consumer_config,
         }
@@ -373,7 +392,7 @@ class KafkaStreamer:
             records.append((key, value, headers, shard_of(message.key, count)))
         name = self.kafka_topic(topic)
         batch = _Batch(asyncio.get_running_loop(), len(records))
-        for key, value, headers, partition in records:
+        for index, (key, value, headers, partition) in enumerate(records):
             while True:
                 try:
                     producer.produce(
@@ -381,7 +400,7 @@ class KafkaStreamer:
                         value,
                         key,
                         partition,
-                        on_delivery=batch.report,
+                        on_delivery=batch.reporter(index),
                         headers=headers or None,
                     )
                     break
@@ -412,6 +431,35 @@ class KafkaStreamer:
                 f"{err.str()} (the events may have been written in part; publishing them again "
                 "is harmless)"
             )
+        self._hand_over(topic, records, batch.offsets)
+
+    def _hand_over(
+        self,
+        topic: str,
+        records: list[tuple[bytes, bytes, Any, int]],
+        offsets: list[int],
+    ) -> None:
+        """Give the records just written to this streamer's own receivers of ``topic``.
+
+        Tansu (and a broker under load) answers a waiting fetch only when its
+        ``fetch.wait.max.ms`` runs out, so a receiver in this process would wait for its
+        next fetch; each receiver takes a record at once only when it is the very next record
+        of its partition (see ``KafkaReceiver.offer``), and drops the fetched copy later."""
+        receivers = [r for r in self._receivers if r.topic == topic and r.takes_offers]
+        if not receivers:
+            return
+        events = []
+        for (key, value, headers, partition), offset in zip(records, offsets, strict=True):
+            if offset < 0:
+                continue
+            event = _wire.decode(topic, partition, offset, key, value, headers)
+            if event is not None:
+                events.append((partition, offset, event))
+        if not events:
+            return
+        events.sort(key=lambda e: (e[0], e[1]))
+        for receiver in receivers:
+            receiver.offer(events)
 
     async def receiver(
         self,
